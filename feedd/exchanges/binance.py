@@ -1,0 +1,263 @@
+"""Binance USD-M futures, sans-IO: routed ``/market`` WebSocket, SUBSCRIBE frames, REST klines.
+
+Protocol facts: ../shared/PROTOCOLS.md section 1. Klines are served only on the routed
+``/market`` path; the legacy root acks subscriptions and then sends nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from feedd.candle import Candle, Source
+from feedd.errors import ExchangeError, ParseError, RateLimited
+from feedd.exchanges import fields as f
+from feedd.exchanges.contract import (
+    Event,
+    InstrumentsPage,
+    Limits,
+    RestRequest,
+    Stream,
+    SubscribeAck,
+    SubscribeRejected,
+    SubscribeRequest,
+)
+from feedd.intervals import INTERVAL_MS, close_time
+
+NAME = "binance_futures"
+DEFAULT_WS_URL = "wss://fstream.binance.com"
+DEFAULT_REST_URL = "https://fapi.binance.com"
+
+INTERVALS: Mapping[str, str] = {
+    name: name
+    for name in ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d",
+                 "1w", "1M")
+}
+_CANONICAL = {native: canonical for canonical, native in INTERVALS.items()}
+
+LIMITS = Limits(
+    streams_per_connection=200,
+    # Inbound (to Binance) budget is 10 msg/s including pong frames; the engine keeps a margin.
+    client_msgs_per_second=10,
+    subscribe_requests_per_hour=None,
+    # USD-M publishes no connect limit; spot's 300 per 5 minutes is the conservative guess.
+    connects_per_second=1.0,
+    connection_lifetime_s=24 * 3600,
+    rest_weight_per_minute=2400,
+)
+# The server pings with protocol frames; the WebSocket library answers them.
+PING_INTERVAL_S: float | None = None
+# Klines push every 250 ms while a symbol trades; a minute of nothing means a dead socket.
+SILENCE_TIMEOUT_S = 60.0
+
+#: streams per SUBSCRIBE frame: small enough for the ~4 KB frame limit some clients report.
+SUBSCRIBE_CHUNK = 50
+REST_PAGE_LIMIT = 1500
+
+
+# ----------------------------------------------------------------------------- symbols
+
+
+def to_native(symbol: str) -> str:
+    return symbol
+
+
+def from_native(native: str) -> str:
+    return native
+
+
+def stream_name(stream: Stream) -> str:
+    return f"{stream.symbol.lower()}@kline_{INTERVALS[stream.interval]}"
+
+
+# ----------------------------------------------------------------------------- outgoing WS
+
+
+def ws_url(base: str) -> str:
+    """Combined-stream mode on the routed path: every payload names its stream."""
+    return base.rstrip("/") + "/market/stream"
+
+
+def subscribe_requests(streams: Sequence[Stream], first_id: int) -> list[SubscribeRequest]:
+    requests = []
+    for offset, start in enumerate(range(0, len(streams), SUBSCRIBE_CHUNK)):
+        chunk = tuple(streams[start : start + SUBSCRIBE_CHUNK])
+        request_id = first_id + offset
+        params = [stream_name(s) for s in chunk]
+        frame = f.dumps({"method": "SUBSCRIBE", "params": params, "id": request_id})
+        requests.append(SubscribeRequest(str(request_id), frame, chunk))
+    return requests
+
+
+def ping_frame(seq: int) -> str | None:
+    return None
+
+
+# ----------------------------------------------------------------------------- incoming WS
+
+
+def parse_frame(text: str) -> list[Event]:
+    message = f.load_object(text)
+    data = message.get("data")
+    if isinstance(data, dict) and "stream" in message:
+        message = data
+    event = message.get("e")
+    if event == "kline":
+        return [_kline(message)]
+    if event is not None:
+        return []  # other market events are not ours to handle
+    if "error" in message:
+        error = f.obj(message["error"], "error")
+        return [_rejected(message.get("id"), error.get("code"), error.get("msg"))]
+    if "code" in message and "msg" in message:
+        # Seen in some clients for unknown symbols: a flat error with the request id.
+        return [_rejected(message.get("id"), message["code"], message["msg"])]
+    if "result" in message and "id" in message:
+        if message["result"] is None:
+            return [SubscribeAck(_request_id(message["id"]))]
+        return []  # LIST_SUBSCRIPTIONS / GET_PROPERTY answers
+    raise ParseError(f"unrecognised frame: {text[:120]!r}")
+
+
+def _request_id(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _rejected(request_id: object, code: object, msg: object) -> SubscribeRejected:
+    return SubscribeRejected(_request_id(request_id), (), str(code), str(msg))
+
+
+def _kline(message: dict[str, Any]) -> Candle:
+    k = f.obj(f.field(message, "k"), "k")
+    try:
+        native_interval = k["i"]
+        interval = _CANONICAL[native_interval]
+        trades = k["n"]
+        return Candle(
+            exchange=NAME,
+            symbol=f.text(k["s"], "k.s"),
+            interval=interval,
+            open_time=f.integer(k["t"], "k.t"),
+            open=f.decimal(k["o"], "k.o"),
+            high=f.decimal(k["h"], "k.h"),
+            low=f.decimal(k["l"], "k.l"),
+            close=f.decimal(k["c"], "k.c"),
+            volume=f.decimal(k["v"], "k.v"),
+            quote_volume=f.decimal(k["q"], "k.q"),
+            trades=None if trades is None else f.integer(trades, "k.n"),
+            closed=f.boolean(k["x"], "k.x"),
+            source=Source.WS,
+        )
+    except KeyError as exc:
+        raise ParseError(f"kline frame lacks {exc}") from None
+    except TypeError:
+        raise ParseError("kline frame has a field of the wrong type") from None
+
+
+# ----------------------------------------------------------------------------- REST
+
+
+def kline_requests(stream: Stream, start_ms: int, end_ms: int, now_ms: int) -> list[RestRequest]:
+    """Windows of at most one page each, covering open times ``start_ms`` .. ``end_ms``."""
+    step = INTERVAL_MS[stream.interval]
+    requests = []
+    window_start = start_ms
+    while window_start <= end_ms:
+        window_end = min(end_ms, window_start + step * REST_PAGE_LIMIT - 1)
+        limit = min(REST_PAGE_LIMIT, (window_end - window_start) // step + 1)
+        params = (
+            ("symbol", stream.symbol),
+            ("interval", INTERVALS[stream.interval]),
+            ("startTime", str(window_start)),
+            ("endTime", str(window_end)),
+            ("limit", str(limit)),
+        )
+        requests.append(RestRequest("/fapi/v1/klines", params, weight=kline_weight(limit)))
+        window_start = window_end + 1
+    return requests
+
+
+def kline_weight(limit: int) -> int:
+    if limit < 100:
+        return 1
+    if limit < 500:
+        return 2
+    if limit <= 1000:
+        return 5
+    return 10
+
+
+def parse_klines(stream: Stream, status: int, body: bytes, server_time_ms: int) -> list[Candle]:
+    rows = f.array(_ok_json(status, body), "klines")
+    candles = []
+    for row in rows:
+        row = f.array(row, "kline row")
+        if len(row) < 9:
+            raise ParseError(f"kline row has {len(row)} fields, expected 12")
+        open_time = f.integer(row[0], "row[0]")
+        candles.append(
+            Candle(
+                exchange=NAME,
+                symbol=stream.symbol,
+                interval=stream.interval,
+                open_time=open_time,
+                open=f.decimal(row[1], "row[1]"),
+                high=f.decimal(row[2], "row[2]"),
+                low=f.decimal(row[3], "row[3]"),
+                close=f.decimal(row[4], "row[4]"),
+                volume=f.decimal(row[5], "row[5]"),
+                quote_volume=f.decimal(row[7], "row[7]"),
+                trades=f.integer(row[8], "row[8]"),
+                # No closed flag over REST: a row is closed once the server clock passed it.
+                closed=close_time(stream.interval, open_time) <= server_time_ms,
+                source=Source.REST,
+            )
+        )
+    candles.sort(key=lambda c: c.open_time)
+    return candles
+
+
+def time_request() -> RestRequest:
+    return RestRequest("/fapi/v1/time")
+
+
+def parse_time(status: int, body: bytes) -> int:
+    return f.integer(f.field(f.obj(_ok_json(status, body), "time"), "serverTime"), "serverTime")
+
+
+def instruments_request(cursor: str | None) -> RestRequest:
+    return RestRequest("/fapi/v1/exchangeInfo")
+
+
+def parse_instruments(status: int, body: bytes) -> InstrumentsPage:
+    info = f.obj(_ok_json(status, body), "exchangeInfo")
+    symbols = []
+    for item in f.array(f.field(info, "symbols"), "symbols"):
+        item = f.obj(item, "symbol")
+        if (
+            item.get("contractType") == "PERPETUAL"
+            and item.get("quoteAsset") == "USDT"
+            and item.get("status") == "TRADING"
+        ):
+            symbols.append(f.text(item.get("symbol"), "symbol"))
+    return InstrumentsPage(tuple(symbols), None)
+
+
+def used_weight(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("x-mbx-used-weight-1m") or headers.get("X-MBX-USED-WEIGHT-1M")
+    # isdigit() alone accepts "²", which int() refuses: only ASCII digits are a count.
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
+
+
+def _ok_json(status: int, body: bytes) -> Any:
+    """The decoded body of a successful response; Binance errors are HTTP 4xx + code/msg."""
+    if status == 200:
+        return f.load_json(body)
+    try:
+        error = f.load_object(body)
+        code, msg = str(error.get("code", status)), str(error.get("msg", ""))
+    except ParseError:
+        code, msg = str(status), body[:200].decode("utf-8", "replace")
+    if status in (418, 429):
+        raise RateLimited(code, msg)
+    raise ExchangeError(code, msg)

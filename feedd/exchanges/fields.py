@@ -1,0 +1,93 @@
+"""Strict field readers shared by the exchange parsers: they return a value or raise ParseError.
+
+Every value that reaches the store passes through one of these, so a malformed frame is
+rejected at the boundary and never poisons a write batch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from feedd.errors import ParseError
+
+# ASCII digits only: ``\d`` would also accept e.g. Arabic-Indic digits, which Decimal parses.
+_DECIMAL = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
+# Values reaching the store must fit SQLite's signed 64-bit INTEGER.
+_INT64 = range(-(2**63), 2**63)
+
+
+def load_json(data: str | bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"invalid JSON: {exc}") from None
+
+
+def load_object(data: str | bytes) -> dict[str, Any]:
+    value = load_json(data)
+    if not isinstance(value, dict):
+        raise ParseError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def decimal(value: object, name: str) -> str:
+    """A non-negative decimal string such as ``"94172.40"``, returned unchanged."""
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return value
+    raise ParseError(f"{name}: expected a decimal string, got {value!r}")
+
+
+def integer(value: object, name: str) -> int:
+    """An integer given as a JSON number (bools refused)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value in _INT64:
+        return value
+    raise ParseError(f"{name}: expected an integer, got {value!r}")
+
+
+def int_string(value: object, name: str) -> int:
+    """An integer given as a string of digits, as Bybit REST and OKX send times."""
+    # The length bound also keeps int() clear of its 4300-digit ValueError.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        number = int(value)
+        if number in _INT64:
+            return number
+    raise ParseError(f"{name}: expected a string of digits, got {value!r}")
+
+
+def boolean(value: object, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ParseError(f"{name}: expected true or false, got {value!r}")
+
+
+def text(value: object, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ParseError(f"{name}: expected a string, got {value!r}")
+
+
+def array(value: object, name: str) -> list[Any]:
+    if isinstance(value, list):
+        return value
+    raise ParseError(f"{name}: expected an array, got {type(value).__name__}")
+
+
+def obj(value: object, name: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    raise ParseError(f"{name}: expected an object, got {type(value).__name__}")
+
+
+def field(mapping: dict[str, Any], key: str) -> Any:
+    try:
+        return mapping[key]
+    except KeyError:
+        raise ParseError(f"missing field {key!r}") from None
+
+
+def dumps(value: object) -> str:
+    """Compact JSON text for an outgoing frame."""
+    return orjson.dumps(value).decode()
