@@ -1,0 +1,1 @@
+"""The exchange-agnostic ingest engine: connections, shards, backfill and their supervision."""

@@ -1,0 +1,56 @@
+"""What every task of one exchange shares: its module, channels, settings and counters."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import attrs
+import trio
+import trio_websocket
+
+from feedd.candle import Candle
+from feedd.engine.pacing import Pacer
+from feedd.engine.stats import ExchangeStats
+from feedd.engine.ws import open_websocket
+from feedd.exchanges.contract import ExchangeModule, Stream
+
+
+Connector = Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocketConnection]]
+
+
+@attrs.frozen
+class HealRequest:
+    """Fetch closed candles of ``stream`` over REST from ``since_ms`` (None: last stored + 1)."""
+
+    stream: Stream
+    since_ms: int | None
+
+
+@attrs.define(eq=False)
+class ExchangeContext:
+    module: ExchangeModule
+    ws_base: str
+    rest_base: str
+    candles_send: trio.MemorySendChannel[list[Candle]]
+    heal_send: trio.MemorySendChannel[HealRequest]
+    stats: ExchangeStats
+    #: seconds without any frame before a connection is presumed dead
+    silence_timeout: float
+    #: seconds after which a connection is rotated (None: never)
+    lifetime: float | None
+    connect_pacer: Pacer
+    log: logging.Logger
+    #: opens a WebSocket; tests substitute in-memory streams
+    connect: Connector = open_websocket
+
+    @property
+    def stream_silence_timeout(self) -> float:
+        # A single stream may be quieter than its connection (an illiquid symbol among
+        # busy ones), so it gets twice the connection's allowance.
+        return 2 * self.silence_timeout
+
+
+def stream_key(stream: Stream) -> str:
+    return f"{stream.symbol} {stream.interval}"

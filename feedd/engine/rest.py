@@ -1,0 +1,110 @@
+"""REST calls to one exchange within its request-weight budget, honouring Retry-After.
+
+Requests are paced to half of the venue's published weight per minute, slowed further when
+the venue's usage header says we are close to the limit, and stopped for the announced time
+after a 429/418. Errors come out as feedd errors; nothing here knows a venue by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import httpx
+import trio
+
+from feedd.engine.backoff import Backoff
+from feedd.engine.pacing import Pacer
+from feedd.engine.stats import ExchangeStats
+from feedd.errors import ExchangeError, ParseError, RateLimited, TransportError
+from feedd.exchanges.contract import ExchangeModule, RestRequest
+
+T = TypeVar("T")
+
+BUDGET_SHARE = 0.5
+#: usage above this share of the budget makes us pause
+USAGE_HIGH = 0.8
+DEFAULT_RETRY_AFTER_S = 30.0
+TIMEOUT_S = 20.0
+MAX_ATTEMPTS = 6
+
+
+class RestClient:
+    def __init__(
+        self,
+        module: ExchangeModule,
+        base_url: str,
+        client: httpx.AsyncClient,
+        stats: ExchangeStats,
+        log: logging.Logger,
+    ) -> None:
+        self.module = module
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+        self.stats = stats
+        self.log = log
+        budget = module.LIMITS.rest_weight_per_minute
+        self._pacer = Pacer(budget * BUDGET_SHARE / 60, burst=max(1.0, budget * 0.05))
+
+    async def get(self, request: RestRequest) -> tuple[int, bytes]:
+        """One request: (status, body). Raises RateLimited on 429/418, TransportError."""
+        await self._pacer.acquire(min(request.weight, self._pacer.burst))
+        self.stats.rest_requests += 1
+        try:
+            response = await self.client.get(
+                self.base_url + request.path, params=list(request.params), timeout=TIMEOUT_S
+            )
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{self.module.NAME} {request.path}: {exc!r}") from None
+        used = self.module.used_weight(response.headers)
+        if used is not None:
+            self.stats.rest_weight_used = used
+            budget = self.module.LIMITS.rest_weight_per_minute
+            if used >= budget * USAGE_HIGH:
+                # The venue counts per minute; wait out a share of the minute.
+                self._pacer.pause_until(trio.current_time() + 60 * (used / budget - 0.5))
+        if response.status_code in (418, 429):
+            retry_after = _retry_after(response.headers.get("retry-after"))
+            self.stats.rest_rate_limited += 1
+            self._pacer.pause_until(trio.current_time() + (retry_after or DEFAULT_RETRY_AFTER_S))
+            raise RateLimited(str(response.status_code), "rate limited", retry_after)
+        return response.status_code, response.content
+
+    async def call(self, request: RestRequest, parse: Callable[[int, bytes], T]) -> T:
+        """Request and parse, retrying transient failures with backoff; ExchangeError is final."""
+        backoff = Backoff(initial=1.0, maximum=60.0)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                status, body = await self.get(request)
+                return parse(status, body)
+            except RateLimited as exc:
+                delay = exc.retry_after or backoff.next_delay()
+                self._pacer.pause_until(trio.current_time() + delay)
+                self.log.warning(
+                    "%s rate limited on %s; waiting %.1f s", self.module.NAME, request.path, delay
+                )
+                if attempt == MAX_ATTEMPTS:
+                    raise
+            except (TransportError, ParseError) as exc:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                delay = backoff.next_delay()
+                self.log.warning(
+                    "%s %s failed (%s); retrying in %.1f s",
+                    self.module.NAME, request.path, exc, delay,
+                )
+                await trio.sleep(delay)
+            except ExchangeError:
+                raise
+        raise AssertionError("unreachable")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: fall back to our default wait
+    return max(0.0, min(seconds, 3600.0))

@@ -1,0 +1,60 @@
+"""Live counters of one exchange's ingest, read by /health, /status and the dashboard.
+
+Engine tasks update these in place (single-threaded, on the event loop); readers take a
+snapshot with :meth:`ExchangeStats.snapshot`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+import trio
+
+
+class StreamState(enum.StrEnum):
+    PENDING = "pending"
+    LIVE = "live"
+    SILENT = "silent"
+    REJECTED = "rejected"
+    UNLISTED = "unlisted"
+
+
+@attrs.define(eq=False)
+class ExchangeStats:
+    name: str
+    state: str = "starting"
+    connections: int = 0
+    streams_subscribed: int = 0
+    messages: int = 0
+    candles: int = 0
+    parse_errors: int = 0
+    exchange_errors: int = 0
+    reconnects: int = 0
+    rotations: int = 0
+    gaps_healed: int = 0
+    rest_requests: int = 0
+    rest_candles: int = 0
+    rest_weight_used: int = 0
+    rest_rate_limited: int = 0
+    backfill_pending: int = 0
+    last_message_at: float | None = None
+    last_error: str | None = None
+    stream_states: dict[str, StreamState] = attrs.field(factory=dict)
+    stream_errors: dict[str, str] = attrs.field(factory=dict)
+
+    def set_stream(self, key: str, state: StreamState, error: str | None = None) -> None:
+        self.stream_states[key] = state
+        if error is None:
+            self.stream_errors.pop(key, None)
+        else:
+            self.stream_errors[key] = error
+
+    def snapshot(self) -> dict[str, Any]:
+        now = trio.current_time()
+        age = None if self.last_message_at is None else round(now - self.last_message_at, 3)
+        out = attrs.asdict(self, filter=lambda a, _: a.name not in {"last_message_at"})
+        out["last_message_age_s"] = age
+        out["stream_states"] = {k: str(v) for k, v in self.stream_states.items()}
+        return out

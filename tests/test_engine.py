@@ -1,0 +1,155 @@
+"""Engine timing logic on in-memory streams with the autojump clock: backoff, watchdog,
+rotation, rejected subscriptions and missed closed candles."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+from fakes import FakeVenue, Script, make_context
+
+from feedd.engine.backoff import Backoff
+from feedd.engine.pacing import Pacer
+from feedd.engine.session import Session
+from feedd.engine.shard import run_shard
+from feedd.engine.stats import StreamState
+from feedd.errors import TransportError
+from feedd.exchanges.contract import Stream
+
+BTC = Stream("BTCUSDT", "1m")
+ETH = Stream("ETHUSDT", "1m")
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def test_backoff_grows_caps_and_jitters() -> None:
+    backoff = Backoff(initial=1, maximum=8, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(8)]
+    ceilings = [1, 2, 4, 8, 8, 8, 8, 8]
+    for delay, ceiling in zip(delays, ceilings, strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    assert len(set(delays)) == len(delays)  # jittered, not lockstep
+
+
+def test_backoff_resets_only_after_a_healthy_connection() -> None:
+    backoff = Backoff(initial=1, maximum=60, healthy_after=30)
+    for _ in range(5):
+        backoff.next_delay()
+    backoff.connection_lasted(2.0)  # connected, then died: no reset
+    assert backoff.attempt == 5
+    backoff.connection_lasted(31.0)
+    assert backoff.attempt == 0
+
+
+async def test_pacer_spaces_actions(autojump_clock: trio.testing.MockClock) -> None:
+    pacer = Pacer(rate=5)
+    start = trio.current_time()
+    for _ in range(11):
+        await pacer.acquire()
+    assert trio.current_time() - start == pytest.approx(2.0)
+
+
+async def test_session_subscribes_and_streams(autojump_clock: trio.testing.MockClock) -> None:
+    venue = FakeVenue()
+    ctx, candles, _ = make_context(venue)
+    async with trio.open_nursery() as nursery:
+        session = Session(ctx, (BTC, ETH), frozenset())
+        await nursery.start(session.run)
+        assert ctx.stats.streams_subscribed == 2
+        received = {c.symbol for batch in [await candles.receive() for _ in range(4)] for c in batch}
+        assert received == {"BTCUSDT", "ETHUSDT"}
+        assert ctx.stats.stream_states == {"BTCUSDT 1m": "live", "ETHUSDT 1m": "live"}
+        session.cancel()
+    assert venue.open_connections == 0
+
+
+async def test_watchdog_ends_a_silent_connection(autojump_clock: trio.testing.MockClock) -> None:
+    venue = FakeVenue(Script(silent=True))
+    ctx, _, _ = make_context(venue, silence_timeout=10)
+    async with trio.open_nursery() as nursery:
+        session = Session(ctx, (BTC,), frozenset())
+        await nursery.start(session.run)
+        started = trio.current_time()
+        await session.attention.wait()
+    assert isinstance(session.error, TransportError)
+    assert "no frame" in str(session.error)
+    assert 10 <= trio.current_time() - started <= 13
+
+
+async def test_watchdog_notices_one_silent_stream(autojump_clock: trio.testing.MockClock) -> None:
+    venue = FakeVenue(Script(silent_symbols={"ETHUSDT"}))
+    ctx, _, _ = make_context(venue, silence_timeout=10)
+    async with trio.open_nursery() as nursery:
+        session = Session(ctx, (BTC, ETH), frozenset())
+        await nursery.start(session.run)
+        await session.attention.wait()
+    assert "ETHUSDT 1m" in str(session.error)
+    assert "BTCUSDT" not in str(session.error)
+    assert ctx.stats.stream_states["ETHUSDT 1m"] == StreamState.SILENT
+
+
+async def test_rejected_stream_is_isolated(autojump_clock: trio.testing.MockClock) -> None:
+    venue = FakeVenue(Script(reject_symbols={"FOOUSDT"}))
+    ctx, candles, _ = make_context(venue)
+    foo = Stream("FOOUSDT", "1m")
+    async with trio.open_nursery() as nursery:
+        session = Session(ctx, (BTC, foo, ETH), frozenset())
+        await nursery.start(session.run)
+        # The first request failed whole; each stream was then asked for on its own.
+        assert [len(f["params"]) for f in venue.subscribe_frames] == [3, 1, 1, 1]  # type: ignore[arg-type]
+        assert ctx.stats.stream_states["FOOUSDT 1m"] == StreamState.REJECTED
+        got = {c.symbol for batch in [await candles.receive() for _ in range(4)] for c in batch}
+        assert got == {"BTCUSDT", "ETHUSDT"}
+        session.cancel()
+
+
+async def test_missed_closed_candle_requests_a_heal(autojump_clock: trio.testing.MockClock) -> None:
+    await trio.sleep(30)  # start mid-minute
+    first_open = 0
+    venue = FakeVenue(Script(skip_close_of={("BTCUSDT", first_open)}))
+    ctx, candles, heals = make_context(venue, silence_timeout=100)
+    async with trio.open_nursery() as nursery:
+        session = Session(ctx, (BTC,), frozenset())
+        await nursery.start(session.run)
+        heal = await heals.receive()
+        assert heal.stream == BTC
+        assert heal.since_ms == first_open
+        assert trio.current_time() >= 60
+        session.cancel()
+
+
+async def test_rotation_is_make_before_break(autojump_clock: trio.testing.MockClock) -> None:
+    venue = FakeVenue()
+    ctx, candles, heals = make_context(venue, lifetime=100, silence_timeout=30)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_shard, ctx, (BTC,))
+        arrivals: list[float] = []
+        while trio.current_time() < 350:
+            await candles.receive()
+            arrivals.append(trio.current_time())
+        nursery.cancel_scope.cancel()
+    assert ctx.stats.rotations == 3
+    assert venue.max_open == 2  # the new connection was up before the old one closed
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert max(gaps) <= 1.0 + 1e-6  # not one push missed
+    assert ctx.stats.reconnects == 0
+
+
+async def test_reconnects_back_off(autojump_clock: trio.testing.MockClock) -> None:
+    venue = FakeVenue(Script(drop_after=0.5))
+    ctx, _, heals = make_context(venue)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_shard, ctx, (BTC,))
+        while len(venue.connects) < 6:
+            await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    waits = [b - a for a, b in zip(venue.connects, venue.connects[1:], strict=False)]
+    assert waits[-1] > waits[0] * 4  # 1 s doubling to 16 s, jittered
+    assert ctx.stats.reconnects >= 5
+    # every reconnect asked for the gap to be healed
+    assert heals.statistics().current_buffer_used >= 5
