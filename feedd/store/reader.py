@@ -1,0 +1,286 @@
+"""Reads for the API: worker threads on read-only connections, values decoded inside SQLite.
+
+A missing database (or one the writer has not initialised yet) reads as empty.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import orjson
+import trio
+
+from feedd.errors import StoreError
+from feedd.store import resample as rs
+from feedd.store.codec import sql_decode
+from feedd.store.schema import FLAG_CLOSED, FLAG_REST, connect_reader, store_error
+
+T = TypeVar("T")
+
+_MIN_T, _MAX_T = -(2**63), 2**63 - 1
+_FIELDS = ("open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades")
+_SERIES_ID = "(SELECT id FROM series WHERE exchange = ? AND symbol = ? AND interval = ?)"
+_CANDLES_SQL = f"""
+SELECT open_time, {", ".join(sql_decode(c) for c in _FIELDS[1:7])}, trades, flags
+FROM candles WHERE series = {_SERIES_ID} AND open_time >= ? AND open_time <= ?
+ORDER BY open_time {{order}} LIMIT ?
+"""
+
+
+@attrs.frozen
+class CandleRow:
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    quote_volume: float
+    trades: int | None
+    closed: bool
+    source: str  # "ws" | "rest"
+
+
+@attrs.frozen
+class SeriesInfo:
+    exchange: str
+    symbol: str
+    interval: str
+    count: int
+    first_open_time: int
+    last_open_time: int
+
+
+Row = tuple[Any, ...]
+
+
+def _to_dict(row: Row) -> dict[str, Any]:
+    d = dict(zip(_FIELDS, row, strict=False))
+    flags = row[8]
+    d["closed"] = bool(flags & FLAG_CLOSED)
+    d["source"] = "rest" if flags & FLAG_REST else "ws"
+    return d
+
+
+class Reader:
+    """Pooled read-only connections; safe to share between tasks, one query per thread."""
+
+    def __init__(self, path: Path, *, max_threads: int = 4) -> None:
+        self.path = path
+        self._limiter = trio.CapacityLimiter(max_threads)
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    async def candles(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> list[CandleRow]:
+        """Candles oldest first. With ``since``: the first ``limit`` from it; otherwise the
+        newest ``limit`` up to ``until``."""
+        rows = await self._candle_rows(exchange, symbol, interval, since, until, limit)
+        return [
+            CandleRow(t, o, h, lo, c, v, qv, n, bool(flags & FLAG_CLOSED), _source(flags))
+            for t, o, h, lo, c, v, qv, n, flags in rows
+        ]
+
+    async def candle_dicts(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Like ``candles`` but JSON-ready dicts (field names as CandleRow's)."""
+        rows = await self._candle_rows(exchange, symbol, interval, since, until, limit)
+        return [_to_dict(r) for r in rows]
+
+    async def candles_json(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> bytes:
+        """``candle_dicts`` serialised, built in the worker thread to keep the loop free."""
+
+        def query(conn: sqlite3.Connection) -> bytes:
+            rows = _candles_query(conn, (exchange, symbol, interval), since, until, limit)
+            return orjson.dumps([_to_dict(r) for r in rows])
+
+        return await self._run(query, b"[]")
+
+    async def _candle_rows(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None,
+        until: int | None,
+        limit: int,
+    ) -> list[Row]:
+        key = (exchange, symbol, interval)
+        return await self._run(lambda c: _candles_query(c, key, since, until, limit), [])
+
+    async def last_closed_open_time(self, exchange: str, symbol: str, interval: str) -> int | None:
+        def query(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                f"SELECT open_time FROM candles WHERE series = {_SERIES_ID}"
+                " AND flags & 1 ORDER BY open_time DESC LIMIT 1",
+                (exchange, symbol, interval),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run(query, None)
+
+    async def closed_open_times(
+        self, exchange: str, symbol: str, interval: str, start: int, end: int
+    ) -> list[int]:
+        """Open times of the stored closed candles in [start, end], ascending."""
+
+        def query(conn: sqlite3.Connection) -> list[int]:
+            rows = conn.execute(
+                f"SELECT open_time FROM candles WHERE series = {_SERIES_ID}"
+                " AND open_time >= ? AND open_time <= ? AND flags & 1 ORDER BY open_time",
+                (exchange, symbol, interval, start, end),
+            ).fetchall()
+            return [int(r[0]) for r in rows]
+
+        return await self._run(query, [])
+
+    async def series(self) -> list[SeriesInfo]:
+        """Every series with its candle count and time range (count walks the series' rows)."""
+
+        def query(conn: sqlite3.Connection) -> list[SeriesInfo]:
+            rows = conn.execute(
+                "SELECT exchange, symbol, interval, count(*), min(open_time), max(open_time)"
+                " FROM series JOIN candles ON candles.series = series.id"
+                " GROUP BY series.id ORDER BY exchange, symbol, interval"
+            ).fetchall()
+            return [SeriesInfo(*r) for r in rows]
+
+        return await self._run(query, [])
+
+    async def size_bytes(self) -> int:
+        """Bytes on disk of the database and its WAL."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
+
+    async def resample(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> list[CandleRow]:
+        """``interval`` candles built from stored 1m candles, same since/until/limit rules as
+        ``candles``; see ``feedd.store.resample`` for when a bucket counts as closed."""
+        if interval == rs.BASE_INTERVAL:
+            return await self.candles(exchange, symbol, interval, since, until, limit)
+
+        def query(conn: sqlite3.Connection) -> list[CandleRow]:
+            return _resample_query(conn, exchange, symbol, interval, since, until, limit)
+
+        return await self._run(query, [])
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], empty: T) -> T:
+        return await trio.to_thread.run_sync(self._call, fn, empty, limiter=self._limiter)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T], empty: T) -> T:
+        if self._closed:
+            raise StoreError("reader is closed")
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        try:
+            if conn is None:
+                if not self.path.exists():
+                    return empty
+                conn = connect_reader(self.path)
+            return fn(conn)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return empty  # the writer has not created the schema yet
+            raise store_error(exc, "cannot read", self.path) from exc
+        except sqlite3.Error as exc:
+            raise store_error(exc, "cannot read", self.path) from exc
+        finally:
+            if conn is not None:
+                with self._lock:
+                    if self._closed:
+                        conn.close()
+                    else:
+                        self._idle.append(conn)
+
+
+def _source(flags: int) -> str:
+    return "rest" if flags & FLAG_REST else "ws"
+
+
+def _candles_query(
+    conn: sqlite3.Connection,
+    key: tuple[str, str, str],
+    since: int | None,
+    until: int | None,
+    limit: int,
+) -> list[Row]:
+    lo = _MIN_T if since is None else since
+    hi = _MAX_T if until is None else until
+    if since is not None:
+        return conn.execute(_CANDLES_SQL.format(order="ASC"), (*key, lo, hi, limit)).fetchall()
+    rows = conn.execute(_CANDLES_SQL.format(order="DESC"), (*key, lo, hi, limit)).fetchall()
+    rows.reverse()
+    return rows
+
+
+def _resample_query(
+    conn: sqlite3.Connection,
+    exchange: str,
+    symbol: str,
+    interval: str,
+    since: int | None,
+    until: int | None,
+    limit: int,
+) -> list[CandleRow]:
+    start = _MIN_T if since is None else rs.first_bucket_at_or_after(interval, since)
+    end = _MAX_T if until is None else rs.end_after_bucket_of(interval, until)
+    found = rs.query(
+        conn, exchange, symbol, interval, start, end, newest=since is None, limit=limit
+    )
+    return [
+        CandleRow(
+            b,
+            o,
+            h,
+            lo,
+            c,
+            v,
+            qv,
+            trades,
+            n == rs.expected_minutes(b, e) and n_closed == n,
+            "rest" if flags & FLAG_REST else "ws",
+        )
+        for b, e, o, h, lo, c, v, qv, trades, n, n_closed, flags in found
+    ]

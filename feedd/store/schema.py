@@ -1,0 +1,130 @@
+"""Opening SQLite connections for feedd and creating its schema (idempotent).
+
+Prices and volumes are codec INTEGERs; ``flags`` bit 0 = closed, bit 1 = came from REST.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from feedd.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+FLAG_CLOSED = 1
+FLAG_REST = 2
+
+#: columns of ``candles`` after the key, in the order every statement uses
+VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "trades", "flags")
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    exchange TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    interval TEXT NOT NULL,
+    UNIQUE (exchange, symbol, interval)
+);
+CREATE TABLE IF NOT EXISTS candles (
+    series INTEGER NOT NULL,
+    open_time INTEGER NOT NULL,
+    open INTEGER NOT NULL,
+    high INTEGER NOT NULL,
+    low INTEGER NOT NULL,
+    close INTEGER NOT NULL,
+    volume INTEGER NOT NULL,
+    quote_volume INTEGER NOT NULL,
+    trades INTEGER,
+    flags INTEGER NOT NULL,
+    PRIMARY KEY (series, open_time)
+) WITHOUT ROWID;
+"""
+
+
+def connect_writer(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connection:
+    """The read-write connection, schema ensured. Caller serialises all use of it.
+
+    ``check_same_thread=False`` because trio's worker threads are pooled: the writer keeps
+    the connection behind a CapacityLimiter(1), so only one thread touches it at a time.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is one transaction.
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot switch journal_mode to WAL (got {mode})")
+        # NORMAL in WAL mode survives process crashes; only power loss may drop the last commits.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        ensure_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_reader(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connection:
+    """A read-only connection; raises sqlite3.OperationalError if the file does not exist."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    # Autocommit: a pooled connection must never sit on an open read transaction, which would
+    # pin an old snapshot and stop WAL checkpoints.
+    conn = sqlite3.connect(
+        uri,
+        uri=True,
+        timeout=busy_timeout_ms / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    # Resampling fills a small temp table per query; keep it off the disk.
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _DDL.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
+        elif row[0] != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"database schema version {row[0]} is not the supported {SCHEMA_VERSION}"
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+_HINTS = {
+    5: "database is locked by another writer (busy)",
+    6: "database table is locked",
+    8: "database is read-only (file or directory permissions, or a read-only mount)",
+    10: "disk I/O error",
+    11: "database file is corrupt",
+    13: "disk is full",
+    14: "cannot open the database file (missing directory or permissions)",
+    26: "file is not a SQLite database",
+}
+
+
+def store_error(exc: sqlite3.Error, action: str, path: Path) -> StoreError:
+    """Translate an sqlite3 exception into a StoreError naming the file and the likely cause."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    hint = _HINTS.get(code & 0xFF) if isinstance(code, int) else None
+    text = f"{hint}: {exc}" if hint else str(exc)
+    return StoreError(f"{action} {path}: {text}")
