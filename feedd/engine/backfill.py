@@ -1,14 +1,16 @@
 """History over REST: bootstrap recent candles at start and heal gaps on request.
 
 Work is a queue of streams with the oldest open time still wanted; requests for one stream
-merge. Each round first asks the exchange for its clock, so whether a REST row is closed is
-decided by exchange time (never the local clock), and every heal queued before the round
-sees a clock later than the candles it wants.
+merge. A heal "from the stored tail" is pinned to the tail when it is requested, because the
+live stream may write newer candles before the heal runs. Within the window only the open
+times not yet stored closed are fetched, so holes left by a crash are filled too. Each round
+first asks the exchange for its clock: whether a REST row is closed is decided by exchange
+time (never the local clock), later than every heal queued before the round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
@@ -19,10 +21,20 @@ from feedd.errors import ExchangeError, FeeddError
 from feedd.exchanges.contract import Stream
 from feedd.intervals import INTERVAL_MS, floor_open, next_open
 
-#: (exchange name, stream) -> open time of the newest stored closed candle
-LastClosed = Callable[[str, Stream], Awaitable[int | None]]
 #: candles per writer hand-off
 CHUNK = 1000
+
+
+class StoredHistory(Protocol):
+    """What backfill needs to know of the store (the store's Reader provides it)."""
+
+    async def last_closed_open_time(
+        self, exchange: str, symbol: str, interval: str
+    ) -> int | None: ...
+
+    async def closed_open_times(
+        self, exchange: str, symbol: str, interval: str, start: int, end: int
+    ) -> list[int]: ...
 
 
 class Backfill:
@@ -30,14 +42,14 @@ class Backfill:
         self,
         ctx: ExchangeContext,
         rest: RestClient,
-        last_closed: LastClosed,
+        history: StoredHistory,
         bootstrap_load: int,
     ) -> None:
         self.ctx = ctx
         self.rest = rest
-        self.last_closed = last_closed
+        self.history = history
         self.bootstrap_load = bootstrap_load
-        #: stream -> oldest open time wanted (None: from the last stored closed candle)
+        #: stream -> oldest open time wanted (None: the whole bootstrap window)
         self._pending: dict[Stream, int | None] = {}
         self._wake = trio.Event()
 
@@ -72,7 +84,16 @@ class Backfill:
     async def _receive(self, heal_recv: trio.MemoryReceiveChannel[HealRequest]) -> None:
         async with heal_recv:
             async for heal in heal_recv:
+                if heal.since_ms is None:
+                    heal = HealRequest(heal.stream, await self._tail(heal.stream))
                 self.request(heal)
+
+    async def _tail(self, stream: Stream) -> int | None:
+        """The open time after the newest stored closed candle (None: nothing stored)."""
+        stored = await self.history.last_closed_open_time(
+            self.ctx.module.NAME, stream.symbol, stream.interval
+        )
+        return None if stored is None else next_open(stream.interval, stored)
 
     async def _round(self) -> None:
         module = self.ctx.module
@@ -103,28 +124,52 @@ class Backfill:
 
     async def _heal(self, stream: Stream, since: int | None, server_now: int) -> None:
         module, ctx = self.ctx.module, self.ctx
+        interval = stream.interval
         # The newest candle that has closed by the exchange's clock.
-        end = floor_open(stream.interval, floor_open(stream.interval, server_now) - 1)
-        earliest = floor_open(stream.interval, server_now) - self.bootstrap_load * INTERVAL_MS[
-            stream.interval
-        ]
-        stored = await self.last_closed(module.NAME, stream)
-        start = earliest if stored is None else next_open(stream.interval, stored)
-        if since is not None:
-            start = min(start, since)  # a specific hole may lie below the stored tail
+        end = floor_open(interval, floor_open(interval, server_now) - 1)
+        earliest = floor_open(interval, server_now) - self.bootstrap_load * INTERVAL_MS[interval]
+        start = earliest if since is None else since
         if start > end:
             return
-        healed = 0
-        for request in module.kline_requests(stream, start, end, server_now):
-            candles = await self.rest.call(
-                request,
-                lambda status, body: module.parse_klines(stream, status, body, server_now),
+        stored = set(
+            await self.history.closed_open_times(
+                module.NAME, stream.symbol, interval, start, end
             )
-            closed = [c for c in candles if c.closed and start <= c.open_time <= end]
-            for offset in range(0, len(closed), CHUNK):
-                await ctx.candles_send.send(closed[offset : offset + CHUNK])
-            healed += len(closed)
+        )
+        healed = 0
+        for first, last in missing_ranges(interval, start, end, stored):
+            for request in module.kline_requests(stream, first, last, server_now):
+                candles = await self.rest.call(
+                    request,
+                    lambda status, body: module.parse_klines(stream, status, body, server_now),
+                )
+                closed = [c for c in candles if c.closed and first <= c.open_time <= last]
+                for offset in range(0, len(closed), CHUNK):
+                    await ctx.candles_send.send(closed[offset : offset + CHUNK])
+                healed += len(closed)
         ctx.stats.rest_candles += healed
-        if stored is not None and healed:
+        if since is not None and healed:
             ctx.stats.gaps_healed += 1
             ctx.log.info("%s healed %d candle(s) of %s", module.NAME, healed, stream_key(stream))
+
+
+def missing_ranges(
+    interval: str, start: int, end: int, stored: set[int]
+) -> list[tuple[int, int]]:
+    """Contiguous runs of open times in [start, end] that are not in ``stored``."""
+    ranges: list[tuple[int, int]] = []
+    run_start: int | None = None
+    previous = start
+    t = start
+    while t <= end:
+        if t in stored:
+            if run_start is not None:
+                ranges.append((run_start, previous))
+                run_start = None
+        elif run_start is None:
+            run_start = t
+        previous = t
+        t = next_open(interval, t)
+    if run_start is not None:
+        ranges.append((run_start, previous))
+    return ranges

@@ -18,7 +18,7 @@ import trio
 from feedd import exchanges
 from feedd.candle import Candle
 from feedd.config import Config, ExchangeConfig
-from feedd.engine.backfill import Backfill, LastClosed
+from feedd.engine.backfill import Backfill, StoredHistory
 from feedd.engine.context import ExchangeContext, HealRequest
 from feedd.engine.pacing import Pacer
 from feedd.engine.rest import RestClient
@@ -64,11 +64,11 @@ class Supervisor:
     def __init__(
         self,
         candles_send: trio.MemorySendChannel[list[Candle]],
-        last_closed: LastClosed,
+        history: StoredHistory,
         http: httpx.AsyncClient,
     ) -> None:
         self._candles_send = candles_send
-        self._last_closed = last_closed
+        self._history = history
         self._http = http
         self._nursery: trio.Nursery | None = None
         self._running: dict[str, _Running] = {}
@@ -166,7 +166,7 @@ class Supervisor:
         log.info("%s starting: %d stream(s) on %d connection(s)", module.NAME,
                  sum(map(len, shards)), len(shards))
         async with candles_send, heal_send, trio.open_nursery() as nursery:
-            backfill = Backfill(ctx, rest, self._last_closed, plan.bootstrap_load)
+            backfill = Backfill(ctx, rest, self._history, plan.bootstrap_load)
             all_streams: Sequence[Stream] = [s for shard in shards for s in shard]
             await nursery.start(backfill.run, tuple(all_streams), heal_recv)
             for streams in shards:

@@ -1,0 +1,107 @@
+"""The root of the supervision tree: writer, web, ingest; ordered shutdown by structure.
+
+Shutdown: stop ingest (every exchange's nursery is cancelled and closes its clone of the
+candle channel), let the writer drain the channel and commit, close the store, then stop
+the web server, telling WebSocket handlers first so they close cleanly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+import attrs
+import httpx
+import trio
+
+from feedd.candle import Candle
+from feedd.config import Config
+from feedd.engine.supervisor import Supervisor
+from feedd.errors import ConfigError
+from feedd.store.reader import Reader
+from feedd.store.writer import Writer, WriterSettings
+from feedd.web.app import create_app, serve_web
+from feedd.web.state import AppState
+
+log = logging.getLogger("feedd")
+
+#: lists of candles in flight between ingest and the writer
+CANDLE_QUEUE = 1024
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+@attrs.define(eq=False)
+class Service:
+    """Handles of a running service, reported through ``task_status``."""
+
+    url: str
+    state: AppState
+    stop: trio.Event
+
+
+def check_exposure(config: Config) -> None:
+    """Binding beyond loopback without a token would hand the API to the network."""
+    try:
+        loopback = config.host == "localhost" or ipaddress.ip_address(config.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not config.api_token:
+        raise ConfigError(
+            "host", f"binding {config.host} (not loopback) requires api_token in the config"
+        )
+
+
+async def run_service(
+    config: Config,
+    database: Path,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run feedd until ``stop`` is set, then shut down in order."""
+    check_exposure(config)
+    stop = stop or trio.Event()
+    database.parent.mkdir(parents=True, exist_ok=True)
+    writer = Writer(WriterSettings(database, config.batch_interval, config.max_records))
+    reader = Reader(database)
+    candles_send, candles_recv = trio.open_memory_channel[list[Candle]](CANDLE_QUEUE)
+    try:
+        async with httpx.AsyncClient(http2=False) as http, trio.open_nursery() as root:
+            writer_done = trio.Event()
+
+            async def run_writer(*, task_status: trio.TaskStatus[None]) -> None:
+                try:
+                    await writer.run(candles_recv, task_status=task_status)
+                finally:
+                    writer_done.set()
+
+            await root.start(run_writer)
+            supervisor = Supervisor(candles_send, reader, http)
+            state = AppState(config=config, reader=reader, writer=writer, supervisor=supervisor)
+            web_stop = trio.Event()
+            url = await root.start(serve_web, create_app(state), config.host, config.port, web_stop)
+            ingest = trio.CancelScope()
+
+            async def run_ingest() -> None:
+                with ingest:
+                    async with candles_send:
+                        await supervisor.run(config)
+
+            root.start_soon(run_ingest)
+            log.info("feedd serving on %s; database %s", url, database)
+            task_status.started(Service(url, state, stop))
+
+            await stop.wait()
+            log.info("shutting down: stopping ingest")
+            ingest.cancel()
+            with trio.move_on_after(SHUTDOWN_TIMEOUT_S) as drain:
+                await writer_done.wait()
+            if drain.cancelled_caught:
+                log.error("writer did not finish within %g s", SHUTDOWN_TIMEOUT_S)
+            state.closing.set()
+            web_stop.set()
+            root.cancel_scope.deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
+    finally:
+        reader.close()
+        log.info("feedd stopped")

@@ -1,0 +1,68 @@
+"""Build the Quart-Trio app and serve it with hypercorn inside the caller's nursery."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from feedd.web.api import api
+from feedd.web.errors import ApiError, error_response
+from feedd.web.state import AppState
+
+log = logging.getLogger("feedd.web")
+MAX_BODY_BYTES = 1024 * 1024
+GRACEFUL_TIMEOUT_S = 3.0
+
+
+def create_app(state: AppState) -> QuartTrio:
+    app = QuartTrio("feedd", static_folder=None)
+    app.config["FEEDD_STATE"] = state
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.register_blueprint(api)
+
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, exc.field)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        return error_response(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error in a request")
+        return error_response(500, "internal error (see the server log)")
+
+    return app
+
+
+def bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve_web(
+    app: QuartTrio,
+    host: str,
+    port: int,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``stop`` is set; reports the bound base URL (port 0 picks a free one)."""
+    config = HypercornConfig()
+    config.bind = [bind_address(host, port)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = GRACEFUL_TIMEOUT_S
+
+    class _Status:
+        def started(self, binds: list[str] | None = None) -> None:
+            task_status.started((binds or ["http://" + bind_address(host, port)])[0])
+
+    await serve(app, config, shutdown_trigger=stop.wait, task_status=_Status())

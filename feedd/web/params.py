@@ -1,0 +1,44 @@
+"""Validation of path and query parameters shared by the routes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from feedd import exchanges
+from feedd.config import SYMBOL_PATTERN
+from feedd.intervals import is_interval
+from feedd.web.errors import ApiError
+
+MAX_LIMIT = 5000
+DEFAULT_LIMIT = 1000
+MAX_TIME_MS = 10**14
+
+
+def exchange_name(value: str) -> str:
+    if value not in exchanges.REGISTRY:
+        raise ApiError(404, f"unknown exchange {value!r}", "exchange")
+    return value
+
+
+def symbol(value: str) -> str:
+    if not SYMBOL_PATTERN.fullmatch(value):
+        raise ApiError(400, f"malformed symbol {value[:40]!r} (expected e.g. BTCUSDT)", "symbol")
+    return value
+
+
+def interval(value: str) -> str:
+    if not is_interval(value):
+        raise ApiError(400, f"unknown interval {value[:10]!r}", "interval")
+    return value
+
+
+def bounded_int(args: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    raw = args.get(name)
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
+        raise ApiError(400, f"{name} must be a whole number", name)
+    value = int(raw)
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be between {low} and {high}", name)
+    return value

@@ -1,0 +1,102 @@
+"""Helpers for end-to-end tests: run feedd against the simulator and compare with its truth."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from feedd import config
+from feedd.service import Service
+from feedd.intervals import MINUTE_MS
+from feedd.sim.app import Simulator
+from feedd.store import codec
+
+Row = tuple[str, str, str, str, str, str, int | None]
+
+
+def feedd_config(sim: Simulator, symbols: dict[str, list[str]], **extra: Any) -> config.Config:
+    exchanges = {
+        name: {
+            "symbols": syms,
+            "ws_url": sim.venues[name].ws_url,
+            "rest_url": sim.venues[name].rest_url,
+            # At 60x speed a real second is a minute: tighten the watchdog accordingly.
+            "silence_timeout": 3,
+        }
+        for name, syms in symbols.items()
+    }
+    doc: dict[str, Any] = {
+        "exchanges": exchanges,
+        "intervals": ["1m"],
+        "bootstrap_load": 20,
+        "batch_interval": 50,
+        "port": 0,
+    }
+    doc.update(extra)
+    return config.parse(doc).config
+
+
+def stored_closed(db: Path, exchange: str, symbol: str, interval: str) -> dict[int, Row]:
+    """Closed candles as stored, decoded back to the exact decimal strings."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT c.open_time, c.open, c.high, c.low, c.close, c.volume, c.quote_volume,"
+            " c.trades FROM candles c JOIN series s ON s.id = c.series"
+            " WHERE s.exchange = ? AND s.symbol = ? AND s.interval = ? AND (c.flags & 1) = 1",
+            (exchange, symbol, interval),
+        ).fetchall()
+    finally:
+        conn.close()
+    return {
+        r[0]: (*(codec.decode_str(v) for v in r[1:7]), r[7])  # type: ignore[misc]
+        for r in rows
+    }
+
+
+def truth_rows(sim: Simulator, exchange: str, symbol: str, start: int, end: int) -> dict[int, Row]:
+    return {
+        t.open_time: (t.open, t.high, t.low, t.close, t.volume, t.quote_volume, t.trades)
+        for t in sim.truth(exchange, symbol, "1m", start, end)
+    }
+
+
+def compare(
+    sim: Simulator, db: Path, exchange: str, symbols: Iterable[str], start: int, end: int
+) -> list[str]:
+    """Differences between stored closed candles and the truth in [start, end]."""
+    problems = []
+    for symbol in symbols:
+        truth = truth_rows(sim, exchange, symbol, start, end)
+        stored = {
+            t: row for t, row in stored_closed(db, exchange, symbol, "1m").items()
+            if start <= t <= end
+        }
+        if len(truth) != (end - start) // MINUTE_MS + 1:
+            problems.append(f"{symbol}: truth has {len(truth)} candles, window is wrong")
+        for t in sorted(set(truth) - set(stored)):
+            problems.append(f"{exchange} {symbol} {t}: missing")
+        for t in sorted(set(stored) - set(truth)):
+            problems.append(f"{exchange} {symbol} {t}: not in truth")
+        for t in sorted(set(truth) & set(stored)):
+            if truth[t] != stored[t]:
+                problems.append(f"{exchange} {symbol} {t}: stored {stored[t]} != {truth[t]}")
+    return problems
+
+
+async def wait_for_truth(
+    service: Service,
+    sim: Simulator,
+    db: Path,
+    exchange: str,
+    symbols: Iterable[str],
+    start: int,
+    end: int,
+) -> None:
+    """Wait, on commits rather than sleeps, until the store equals the truth in the window."""
+    symbols = list(symbols)
+    with service.state.writer.open_commit_listener() as commits:
+        while compare(sim, db, exchange, symbols, start, end):
+            await commits.receive()
