@@ -12,6 +12,7 @@ from typing import Any
 from feedd.candle import Candle, Source
 from feedd.errors import ExchangeError, ParseError, RateLimited
 from feedd.exchanges import fields as f
+from feedd.exchanges.common import page_windows
 from feedd.exchanges.contract import (
     Event,
     InstrumentsPage,
@@ -22,17 +23,19 @@ from feedd.exchanges.contract import (
     SubscribeRejected,
     SubscribeRequest,
 )
-from feedd.intervals import INTERVAL_MS, close_time
+from feedd.intervals import close_time
 
 NAME = "binance_futures"
 DEFAULT_WS_URL = "wss://fstream.binance.com"
 DEFAULT_REST_URL = "https://fapi.binance.com"
 
+# fmt: off
 INTERVALS: Mapping[str, str] = {
     name: name
     for name in ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d",
                  "1w", "1M")
 }
+# fmt: on
 _CANONICAL = {native: canonical for canonical, native in INTERVALS.items()}
 
 LIMITS = Limits(
@@ -159,12 +162,10 @@ def _kline(message: dict[str, Any]) -> Candle:
 
 def kline_requests(stream: Stream, start_ms: int, end_ms: int, now_ms: int) -> list[RestRequest]:
     """Windows of at most one page each, covering open times ``start_ms`` .. ``end_ms``."""
-    step = INTERVAL_MS[stream.interval]
     requests = []
-    window_start = start_ms
-    while window_start <= end_ms:
-        window_end = min(end_ms, window_start + step * REST_PAGE_LIMIT - 1)
-        limit = min(REST_PAGE_LIMIT, (window_end - window_start) // step + 1)
+    for window_start, window_end, limit in page_windows(
+        stream.interval, start_ms, end_ms, REST_PAGE_LIMIT
+    ):
         params = (
             ("symbol", stream.symbol),
             ("interval", INTERVALS[stream.interval]),
@@ -173,7 +174,6 @@ def kline_requests(stream: Stream, start_ms: int, end_ms: int, now_ms: int) -> l
             ("limit", str(limit)),
         )
         requests.append(RestRequest("/fapi/v1/klines", params, weight=kline_weight(limit)))
-        window_start = window_end + 1
     return requests
 
 
