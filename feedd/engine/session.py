@@ -35,6 +35,8 @@ ACK_TIMEOUT_S = 15.0
 MESSAGE_BUDGET_SHARE = 0.5
 #: rotate this long before the venue's forced disconnect
 ROTATE_MARGIN = 0.1
+#: most frames taken off the socket queue before handing candles on
+MAX_BURST = 256
 
 
 class StreamsSilent(TransportError):
@@ -235,42 +237,57 @@ class Session:
     async def _read_loop(self) -> None:
         assert self._ws is not None
         ws, ctx, module, stats = self._ws, self.ctx, self.ctx.module, self.ctx.stats
+        # trio-websocket hands out one message per await, each costing a trip through the
+        # scheduler; taking what is already queued in one go (and one channel send per
+        # burst) roughly halves the per-frame overhead under load.
+        queued: trio.MemoryReceiveChannel[str | bytes] | None = getattr(ws, "_recv_channel", None)
         while True:
-            message = await ws.get_message()
+            messages = [await ws.get_message()]
+            if queued is not None:
+                while len(messages) < MAX_BURST:
+                    try:
+                        messages.append(queued.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break  # an ended connection is reported by the next get_message()
             now = trio.current_time()
             self._last_message = now
             stats.last_message_at = now
-            stats.messages += 1
-            try:
-                text = message if isinstance(message, str) else message.decode()
-                events = module.parse_frame(text)
-            except (ParseError, UnicodeDecodeError) as exc:
-                self._parse_error(exc, message)
-                continue
+            stats.messages += len(messages)
             candles: list[Candle] = []
-            for event in events:
-                if isinstance(event, Candle):
-                    if self._on_candle(event, now):
-                        candles.append(event)
-                elif isinstance(event, SubscribeAck):
-                    self._on_ack(event)
-                elif isinstance(event, SubscribeRejected):
-                    await self._on_rejected(event)
-                elif isinstance(event, Pong):
-                    pass
-                elif isinstance(event, ServerPing):
-                    await self._send(event.reply)
-                elif isinstance(event, Notice):
-                    ctx.log.warning("%s notice %s: %s", module.NAME, event.code, event.message)
-                    if event.reconnect:
-                        self._request_rotation()
-                elif isinstance(event, ErrorEvent):
-                    stats.exchange_errors += 1
-                    stats.last_error = f"{event.code} {event.message}"
-                    ctx.log.warning("%s error %s: %s", module.NAME, event.code, event.message)
+            for message in messages:
+                await self._handle(message, now, candles)
             if candles:
                 stats.candles += len(candles)
                 await ctx.candles_send.send(candles)
+
+    async def _handle(self, message: str | bytes, now: float, candles: list[Candle]) -> None:
+        ctx, module, stats = self.ctx, self.ctx.module, self.ctx.stats
+        try:
+            text = message if isinstance(message, str) else message.decode()
+            events = module.parse_frame(text)
+        except (ParseError, UnicodeDecodeError) as exc:
+            self._parse_error(exc, message)
+            return
+        for event in events:
+            if isinstance(event, Candle):
+                if self._on_candle(event, now):
+                    candles.append(event)
+            elif isinstance(event, SubscribeAck):
+                    self._on_ack(event)
+            elif isinstance(event, SubscribeRejected):
+                await self._on_rejected(event)
+            elif isinstance(event, Pong):
+                pass
+            elif isinstance(event, ServerPing):
+                await self._send(event.reply)
+            elif isinstance(event, Notice):
+                ctx.log.warning("%s notice %s: %s", module.NAME, event.code, event.message)
+                if event.reconnect:
+                    self._request_rotation()
+            elif isinstance(event, ErrorEvent):
+                stats.exchange_errors += 1
+                stats.last_error = f"{event.code} {event.message}"
+                ctx.log.warning("%s error %s: %s", module.NAME, event.code, event.message)
 
     def _on_candle(self, candle: Candle, now: float) -> bool:
         tracked = self._tracked.get((candle.symbol, candle.interval))
