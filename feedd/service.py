@@ -61,7 +61,7 @@ async def run_service(
 ) -> None:
     """Run feedd until ``stop`` is set, then shut down in order."""
     check_exposure(config)
-    stop = stop or trio.Event()
+    stop = trio.Event() if stop is None else stop
     database.parent.mkdir(parents=True, exist_ok=True)
     writer = Writer(WriterSettings(database, config.batch_interval, config.max_records))
     reader = Reader(database)
