@@ -4,9 +4,10 @@ REST dispatch with faults, and the ``/_sim/*`` control endpoints. Venues fill in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -224,7 +225,7 @@ class Venue:
         self.sessions.add(session)
         self.stats["ws_connections"] += 1
         try:
-            with session.scope:
+            with session.scope, _client_gone_is_fine():
                 async with trio.open_nursery() as nursery:
                     session.nursery = nursery
                     nursery.start_soon(peer.run_writer)
@@ -265,3 +266,12 @@ class Venue:
                 return
             wait = 1.0 if lifetime is None else session.opened_at + lifetime - now
             await trio.sleep(min(1.0, wait))
+
+
+@contextlib.contextmanager
+def _client_gone_is_fine() -> Iterator[None]:
+    """A client that resets its connection ends its session, never the server."""
+    try:
+        yield
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+        pass
