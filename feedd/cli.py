@@ -27,13 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Collect OHLCV candles from Binance USD-M, Bybit linear and OKX swap into "
         "SQLite and serve them over HTTP.",
     )
-    parser.add_argument("--config", default="config.json", metavar="PATH",
-                        help="configuration file (default: ./config.json)")
+    parser.add_argument(
+        "--config",
+        default="config.json",
+        metavar="PATH",
+        help="configuration file (default: ./config.json)",
+    )
     parser.add_argument("--host", help="address to bind the HTTP API (overrides the config)")
     parser.add_argument("--port", type=int, help="port of the HTTP API (overrides the config)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="log verbosity (default: info)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default: info)",
+    )
     parser.add_argument("--version", action="version", version=f"feedd {__version__}")
     return parser
 

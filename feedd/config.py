@@ -87,7 +87,8 @@ def load(path: str | os.PathLike[str]) -> Loaded:
     except FileNotFoundError:
         raise ConfigError("", f"config file {os.fspath(path)!r} not found") from None
     except OSError as exc:
-        raise ConfigError("", f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from None
+        problem = f"cannot read config file {os.fspath(path)!r}: {exc.strerror}"
+        raise ConfigError("", problem) from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -146,9 +147,7 @@ def _exchanges(
         module = exchanges.get(name)
         for interval in intervals:
             if interval not in module.INTERVALS:
-                raise ConfigError(
-                    "intervals", f"{name} does not offer the {interval} interval"
-                )
+                raise ConfigError("intervals", f"{name} does not offer the {interval} interval")
         result[name] = ExchangeConfig(
             name=name,
             symbols=_symbols(settings.get("symbols", list(DEFAULT_SYMBOLS)), f"{path}.symbols"),
@@ -163,7 +162,7 @@ def _exchanges(
 
 def _symbols(value: object, path: str) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise ConfigError(path, "expected a list of symbols such as \"BTCUSDT\"")
+        raise ConfigError(path, 'expected a list of symbols such as "BTCUSDT"')
     if len(value) > _MAX_SYMBOLS:
         raise ConfigError(path, f"at most {_MAX_SYMBOLS} symbols per exchange")
     seen: dict[str, None] = {}
@@ -171,7 +170,7 @@ def _symbols(value: object, path: str) -> tuple[str, ...]:
         if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
             raise ConfigError(
                 f"{path}[{index}]",
-                f"malformed symbol {symbol!r} (expected upper-case BASEUSDT, e.g. \"BTCUSDT\")",
+                f'malformed symbol {symbol!r} (expected upper-case BASEUSDT, e.g. "BTCUSDT")',
             )
         seen[symbol] = None  # keeps order, drops repeats
     return tuple(seen)
@@ -179,7 +178,7 @@ def _symbols(value: object, path: str) -> tuple[str, ...]:
 
 def _intervals(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        raise ConfigError("intervals", "expected a non-empty list such as [\"1m\"]")
+        raise ConfigError("intervals", 'expected a non-empty list such as ["1m"]')
     for index, interval in enumerate(value):
         if not isinstance(interval, str) or not is_interval(interval):
             raise ConfigError(

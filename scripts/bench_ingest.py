@@ -37,8 +37,21 @@ def symbols(count: int) -> list[str]:
 
 async def start_sim(venues: Sequence[str], rate: float) -> tuple[trio.Process, dict[str, Any]]:
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "feedd.sim", "--venues", ",".join(venues), "--speed", "1",
-         "--rate", str(rate), "--max-inbound", "0", "--symbols", "700"],
+        [
+            sys.executable,
+            "-m",
+            "feedd.sim",
+            "--venues",
+            ",".join(venues),
+            "--speed",
+            "1",
+            "--rate",
+            str(rate),
+            "--max-inbound",
+            "0",
+            "--symbols",
+            "700",
+        ],
         stdout=subprocess.PIPE,
     )
     assert process.stdout is not None
@@ -61,8 +74,12 @@ async def start_sim(venues: Sequence[str], rate: float) -> tuple[trio.Process, d
 def feedd_config(urls: dict[str, Any], count: int, db: Path) -> config_module.Config:
     doc = {
         "exchanges": {
-            name: {"symbols": symbols(count), "ws_url": u["ws_url"], "rest_url": u["rest_url"],
-                   "silence_timeout": 30}
+            name: {
+                "symbols": symbols(count),
+                "ws_url": u["ws_url"],
+                "rest_url": u["rest_url"],
+                "silence_timeout": 30,
+            }
             for name, u in urls.items()
         },
         "intervals": ["1m"],
@@ -74,7 +91,9 @@ def feedd_config(urls: dict[str, Any], count: int, db: Path) -> config_module.Co
     return config_module.parse(doc).config
 
 
-async def run_once(venues: Sequence[str], count: int, seconds: float, rate: float) -> dict[str, Any]:
+async def run_once(
+    venues: Sequence[str], count: int, seconds: float, rate: float
+) -> dict[str, Any]:
     sim, urls = await start_sim(venues, rate)
     commits: dict[tuple[str, int, str], float] = {}
     peak_rss = 0
@@ -146,8 +165,9 @@ async def _latencies(
         for entry in urls.values():
             after = 0
             while True:
-                body = (await client.get(entry["rest_url"] + "/_sim/sendlog",
-                                         params={"after": after})).json()
+                body = (
+                    await client.get(entry["rest_url"] + "/_sim/sendlog", params={"after": after})
+                ).json()
                 for symbol, open_ms, close, sent in body["rows"]:
                     committed = commits.get((symbol, open_ms, close))
                     if committed is not None and t0 <= sent <= end:
@@ -161,8 +181,9 @@ async def _latencies(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--exchange", default="binance_futures",
-                        help="venue name, or 'all' for the three at once")
+    parser.add_argument(
+        "--exchange", default="binance_futures", help="venue name, or 'all' for the three at once"
+    )
     parser.add_argument("--symbols", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--latency-rate", type=float, default=1000.0)

@@ -38,8 +38,10 @@ def main() -> int:
         config["bootstrap_load"] = min(config.get("bootstrap_load", 10000), 1440)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
             json.dump(config, handle)
-        print(f"demo: simulator up; feedd on http://127.0.0.1:{config.get('port', 3000)}",
-              file=sys.stderr)
+        print(
+            f"demo: simulator up; feedd on http://127.0.0.1:{config.get('port', 3000)}",
+            file=sys.stderr,
+        )
         try:
             return subprocess.call([sys.executable, "-m", "feedd", "--config", handle.name])
         except KeyboardInterrupt:

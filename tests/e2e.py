@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from feedd import config
-from feedd.service import Service
 from feedd.intervals import MINUTE_MS
+from feedd.service import Service
 from feedd.sim.app import Simulator
 from feedd.store import codec
 
@@ -71,7 +71,8 @@ def compare(
     for symbol in symbols:
         truth = truth_rows(sim, exchange, symbol, start, end)
         stored = {
-            t: row for t, row in stored_closed(db, exchange, symbol, "1m").items()
+            t: row
+            for t, row in stored_closed(db, exchange, symbol, "1m").items()
             if start <= t <= end
         }
         if len(truth) != (end - start) // MINUTE_MS + 1:

@@ -45,6 +45,12 @@ class FakeVenue:
     open_connections: int = 0
     max_open: int = 0
     subscribe_frames: list[dict[str, object]] = attrs.field(factory=list)
+    _connected: trio.Event = attrs.field(factory=trio.Event)
+
+    async def wait_connects(self, count: int) -> None:
+        """Return once ``count`` connections have been accepted in total."""
+        while len(self.connects) < count:
+            await self._connected.wait()
 
     @asynccontextmanager
     async def connect(self, url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
@@ -62,6 +68,8 @@ class FakeVenue:
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
         self.connects.append(trio.current_time())
+        self._connected.set()
+        self._connected = trio.Event()
         self.open_connections += 1
         self.max_open = max(self.max_open, self.open_connections)
         try:
@@ -77,13 +85,15 @@ class FakeVenue:
                         message = orjson.loads(await ws.get_message())
                         self.subscribe_frames.append(message)
                         params = [str(p) for p in message["params"]]
-                        bad = [p for p in params if p.split("@")[0].upper() in self.script.reject_symbols]
+                        rejects = self.script.reject_symbols
+                        bad = [p for p in params if p.split("@")[0].upper() in rejects]
                         if bad:
                             error = {"code": 2, "msg": f"Invalid request: invalid stream {bad[0]}"}
-                            await ws.send_message(orjson.dumps({"error": error, "id": message["id"]}).decode())
+                            answer = {"error": error, "id": message["id"]}
                         else:
                             subscribed.extend(params)
-                            await ws.send_message(orjson.dumps({"result": None, "id": message["id"]}).decode())
+                            answer = {"result": None, "id": message["id"]}
+                        await ws.send_message(orjson.dumps(answer).decode())
                 except trio_websocket.ConnectionClosed:
                     pass
                 nursery.cancel_scope.cancel()
@@ -107,18 +117,35 @@ class FakeVenue:
                 if symbol in self.script.silent_symbols:
                     continue
                 previous = last_open.get(name)
-                if previous is not None and previous != open_ms:
-                    if (symbol, previous) not in self.script.skip_close_of:
-                        await ws.send_message(kline_frame(symbol, previous, closed=True))
+                if (
+                    previous is not None
+                    and previous != open_ms
+                    and (symbol, previous) not in self.script.skip_close_of
+                ):
+                    await ws.send_message(kline_frame(symbol, previous, closed=True))
                 last_open[name] = open_ms
                 await ws.send_message(kline_frame(symbol, open_ms, closed=False))
 
 
 def kline_frame(symbol: str, open_ms: int, *, closed: bool) -> str:
     k = {
-        "t": open_ms, "T": open_ms + 59_999, "s": symbol, "i": "1m", "f": 1, "L": 2,
-        "o": "100.0", "c": "101.0", "h": "102.0", "l": "99.0", "v": "1.5", "n": 3,
-        "x": closed, "q": "150.0", "V": "0.5", "Q": "50.0", "B": "0",
+        "t": open_ms,
+        "T": open_ms + 59_999,
+        "s": symbol,
+        "i": "1m",
+        "f": 1,
+        "L": 2,
+        "o": "100.0",
+        "c": "101.0",
+        "h": "102.0",
+        "l": "99.0",
+        "v": "1.5",
+        "n": 3,
+        "x": closed,
+        "q": "150.0",
+        "V": "0.5",
+        "Q": "50.0",
+        "B": "0",
     }
     data = {"e": "kline", "E": open_ms + 1, "s": symbol, "k": k}
     return orjson.dumps({"stream": f"{symbol.lower()}@kline_1m", "data": data}).decode()

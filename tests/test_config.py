@@ -51,16 +51,31 @@ def test_repository_config_is_valid() -> None:
     ("patch", "path", "words"),
     [
         ({"exchanges": {"kraken": {}}}, "exchanges.kraken", "unknown exchange"),
-        ({"exchanges": {"binance_futures": {"symbols": ["btcusdt"]}}},
-         "exchanges.binance_futures.symbols[0]", "malformed symbol"),
-        ({"exchanges": {"binance_futures": {"symbols": "BTCUSDT"}}},
-         "exchanges.binance_futures.symbols", "list"),
-        ({"exchanges": {"binance_futures": {"enabled": "yes"}}},
-         "exchanges.binance_futures.enabled", "true or false"),
-        ({"exchanges": {"binance_futures": {"ws_url": "ftp://x"}}},
-         "exchanges.binance_futures.ws_url", "URL"),
-        ({"exchanges": {"binance_futures": {"connection_lifetime": -1}}},
-         "exchanges.binance_futures.connection_lifetime", "positive"),
+        (
+            {"exchanges": {"binance_futures": {"symbols": ["btcusdt"]}}},
+            "exchanges.binance_futures.symbols[0]",
+            "malformed symbol",
+        ),
+        (
+            {"exchanges": {"binance_futures": {"symbols": "BTCUSDT"}}},
+            "exchanges.binance_futures.symbols",
+            "list",
+        ),
+        (
+            {"exchanges": {"binance_futures": {"enabled": "yes"}}},
+            "exchanges.binance_futures.enabled",
+            "true or false",
+        ),
+        (
+            {"exchanges": {"binance_futures": {"ws_url": "ftp://x"}}},
+            "exchanges.binance_futures.ws_url",
+            "URL",
+        ),
+        (
+            {"exchanges": {"binance_futures": {"connection_lifetime": -1}}},
+            "exchanges.binance_futures.connection_lifetime",
+            "positive",
+        ),
         ({"intervals": ["7m"]}, "intervals[0]", "unknown interval"),
         ({"intervals": []}, "intervals", "non-empty"),
         ({"batch_interval": -5}, "batch_interval", "between"),
@@ -79,8 +94,13 @@ def test_bad_values_name_their_key(patch: dict[str, object], path: str, words: s
 
 
 def test_unknown_keys_warn_but_load() -> None:
-    loaded = config.parse({**SEED, "colour": "blue",
-                           "exchanges": {"binance_futures": {"symbols": ["BTCUSDT"], "x": 1}}})
+    loaded = config.parse(
+        {
+            **SEED,
+            "colour": "blue",
+            "exchanges": {"binance_futures": {"symbols": ["BTCUSDT"], "x": 1}},
+        }
+    )
     assert loaded.warnings == (
         "colour: unknown key, ignored",
         "exchanges.binance_futures.x: unknown key, ignored",
@@ -88,8 +108,9 @@ def test_unknown_keys_warn_but_load() -> None:
 
 
 def test_duplicate_symbols_collapse_in_order() -> None:
-    cfg = config.parse({"exchanges": {"binance_futures": {
-        "symbols": ["ETHUSDT", "BTCUSDT", "ETHUSDT"]}}}).config
+    cfg = config.parse(
+        {"exchanges": {"binance_futures": {"symbols": ["ETHUSDT", "BTCUSDT", "ETHUSDT"]}}}
+    ).config
     assert cfg.exchanges["binance_futures"].symbols == ("ETHUSDT", "BTCUSDT")
 
 

@@ -49,8 +49,18 @@ async def test_clean_run_equals_truth(tmp_path: Path) -> None:
     candles = response.json()
     assert len(candles) == 5
     assert [c["open_time"] for c in candles] == sorted(c["open_time"] for c in candles)
-    assert set(candles[0]) == {"open_time", "open", "high", "low", "close", "volume",
-                               "quote_volume", "trades", "closed", "source"}
+    assert set(candles[0]) == {
+        "open_time",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "quote_volume",
+        "trades",
+        "closed",
+        "source",
+    }
     assert health.json()["status"] == "ok"
     # bootstrap (20 minutes of history over REST) + live minutes, all equal to the truth
     assert compare(sim, db, EX, SYMBOLS, start - 20 * MINUTE_MS, start + 3 * MINUTE_MS) == []

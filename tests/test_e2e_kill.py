@@ -28,15 +28,25 @@ POLL_S = 0.1
 
 def write_config(sim: Simulator, path: Path) -> None:
     venue = sim.venues[EX]
-    path.write_text(json.dumps({
-        "exchanges": {EX: {"symbols": SYMBOLS, "ws_url": venue.ws_url,
-                           "rest_url": venue.rest_url, "silence_timeout": 3}},
-        "intervals": ["1m"],
-        "database_path": "ohlcv.db",
-        "bootstrap_load": 10,
-        "batch_interval": 50,
-        "port": 0,
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "exchanges": {
+                    EX: {
+                        "symbols": SYMBOLS,
+                        "ws_url": venue.ws_url,
+                        "rest_url": venue.rest_url,
+                        "silence_timeout": 3,
+                    }
+                },
+                "intervals": ["1m"],
+                "database_path": "ohlcv.db",
+                "bootstrap_load": 10,
+                "batch_interval": 50,
+                "port": 0,
+            }
+        )
+    )
 
 
 def closed_count(db: Path) -> int:
@@ -67,7 +77,8 @@ async def test_sigkill_then_restart_heals_everything(tmp_path: Path) -> None:
         with trio.fail_after(90):
             process = await start_feedd(config)
             try:
-                while closed_count(db) < 10 * len(SYMBOLS):  # bootstrap + live candles
+                # bootstrap + live candles; polling: see the module docstring
+                while closed_count(db) < 10 * len(SYMBOLS):  # noqa: ASYNC110
                     await trio.sleep(POLL_S)
                 await sim.sleep_until_ms(start + 2 * MINUTE_MS + 30_000)  # mid-candle
                 process.kill()  # SIGKILL: no drain, no goodbye
@@ -77,7 +88,7 @@ async def test_sigkill_then_restart_heals_everything(tmp_path: Path) -> None:
                 process = await start_feedd(config)
                 end = sim.now_ms() // MINUTE_MS * MINUTE_MS - MINUTE_MS
                 window = (start - 10 * MINUTE_MS, end)
-                while compare(sim, db, EX, SYMBOLS, *window):
+                while compare(sim, db, EX, SYMBOLS, *window):  # noqa: ASYNC110
                     await trio.sleep(POLL_S)
                 process.send_signal(signal.SIGTERM)
                 assert await process.wait() == 0

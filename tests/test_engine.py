@@ -3,6 +3,7 @@ rotation, rejected subscriptions and missed closed candles."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -61,7 +62,8 @@ async def test_session_subscribes_and_streams(autojump_clock: trio.testing.MockC
         session = Session(ctx, (BTC, ETH), frozenset())
         await nursery.start(session.run)
         assert ctx.stats.streams_subscribed == 2
-        received = {c.symbol for batch in [await candles.receive() for _ in range(4)] for c in batch}
+        batches = [await candles.receive() for _ in range(4)]
+        received = {c.symbol for batch in batches for c in batch}
         assert received == {"BTCUSDT", "ETHUSDT"}
         assert ctx.stats.stream_states == {"BTCUSDT 1m": "live", "ETHUSDT 1m": "live"}
         session.cancel()
@@ -112,7 +114,7 @@ async def test_missed_closed_candle_requests_a_heal(autojump_clock: trio.testing
     await trio.sleep(30)  # start mid-minute
     first_open = 0
     venue = FakeVenue(Script(skip_close_of={("BTCUSDT", first_open)}))
-    ctx, candles, heals = make_context(venue, silence_timeout=100)
+    ctx, _, heals = make_context(venue, silence_timeout=100)
     async with trio.open_nursery() as nursery:
         session = Session(ctx, (BTC,), frozenset())
         await nursery.start(session.run)
@@ -125,7 +127,7 @@ async def test_missed_closed_candle_requests_a_heal(autojump_clock: trio.testing
 
 async def test_rotation_is_make_before_break(autojump_clock: trio.testing.MockClock) -> None:
     venue = FakeVenue()
-    ctx, candles, heals = make_context(venue, lifetime=100, silence_timeout=30)
+    ctx, candles, _ = make_context(venue, lifetime=100, silence_timeout=30)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_shard, ctx, (BTC,))
         arrivals: list[float] = []
@@ -135,7 +137,7 @@ async def test_rotation_is_make_before_break(autojump_clock: trio.testing.MockCl
         nursery.cancel_scope.cancel()
     assert ctx.stats.rotations == 3
     assert venue.max_open == 2  # the new connection was up before the old one closed
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert max(gaps) <= 1.0 + 1e-6  # not one push missed
     assert ctx.stats.reconnects == 0
 
@@ -145,11 +147,11 @@ async def test_reconnects_back_off(autojump_clock: trio.testing.MockClock) -> No
     ctx, _, heals = make_context(venue)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_shard, ctx, (BTC,))
-        while len(venue.connects) < 6:
-            await trio.sleep(1)
+        await venue.wait_connects(6)
         nursery.cancel_scope.cancel()
-    waits = [b - a for a, b in zip(venue.connects, venue.connects[1:], strict=False)]
+    waits = [b - a for a, b in itertools.pairwise(venue.connects)]
     assert waits[-1] > waits[0] * 4  # 1 s doubling to 16 s, jittered
     assert ctx.stats.reconnects >= 5
-    # every reconnect asked for the gap to be healed
-    assert heals.statistics().current_buffer_used >= 5
+    # every reconnect that got subscribed asked for its gap to be healed (the sixth
+    # connection was only just accepted when the test stopped)
+    assert heals.statistics().current_buffer_used == 4

@@ -115,7 +115,9 @@ class Backfill:
                 self.ctx.stats.set_stream(stream_key(stream), StreamState.REJECTED, str(exc))
             except FeeddError as exc:
                 self.ctx.log.warning(
-                    "%s backfill of %s failed, will retry: %s", module.NAME, stream_key(stream),
+                    "%s backfill of %s failed, will retry: %s",
+                    module.NAME,
+                    stream_key(stream),
                     exc,
                 )
                 self.request(HealRequest(stream, since))
@@ -132,9 +134,7 @@ class Backfill:
         if start > end:
             return
         stored = set(
-            await self.history.closed_open_times(
-                module.NAME, stream.symbol, interval, start, end
-            )
+            await self.history.closed_open_times(module.NAME, stream.symbol, interval, start, end)
         )
         healed = 0
         for first, last in missing_ranges(interval, start, end, stored):
@@ -153,9 +153,7 @@ class Backfill:
             ctx.log.info("%s healed %d candle(s) of %s", module.NAME, healed, stream_key(stream))
 
 
-def missing_ranges(
-    interval: str, start: int, end: int, stored: set[int]
-) -> list[tuple[int, int]]:
+def missing_ranges(interval: str, start: int, end: int, stored: set[int]) -> list[tuple[int, int]]:
     """Contiguous runs of open times in [start, end] that are not in ``stored``."""
     ranges: list[tuple[int, int]] = []
     run_start: int | None = None

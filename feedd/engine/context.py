@@ -16,7 +16,6 @@ from feedd.engine.stats import ExchangeStats
 from feedd.engine.ws import open_websocket
 from feedd.exchanges.contract import ExchangeModule, Stream
 
-
 Connector = Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocketConnection]]
 
 

@@ -92,7 +92,10 @@ class RestClient:
                 delay = backoff.next_delay()
                 self.log.warning(
                     "%s %s failed (%s); retrying in %.1f s",
-                    self.module.NAME, request.path, exc, delay,
+                    self.module.NAME,
+                    request.path,
+                    exc,
+                    delay,
                 )
                 await trio.sleep(delay)
             except ExchangeError:

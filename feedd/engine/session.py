@@ -217,7 +217,10 @@ class Session:
             )
             self.ctx.log.warning(
                 "%s rejected %s: %s %s",
-                self.ctx.module.NAME, stream_key(stream), event.code, event.message,
+                self.ctx.module.NAME,
+                stream_key(stream),
+                event.code,
+                event.message,
             )
         if retry:
             # The venue may have failed the whole request for one bad stream: ask again, one
@@ -236,7 +239,7 @@ class Session:
 
     async def _read_loop(self) -> None:
         assert self._ws is not None
-        ws, ctx, module, stats = self._ws, self.ctx, self.ctx.module, self.ctx.stats
+        ws, ctx, stats = self._ws, self.ctx, self.ctx.stats
         # trio-websocket hands out one message per await, each costing a trip through the
         # scheduler; taking what is already queued in one go (and one channel send per
         # burst) roughly halves the per-frame overhead under load.
@@ -273,7 +276,7 @@ class Session:
                 if self._on_candle(event, now):
                     candles.append(event)
             elif isinstance(event, SubscribeAck):
-                    self._on_ack(event)
+                self._on_ack(event)
             elif isinstance(event, SubscribeRejected):
                 await self._on_rejected(event)
             elif isinstance(event, Pong):
@@ -318,8 +321,9 @@ class Session:
             self.ctx.heal_send.send_nowait(HealRequest(stream, since_ms))
         except trio.WouldBlock:
             # The backfill queue is full; a reconnect heal from the store will cover it.
-            self.ctx.log.warning("%s heal queue full, %s deferred", self.ctx.module.NAME,
-                                 stream_key(stream))
+            self.ctx.log.warning(
+                "%s heal queue full, %s deferred", self.ctx.module.NAME, stream_key(stream)
+            )
 
     def _parse_error(self, exc: Exception, message: str | bytes) -> None:
         self.ctx.stats.parse_errors += 1
@@ -329,7 +333,10 @@ class Session:
             self._parse_errors_logged_at = now
             self.ctx.log.warning(
                 "%s malformed frame (%d so far): %s; frame starts %r",
-                self.ctx.module.NAME, self.ctx.stats.parse_errors, exc, message[:80],
+                self.ctx.module.NAME,
+                self.ctx.stats.parse_errors,
+                exc,
+                message[:80],
             )
 
     # ------------------------------------------------------------------ timers

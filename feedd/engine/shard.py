@@ -79,5 +79,6 @@ def _count_strikes(session: Session, strikes: dict[Stream, int]) -> None:
             if strikes[stream] == SILENT_STRIKES:
                 session.ctx.log.warning(
                     "%s %s stays silent; no longer reconnecting for it",
-                    session.ctx.module.NAME, stream_key(stream),
+                    session.ctx.module.NAME,
+                    stream_key(stream),
                 )

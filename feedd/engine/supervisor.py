@@ -163,8 +163,12 @@ class Supervisor:
         )
         rest = RestClient(module, ctx.rest_base, self._http, stats, log)
         shards = shard_streams(module, plan)
-        log.info("%s starting: %d stream(s) on %d connection(s)", module.NAME,
-                 sum(map(len, shards)), len(shards))
+        log.info(
+            "%s starting: %d stream(s) on %d connection(s)",
+            module.NAME,
+            sum(map(len, shards)),
+            len(shards),
+        )
         async with candles_send, heal_send, trio.open_nursery() as nursery:
             backfill = Backfill(ctx, rest, self._history, plan.bootstrap_load)
             all_streams: Sequence[Stream] = [s for shard in shards for s in shard]

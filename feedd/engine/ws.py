@@ -58,7 +58,9 @@ async def open_websocket(url: str) -> AsyncIterator[trio_websocket.WebSocketConn
                         receive_buffer_size=65536,
                     )
             except (trio_websocket.HandshakeError, trio.TooSlowError, OSError) as exc:
-                raise TransportError(f"WebSocket handshake with {parts.netloc} failed: {exc}")
+                raise TransportError(
+                    f"WebSocket handshake with {parts.netloc} failed: {exc}"
+                ) from None
             try:
                 yield ws
             finally:
