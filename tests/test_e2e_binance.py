@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import httpx
 import trio
 from e2e import compare, feedd_config, wait_for_truth
@@ -98,3 +99,29 @@ async def test_faults_heal_to_truth(tmp_path: Path) -> None:
     assert stats.reconnects >= 2
     assert stats.gaps_healed >= 1
     assert compare(sim, db, EX, SYMBOLS, start - 5 * MINUTE_MS, end) == []
+
+
+async def test_rejected_symbol_and_lifetime_rotation(tmp_path: Path) -> None:
+    db = tmp_path / "ohlcv.db"
+    async with open_simulator(SimSettings(venues=(EX,))) as sim:
+        venue = sim.venues[EX]
+        venue.faults.reject_symbol("FOOUSDT")
+        venue.faults.set_lifetime(8.0)  # the venue closes every connection after 8 s
+        # feedd is told 6 s (and rotates at 90% of it): the replacement must be subscribed,
+        # which takes a while with the rejected batch split up, before the venue's cut
+        cfg = feedd_config(sim, {EX: [*SYMBOLS, "FOOUSDT"]}, bootstrap_load=3)
+        cfg = attrs.evolve(
+            cfg, exchanges={EX: attrs.evolve(cfg.exchanges[EX], connection_lifetime=6.0)}
+        )
+        start = sim.now_ms() // MINUTE_MS * MINUTE_MS
+        async with trio.open_nursery() as nursery:
+            service: Service = await nursery.start(run_service, cfg, db)
+            with trio.fail_after(60):
+                end = start + 8 * MINUTE_MS
+                await sim.sleep_until_ms(end + MINUTE_MS)
+                await wait_for_truth(service, sim, db, EX, SYMBOLS, start - 3 * MINUTE_MS, end)
+            stats = service.state.supervisor.stats[EX]
+            service.stop.set()
+    assert stats.stream_states["FOOUSDT 1m"] == "rejected"
+    assert stats.rotations >= 1
+    assert compare(sim, db, EX, SYMBOLS, start - 3 * MINUTE_MS, end) == []

@@ -79,6 +79,7 @@ class Session:
         self._subscribe_budget = Pacer(hourly / 3600, burst=hourly) if hourly else None
         self._all_answered = trio.Event()
         self._last_message = trio.current_time()
+        self._connected_at = trio.current_time()
         self._parse_errors_logged_at = -1e9
 
     def cancel(self) -> None:
@@ -95,6 +96,8 @@ class Session:
                 await self.ctx.connect_pacer.acquire()
                 async with self.ctx.connect(self.ctx.module.ws_url(self.ctx.ws_base)) as ws:
                     self._ws = ws
+                    # The venue's lifetime clock starts at connect, not at subscribed.
+                    self._connected_at = trio.current_time()
                     self.ctx.stats.connections += 1
                     try:
                         async with trio.open_nursery() as nursery:
@@ -380,7 +383,7 @@ class Session:
             return
 
         async def rotate_later() -> None:
-            await trio.sleep(lifetime * (1 - ROTATE_MARGIN))
+            await trio.sleep_until(self._connected_at + lifetime * (1 - ROTATE_MARGIN))
             self._request_rotation()
 
         nursery.start_soon(rotate_later)
