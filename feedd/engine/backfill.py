@@ -105,7 +105,7 @@ class Backfill:
             self._wake.set()
             return
         batch, self._pending = self._pending, {}
-        for stream, since in batch.items():
+        for done, (stream, since) in enumerate(batch.items(), start=1):
             try:
                 await self._heal(stream, since, server_now)
             except ExchangeError as exc:
@@ -121,8 +121,7 @@ class Backfill:
                     exc,
                 )
                 self.request(HealRequest(stream, since))
-            self.ctx.stats.backfill_pending = len(self._pending) + len(batch)
-        self.ctx.stats.backfill_pending = len(self._pending)
+            self.ctx.stats.backfill_pending = len(self._pending) + len(batch) - done
 
     async def _heal(self, stream: Stream, since: int | None, server_now: int) -> None:
         module, ctx = self.ctx.module, self.ctx

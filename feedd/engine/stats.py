@@ -51,10 +51,14 @@ class ExchangeStats:
         else:
             self.stream_errors[key] = error
 
+    def last_message_age(self) -> float | None:
+        """Seconds since the last frame of any connection (None: none yet)."""
+        if self.last_message_at is None:
+            return None
+        return round(trio.current_time() - self.last_message_at, 3)
+
     def snapshot(self) -> dict[str, Any]:
-        now = trio.current_time()
-        age = None if self.last_message_at is None else round(now - self.last_message_at, 3)
         out = attrs.asdict(self, filter=lambda a, _: a.name not in {"last_message_at"})
-        out["last_message_age_s"] = age
+        out["last_message_age_s"] = self.last_message_age()
         out["stream_states"] = {k: str(v) for k, v in self.stream_states.items()}
         return out

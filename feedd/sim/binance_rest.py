@@ -7,7 +7,7 @@ Protocol facts: PROTOCOLS.md sections 1.6 and 1.7.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from feedd.intervals import floor_open
 from feedd.sim.faults import RestFault
@@ -23,7 +23,7 @@ from feedd.sim.rest import (
     opens_backward,
     opens_forward,
 )
-from feedd.sim.venue import TruthCandle, Venue
+from feedd.sim.venue import Venue
 
 _INTERVALS = (
     "1m",
@@ -49,6 +49,7 @@ def _kline_weight(limit: int) -> int:
 
 
 class BinanceRest(Venue):
+    reports_trades: ClassVar[bool] = True
     """The REST half of the Binance venue; ``BinanceVenue`` adds the WebSocket half."""
 
     intervals = {i: i for i in _INTERVALS}
@@ -57,19 +58,6 @@ class BinanceRest(Venue):
         super().__init__(*args, **kwargs)
         self._weight_minute = -1
         self._weight_used = 0
-
-    def truth_candle(self, bar: Bar) -> TruthCandle:
-        spec = self.market.spec(bar.symbol)
-        return TruthCandle(
-            bar.open_ms,
-            spec.price(bar.open),
-            spec.price(bar.high),
-            spec.price(bar.low),
-            spec.price(bar.close),
-            spec.qty(bar.volume),
-            spec.quote(bar.quote),
-            bar.trades,
-        )
 
     def _row(self, bar: Bar) -> list[Any]:
         t = self.truth_candle(bar)

@@ -28,7 +28,7 @@ from feedd.sim.rest import (
     text_response,
 )
 from feedd.sim.session import Session, Sub
-from feedd.sim.venue import TruthCandle, Venue
+from feedd.sim.venue import Venue
 
 MAX_ARGS_CHARS = 21_000
 _INTERVALS = {
@@ -158,19 +158,6 @@ class BybitVenue(Venue):
         ).encode()
 
     # ------------------------------------------------------------------ REST
-
-    def truth_candle(self, bar: Bar) -> TruthCandle:
-        spec = self.market.spec(bar.symbol)
-        return TruthCandle(
-            bar.open_ms,
-            spec.price(bar.open),
-            spec.price(bar.high),
-            spec.price(bar.low),
-            spec.price(bar.close),
-            spec.qty(bar.volume),
-            spec.quote(bar.quote),
-            None,
-        )
 
     def _envelope(self, result: object, code: int = 0, msg: str = "OK") -> Response:
         return json_response(

@@ -26,7 +26,7 @@ from feedd.sim.rest import (
     opens_backward,
 )
 from feedd.sim.session import Session, Sub
-from feedd.sim.venue import TruthCandle, Venue
+from feedd.sim.venue import Venue
 
 _BARS = {
     "1m": "1m",
@@ -171,19 +171,6 @@ class OkxVenue(Venue):
         )
 
     # ------------------------------------------------------------------ REST
-
-    def truth_candle(self, bar: Bar) -> TruthCandle:
-        spec = self.market.spec(bar.symbol)
-        return TruthCandle(
-            bar.open_ms,
-            spec.price(bar.open),
-            spec.price(bar.high),
-            spec.price(bar.low),
-            spec.price(bar.close),
-            spec.qty(bar.volume),
-            spec.quote(bar.quote),
-            None,
-        )
 
     def _row(self, bar: Bar, confirmed: bool) -> list[str]:
         c = self.truth_candle(bar)

@@ -53,6 +53,8 @@ class Venue:
     name: ClassVar[str]
     #: canonical interval -> the venue's native name
     intervals: ClassVar[Mapping[str, str]]
+    #: whether the venue's candles carry a trade count (only Binance's do)
+    reports_trades: ClassVar[bool] = False
 
     def __init__(self, ctx: SimContext) -> None:
         self.ctx = ctx
@@ -102,7 +104,18 @@ class Venue:
         raise NotImplementedError
 
     def truth_candle(self, bar: Bar) -> TruthCandle:
-        raise NotImplementedError
+        """``bar`` formatted as this venue's REST sends it."""
+        spec = self.market.spec(bar.symbol)
+        return TruthCandle(
+            bar.open_ms,
+            spec.price(bar.open),
+            spec.price(bar.high),
+            spec.price(bar.low),
+            spec.price(bar.close),
+            spec.qty(bar.volume),
+            spec.quote(bar.quote),
+            bar.trades if self.reports_trades else None,
+        )
 
     # ------------------------------------------------------------------ truth
 

@@ -94,19 +94,6 @@ class Reader:
             for t, o, h, lo, c, v, qv, n, flags in rows
         ]
 
-    async def candle_dicts(
-        self,
-        exchange: str,
-        symbol: str,
-        interval: str,
-        since: int | None = None,
-        until: int | None = None,
-        limit: int = 1000,
-    ) -> list[dict[str, Any]]:
-        """Like ``candles`` but JSON-ready dicts (field names as CandleRow's)."""
-        rows = await self._candle_rows(exchange, symbol, interval, since, until, limit)
-        return [_to_dict(r) for r in rows]
-
     async def candles_json(
         self,
         exchange: str,
@@ -116,7 +103,8 @@ class Reader:
         until: int | None = None,
         limit: int = 1000,
     ) -> bytes:
-        """``candle_dicts`` serialised, built in the worker thread to keep the loop free."""
+        """``candles`` as JSON objects (CandleRow's field names), serialised in the worker
+        thread to keep the event loop free."""
 
         def query(conn: sqlite3.Connection) -> bytes:
             rows = _candles_query(conn, (exchange, symbol, interval), since, until, limit)

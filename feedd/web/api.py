@@ -47,7 +47,7 @@ async def health() -> Response:
         name: {
             "state": s.state,
             "connections": s.connections,
-            "last_message_age_s": s.snapshot()["last_message_age_s"],
+            "last_message_age_s": s.last_message_age(),
         }
         for name, s in app_state.supervisor.stats.items()
     }
