@@ -39,6 +39,8 @@ class ExchangeConfig:
     connection_lifetime: float | None = None
     #: seconds without any frame before a connection is presumed dead (None: module default)
     silence_timeout: float | None = None
+    #: seconds between refreshes of the venue's instrument list
+    instruments_refresh: float = 600.0
 
 
 @attrs.frozen
@@ -156,6 +158,7 @@ def _exchanges(
             rest_url=_url(settings, "rest_url", path, ("http", "https")),
             connection_lifetime=_seconds(settings, "connection_lifetime", path),
             silence_timeout=_seconds(settings, "silence_timeout", path),
+            instruments_refresh=_seconds(settings, "instruments_refresh", path) or 600.0,
         )
     return result
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 
 import attrs
 import httpx
@@ -20,6 +21,7 @@ from feedd.candle import Candle
 from feedd.config import Config, ExchangeConfig
 from feedd.engine.backfill import Backfill, StoredHistory
 from feedd.engine.context import ExchangeContext, HealRequest
+from feedd.engine.instruments import Discovery
 from feedd.engine.pacing import Pacer
 from feedd.engine.rest import RestClient
 from feedd.engine.shard import run_shard
@@ -47,8 +49,11 @@ def plans(config: Config) -> dict[str, ExchangePlan]:
     }
 
 
-def shard_streams(module: ExchangeModule, plan: ExchangePlan) -> list[tuple[Stream, ...]]:
-    streams = [Stream(s, i) for s in plan.settings.symbols for i in plan.intervals]
+def shard_streams(
+    module: ExchangeModule, symbols: Sequence[str], intervals: Sequence[str]
+) -> list[tuple[Stream, ...]]:
+    """The streams of ``symbols`` cut into connections of the venue's size."""
+    streams = [Stream(s, i) for s in symbols for i in intervals]
     size = module.LIMITS.streams_per_connection
     return [tuple(streams[n : n + size]) for n in range(0, len(streams), size)]
 
@@ -162,17 +167,30 @@ class Supervisor:
             log=log,
         )
         rest = RestClient(module, ctx.rest_base, self._http, stats, log)
-        shards = shard_streams(module, plan)
-        log.info(
-            "%s starting: %d stream(s) on %d connection(s)",
-            module.NAME,
-            sum(map(len, shards)),
-            len(shards),
+        discovery = Discovery(
+            ctx, rest, settings.symbols, plan.intervals, settings.instruments_refresh
         )
+        listed_send, listed_recv = trio.open_memory_channel[tuple[str, ...]](16)
         async with candles_send, heal_send, trio.open_nursery() as nursery:
+            stats.state = "discovering"
+            shards = shard_streams(module, await discovery.initial(), plan.intervals)
+            log.info(
+                "%s starting: %d stream(s) on %d connection(s)",
+                module.NAME,
+                sum(map(len, shards)),
+                len(shards),
+            )
             backfill = Backfill(ctx, rest, self._history, plan.bootstrap_load)
-            all_streams: Sequence[Stream] = [s for shard in shards for s in shard]
-            await nursery.start(backfill.run, tuple(all_streams), heal_recv)
+            all_streams = tuple(s for shard in shards for s in shard)
+            await nursery.start(backfill.run, all_streams, heal_recv)
             for streams in shards:
                 await nursery.start(run_shard, ctx, streams)
             stats.state = "connecting"
+            nursery.start_soon(discovery.run, listed_send)
+            async with listed_recv:
+                async for symbols in listed_recv:
+                    # Newly listed: their own shards, bootstrapped from REST on connect.
+                    for streams in shard_streams(module, symbols, plan.intervals):
+                        await nursery.start(
+                            partial(run_shard, heal_on_first_connect=True), ctx, streams
+                        )

@@ -98,6 +98,13 @@ class Market:
     def listed(self, symbol: str) -> bool:
         return SYMBOL_RE.fullmatch(symbol) is not None and symbol not in self.unlisted
 
+    def list_symbol(self, symbol: str) -> None:
+        """List ``symbol`` from now on (instrument lists and subscriptions accept it)."""
+        self.unlisted.discard(symbol)
+
+    def delist_symbol(self, symbol: str) -> None:
+        self.unlisted.add(symbol)
+
     def spec(self, symbol: str) -> SymbolSpec:
         spec = self._specs.get(symbol)
         if spec is None:
