@@ -27,12 +27,18 @@ import trio
 
 from feedd import config as config_module
 from feedd.service import Service, run_service
+from feedd.sim.symbols import universe
 
 VENUES = ("binance_futures", "bybit_futures", "okx_futures")
 
 
+SIM_SEED = 1
+#: instruments the simulator lists; feedd only subscribes to listed symbols
+SIM_UNIVERSE = 2000
+
+
 def symbols(count: int) -> list[str]:
-    return [f"B{i:04d}USDT" for i in range(count)]
+    return list(universe(SIM_SEED, SIM_UNIVERSE)[:count])
 
 
 async def start_sim(venues: Sequence[str], rate: float) -> tuple[trio.Process, dict[str, Any]]:
@@ -49,8 +55,10 @@ async def start_sim(venues: Sequence[str], rate: float) -> tuple[trio.Process, d
             str(rate),
             "--max-inbound",
             "0",
+            "--seed",
+            str(SIM_SEED),
             "--symbols",
-            "700",
+            str(SIM_UNIVERSE),
         ],
         stdout=subprocess.PIPE,
     )
@@ -95,7 +103,7 @@ async def run_once(
     venues: Sequence[str], count: int, seconds: float, rate: float
 ) -> dict[str, Any]:
     sim, urls = await start_sim(venues, rate)
-    commits: dict[tuple[str, int, str], float] = {}
+    commits: dict[tuple[str, str, int, str], float] = {}
     peak_rss = 0
     me = psutil.Process()
     try:
@@ -113,7 +121,8 @@ async def run_once(
                         async for batch in listener:
                             now = time.monotonic()
                             for c in batch:
-                                commits.setdefault((c.symbol, c.open_time, c.close), now)
+                                key = (c.exchange, c.symbol, c.open_time, c.close)
+                                commits.setdefault(key, now)
 
                 if rate:
                     nursery.start_soon(record_commits)
@@ -158,18 +167,18 @@ async def run_once(
 
 
 async def _latencies(
-    urls: dict[str, Any], commits: dict[tuple[str, int, str], float], t0: float, end: float
+    urls: dict[str, Any], commits: dict[tuple[str, str, int, str], float], t0: float, end: float
 ) -> list[float]:
     out: list[float] = []
     async with httpx.AsyncClient() as client:
-        for entry in urls.values():
+        for venue, entry in urls.items():
             after = 0
             while True:
                 body = (
                     await client.get(entry["rest_url"] + "/_sim/sendlog", params={"after": after})
                 ).json()
                 for symbol, open_ms, close, sent in body["rows"]:
-                    committed = commits.get((symbol, open_ms, close))
+                    committed = commits.get((venue, symbol, open_ms, close))
                     if committed is not None and t0 <= sent <= end:
                         out.append(committed - sent)
                 # The simulator keeps sending while we read: stop past the window.

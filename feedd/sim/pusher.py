@@ -74,7 +74,7 @@ def _push_sub(venue: Venue, session: Session, sub: Sub, now_ms: int, now: float)
 
 async def _run_bench(venue: Venue, session: Session) -> None:
     """Forming frames round-robin over the session's streams, paced by the venue's pacer."""
-    log = venue.ctx.send_log
+    log = venue.send_log
     while True:
         subs = [s for s in session.subs.values() if not session.silent]
         if not subs or session.closing or not venue.faults.gate.is_open():

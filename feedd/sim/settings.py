@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import attrs
 
-from feedd.sim.bench import SendLog
 from feedd.sim.clock import DEFAULT_START_MS, SimClock
 from feedd.sim.market import Market
 
@@ -59,10 +58,9 @@ class SimSettings:
 
 
 class SimContext:
-    """What venues share: settings, the clock, the market and the benchmark send log."""
+    """What venues share: settings, the clock and the market."""
 
     def __init__(self, settings: SimSettings, clock: SimClock, market: Market) -> None:
         self.settings = settings
         self.clock = clock
         self.market = market
-        self.send_log = SendLog(settings.bench_log_size)

@@ -18,7 +18,7 @@ import wsproto
 import wsproto.events as wse
 
 from feedd.intervals import close_time, next_open
-from feedd.sim.bench import Pacer
+from feedd.sim.bench import Pacer, SendLog
 from feedd.sim.faults import Faults, RestFault
 from feedd.sim.market import Bar
 from feedd.sim.pusher import run_pusher
@@ -66,6 +66,8 @@ class Venue:
         self.faults.lifetime_s = ctx.settings.lifetime_s
         self.sessions: set[Session] = set()
         self.pacer = Pacer(ctx.settings.bench_rate)
+        #: benchmark frames this venue sent (each venue its own: symbols repeat across venues)
+        self.send_log = SendLog(ctx.settings.bench_log_size)
         self.ws_url = ""
         self.rest_url = ""
         self._connections = 0
@@ -206,7 +208,7 @@ class Venue:
                 return json_response({**self.stats, "sessions": len(self.sessions)})
             if path == "/_sim/sendlog":
                 after = int_param(query, "after", 0)
-                next_index, logged = self.ctx.send_log.since(after or 0)
+                next_index, logged = self.send_log.since(after or 0)
                 return json_response({"next": next_index, "rows": logged})
             if path == "/_sim/fault" and method == "POST":
                 result = self.faults.apply(orjson.loads(body))
