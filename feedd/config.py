@@ -6,8 +6,10 @@ warnings rather than errors so that configs written for newer versions still sta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from feedd.intervals import is_interval
 
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9]{1,24}USDT")
 _URL_PATTERN = re.compile(r"(wss?|https?)://[^\s/?#]+(/[^\s?#]*)?")
+_HOST_PATTERN = re.compile(r"[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]{2,45}\]?")
 _MAX_SYMBOLS = 5000
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -57,6 +60,8 @@ class Config:
     port: int = 3000
     host: str = "127.0.0.1"
     api_token: str | None = None
+    #: extra host names the API answers to (besides loopback names and ``host``)
+    allowed_hosts: tuple[str, ...] = ()
 
     def enabled_exchanges(self) -> list[ExchangeConfig]:
         return [ex for ex in self.exchanges.values() if ex.enabled]
@@ -73,6 +78,7 @@ class Config:
             for name, ex in self.exchanges.items()
         }
         out["intervals"] = list(self.intervals)
+        out["allowed_hosts"] = list(self.allowed_hosts)
         return {k: v for k, v in out.items() if v is not None}
 
 
@@ -120,6 +126,7 @@ def parse(data: object) -> Loaded:
         port=_integer(data, "port", defaults.port, 0, 65535),
         host=_string(data, "host", defaults.host),
         api_token=_optional_string(data, "api_token"),
+        allowed_hosts=_host_names(data.get("allowed_hosts", [])),
     )
     return Loaded(config, tuple(warnings))
 
@@ -192,6 +199,15 @@ def _intervals(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
+def _host_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("allowed_hosts", 'expected a list of host names such as ["feedd.lan"]')
+    for index, name in enumerate(value):
+        if not isinstance(name, str) or not _HOST_PATTERN.fullmatch(name):
+            raise ConfigError(f"allowed_hosts[{index}]", f"not a host name: {name!r}")
+    return tuple(dict.fromkeys(name.lower() for name in value))
+
+
 def _integer(data: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = data.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
@@ -234,6 +250,33 @@ def _seconds(settings: dict[str, Any], key: str, path: str) -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{path}.{key}", f"expected a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def save(path: str | os.PathLike[str], config: Config) -> None:
+    """Write ``config`` so that readers see the old file or the new one, never a torn one:
+    a temp file in the same folder, flushed to disk, then renamed over the original."""
+    target = Path(path)
+    data = orjson.dumps(config.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o777)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        # The rename is durable only once the directory entry is.
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def database_file(config: Config, config_path: str | os.PathLike[str]) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from pathlib import Path
 
 import attrs
@@ -17,12 +18,18 @@ import trio
 
 from feedd.candle import Candle
 from feedd.config import Config
+from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
 from feedd.errors import ConfigError
+from feedd.monitor.logring import LogRing
+from feedd.monitor.system import Monitor
+from feedd.monitor.taskcpu import TaskCpu
 from feedd.store.reader import Reader
 from feedd.store.writer import Writer, WriterSettings
 from feedd.web.app import create_app, serve_web
+from feedd.web.live import LiveHub
 from feedd.web.state import AppState
+from feedd.web.status import status_document
 
 log = logging.getLogger("feedd")
 
@@ -56,16 +63,26 @@ async def run_service(
     config: Config,
     database: Path,
     *,
+    config_path: Path | None = None,
     stop: trio.Event | None = None,
     task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run feedd until ``stop`` is set, then shut down in order."""
+    """Run feedd until ``stop`` is set, then shut down in order.
+
+    ``config_path``: where API changes to the configuration are saved (None: not saved).
+    """
     check_exposure(config)
     stop = trio.Event() if stop is None else stop
     database.parent.mkdir(parents=True, exist_ok=True)
     writer = Writer(WriterSettings(database, config.batch_interval, config.max_records))
     reader = Reader(database)
     candles_send, candles_recv = trio.open_memory_channel[list[Candle]](CANDLE_QUEUE)
+    logs = LogRing()
+    cpu = TaskCpu()
+    logging.getLogger().addHandler(logs)
+    # httpx logs every request at info: thousands of backfill calls would drown the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    trio.lowlevel.add_instrument(cpu)
     try:
         async with httpx.AsyncClient(http2=False) as http, trio.open_nursery() as root:
             writer_done = trio.Event()
@@ -77,18 +94,33 @@ async def run_service(
                     writer_done.set()
 
             await root.start(run_writer)
-            supervisor = Supervisor(candles_send, reader, http)
-            state = AppState(config=config, reader=reader, writer=writer, supervisor=supervisor)
+            supervisor = Supervisor(candles_send, reader, http, cpu)
+            controller = Controller(config, config_path, supervisor, writer, http)
+            started_at = time.time()
+            monitor = Monitor(database, lambda: supervisor.stats, cpu, started_at)
+            hub = LiveHub(writer, logs, lambda: status_document(state))
+            state = AppState(
+                controller=controller,
+                reader=reader,
+                writer=writer,
+                supervisor=supervisor,
+                monitor=monitor,
+                logs=logs,
+                hub=hub,
+                started_at=started_at,
+            )
+            await root.start(monitor.run)
+            await root.start(hub.run)
             web_stop = trio.Event()
             url = await root.start(serve_web, create_app(state), config.host, config.port, web_stop)
             ingest = trio.CancelScope()
 
-            async def run_ingest() -> None:
+            async def run_ingest(*, task_status: trio.TaskStatus[None]) -> None:
                 with ingest:
                     async with candles_send:
-                        await supervisor.run(config)
+                        await supervisor.run(config, task_status=task_status)
 
-            root.start_soon(run_ingest)
+            await root.start(run_ingest)
             log.info("feedd serving on %s; database %s", url, database)
             task_status.started(Service(url, state, stop))
 
@@ -104,4 +136,6 @@ async def run_service(
             root.cancel_scope.deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
     finally:
         reader.close()
+        trio.lowlevel.remove_instrument(cpu)
         log.info("feedd stopped")
+        logging.getLogger().removeHandler(logs)

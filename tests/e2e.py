@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+import trio
+
 from feedd import config
 from feedd.intervals import MINUTE_MS
-from feedd.service import Service
-from feedd.sim.app import Simulator
+from feedd.service import Service, run_service
+from feedd.sim.app import Simulator, open_simulator
+from feedd.sim.settings import SimSettings
 from feedd.store import codec
 
 Row = tuple[str, str, str, str, str, str, int | None]
@@ -100,4 +106,32 @@ async def wait_for_truth(
     symbols = list(symbols)
     with service.state.writer.open_commit_listener() as commits:
         while compare(sim, db, exchange, symbols, start, end):
+            await commits.receive()
+
+
+@asynccontextmanager
+async def running_feedd(
+    tmp_path: Path, symbols: dict[str, list[str]], **extra: Any
+) -> AsyncIterator[tuple[Simulator, Service, httpx.AsyncClient]]:
+    """The simulator (venues of ``symbols``) and feedd on port 0, run from a config file that
+    API changes rewrite, with an HTTP client for its API."""
+    async with open_simulator(SimSettings(venues=tuple(symbols))) as sim:
+        cfg = feedd_config(sim, symbols, **extra)
+        path = tmp_path / "config.json"
+        config.save(path, cfg)
+        async with trio.open_nursery() as nursery:
+            service: Service = await nursery.start(
+                functools.partial(run_service, cfg, tmp_path / "ohlcv.db", config_path=path)
+            )
+            try:
+                async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+                    yield sim, service, client
+            finally:
+                service.stop.set()
+
+
+async def wait_on_commits(service: Service, predicate: Callable[[], bool]) -> None:
+    """Wait until ``predicate()`` holds, checking after every commit (ingest is the clock)."""
+    with service.state.writer.open_commit_listener() as commits:
+        while not predicate():
             await commits.receive()

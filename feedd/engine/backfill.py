@@ -136,16 +136,24 @@ class Backfill:
             await self.history.closed_open_times(module.NAME, stream.symbol, interval, start, end)
         )
         healed = 0
-        for first, last in missing_ranges(interval, start, end, stored):
-            for request in module.kline_requests(stream, first, last, server_now):
-                candles = await self.rest.call(
-                    request,
-                    lambda status, body: module.parse_klines(stream, status, body, server_now),
-                )
-                closed = [c for c in candles if c.closed and first <= c.open_time <= last]
-                for offset in range(0, len(closed), CHUNK):
-                    await ctx.candles_send.send(closed[offset : offset + CHUNK])
-                healed += len(closed)
+        ranges = missing_ranges(interval, start, end, stored)
+        # Progress for /status; 1M counts as 28 days, close enough for a progress bar.
+        wanted = sum((last - first) // INTERVAL_MS[interval] + 1 for first, last in ranges)
+        key = stream_key(stream)
+        try:
+            for first, last in ranges:
+                for request in module.kline_requests(stream, first, last, server_now):
+                    ctx.stats.backfilling[key] = min(1.0, round(healed / wanted, 3))
+                    candles = await self.rest.call(
+                        request,
+                        lambda status, body: module.parse_klines(stream, status, body, server_now),
+                    )
+                    closed = [c for c in candles if c.closed and first <= c.open_time <= last]
+                    for offset in range(0, len(closed), CHUNK):
+                        await ctx.candles_send.send(closed[offset : offset + CHUNK])
+                    healed += len(closed)
+        finally:
+            ctx.stats.backfilling.pop(key, None)
         ctx.stats.rest_candles += healed
         if since is not None and healed:
             ctx.stats.gaps_healed += 1

@@ -8,13 +8,15 @@ its stream is left to the silence watchdog.
 
 from __future__ import annotations
 
+import time
+
 import trio
 
 from feedd.engine.context import ExchangeContext, stream_key
 from feedd.engine.rest import RestClient
 from feedd.engine.stats import StreamState
 from feedd.errors import ExchangeError, FeeddError
-from feedd.exchanges.contract import Stream
+from feedd.exchanges.contract import ExchangeModule, Stream
 
 #: a venue with more pages than this is answering nonsense
 MAX_PAGES = 100
@@ -22,6 +24,19 @@ MAX_PAGES = 100
 INITIAL_TIMEOUT_S = 15.0
 #: after a failed fetch, try again this soon
 RETRY_S = 30.0
+
+
+async def fetch_instruments(module: ExchangeModule, rest: RestClient) -> frozenset[str]:
+    """Every tradable USDT perpetual the venue lists (all pages)."""
+    symbols: list[str] = []
+    cursor: str | None = None
+    for _ in range(MAX_PAGES):
+        page = await rest.call(module.instruments_request(cursor), module.parse_instruments)
+        symbols.extend(page.symbols)
+        if not page.next_cursor:
+            return frozenset(symbols)
+        cursor = page.next_cursor
+    raise ExchangeError("instruments", f"more than {MAX_PAGES} pages of instruments")
 
 
 class Discovery:
@@ -43,19 +58,10 @@ class Discovery:
         self._known = False
 
     async def fetch(self) -> frozenset[str]:
-        """Every tradable USDT perpetual the venue lists (all pages)."""
-        module = self.ctx.module
-        symbols: list[str] = []
-        cursor: str | None = None
-        for _ in range(MAX_PAGES):
-            page = await self.rest.call(
-                module.instruments_request(cursor), module.parse_instruments
-            )
-            symbols.extend(page.symbols)
-            if not page.next_cursor:
-                return frozenset(symbols)
-            cursor = page.next_cursor
-        raise ExchangeError("instruments", f"more than {MAX_PAGES} pages of instruments")
+        listed = await fetch_instruments(self.ctx.module, self.rest)
+        self.ctx.stats.listed = listed
+        self.ctx.stats.listed_at_ms = int(time.time() * 1000)
+        return listed
 
     async def initial(self) -> tuple[str, ...]:
         """The configured symbols to collect now; all of them when the list is unavailable."""

@@ -43,6 +43,11 @@ class ExchangeStats:
     last_error: str | None = None
     stream_states: dict[str, StreamState] = attrs.field(factory=dict)
     stream_errors: dict[str, str] = attrs.field(factory=dict)
+    #: stream key -> share of its missing candles fetched so far, while a backfill runs
+    backfilling: dict[str, float] = attrs.field(factory=dict)
+    #: the venue's tradable symbols from the last instrument refresh (None: not known yet)
+    listed: frozenset[str] | None = None
+    listed_at_ms: int | None = None
 
     def set_stream(self, key: str, state: StreamState, error: str | None = None) -> None:
         self.stream_states[key] = state
@@ -58,7 +63,9 @@ class ExchangeStats:
         return round(trio.current_time() - self.last_message_at, 3)
 
     def snapshot(self) -> dict[str, Any]:
-        out = attrs.asdict(self, filter=lambda a, _: a.name not in {"last_message_at"})
+        out = attrs.asdict(
+            self, filter=lambda a, _: a.name not in {"last_message_at", "listed", "listed_at_ms"}
+        )
         out["last_message_age_s"] = self.last_message_age()
         out["stream_states"] = {k: str(v) for k, v in self.stream_states.items()}
         return out

@@ -27,6 +27,7 @@ from feedd.engine.rest import RestClient
 from feedd.engine.shard import run_shard
 from feedd.engine.stats import ExchangeStats
 from feedd.exchanges.contract import ExchangeModule, Stream
+from feedd.monitor.taskcpu import TaskCpu
 
 HEAL_QUEUE = 10_000
 CRASH_DELAY = 5.0
@@ -71,8 +72,10 @@ class Supervisor:
         candles_send: trio.MemorySendChannel[list[Candle]],
         history: StoredHistory,
         http: httpx.AsyncClient,
+        cpu: TaskCpu | None = None,
     ) -> None:
         self._candles_send = candles_send
+        self._cpu = cpu
         self._history = history
         self._http = http
         self._nursery: trio.Nursery | None = None
@@ -90,15 +93,17 @@ class Supervisor:
             task_status.started()
             await trio.sleep_forever()
 
-    async def apply(self, config: Config) -> list[str]:
-        """Start, stop or restart exchanges so that ``config`` runs; returns what changed."""
+    async def apply(self, config: Config, *, restart_all: bool = False) -> list[str]:
+        """Start, stop or restart exchanges so that ``config`` runs; returns what changed
+        (with ``restart_all``, every exchange that runs or should run)."""
         assert self._nursery is not None, "apply() before run()"
         async with self._lock:
             wanted = plans(config)
             changed = [
                 name
                 for name in sorted(set(wanted) | set(self._running))
-                if name not in wanted
+                if restart_all
+                or name not in wanted
                 or name not in self._running
                 or self._running[name].plan != wanted[name]
             ]
@@ -127,6 +132,9 @@ class Supervisor:
         done = trio.Event()
         scope = trio.CancelScope()
         self._running[name] = _Running(plan, scope, done)
+        task = trio.lowlevel.current_task()
+        if self._cpu is not None:
+            self._cpu.register(task, name)
         task_status.started()
         try:
             with scope:
@@ -140,8 +148,11 @@ class Supervisor:
                         stats.state = "crashed"
                         await trio.sleep(CRASH_DELAY)
         finally:
+            if self._cpu is not None:
+                self._cpu.unregister(task)
             stats.connections = 0
             stats.streams_subscribed = 0
+            stats.backfilling.clear()
             done.set()
 
     async def _serve(

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import cast
 
 import attrs
 import orjson
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, request
 
+from feedd.store.reader import CandleRow
 from feedd.web import params
-from feedd.web.errors import json_response
-from feedd.web.state import AppState
+from feedd.web.errors import ApiError, json_response
+from feedd.web.state import current_state as state
 
 api = Blueprint("api", __name__)
 
-
-def state() -> AppState:
-    return cast(AppState, current_app.config["FEEDD_STATE"])
+CSV_FIELDS = tuple(field.name for field in attrs.fields(CandleRow))
 
 
 @api.get("/ohlcv/<exchange>/<symbol>/<interval>")
@@ -29,14 +27,45 @@ async def ohlcv(exchange: str, symbol: str, interval: str) -> Response:
     limit = params.bounded_int(args, "limit", 1, params.MAX_LIMIT) or params.DEFAULT_LIMIT
     since = params.bounded_int(args, "since", 0, params.MAX_TIME_MS)
     until = params.bounded_int(args, "until", 0, params.MAX_TIME_MS)
-    app_state = state()
-    if interval in app_state.config.intervals:
-        rows = await app_state.reader.candles_json(exchange, symbol, interval, since, until, limit)
+    output = args.get("format", "json")
+    if output not in ("json", "csv"):
+        raise ApiError(400, 'format must be "json" or "csv"', "format")
+    reader = state().reader
+    native = interval in state().config.intervals
+    if output == "json" and native:
+        rows = await reader.candles_json(exchange, symbol, interval, since, until, limit)
+        return Response(rows, content_type="application/json")
+    if native:
+        candles = await reader.candles(exchange, symbol, interval, since, until, limit)
     else:
         # Not collected natively: built from stored 1m candles, aligned to UTC.
-        resampled = await app_state.reader.resample(exchange, symbol, interval, since, until, limit)
-        rows = orjson.dumps([attrs.asdict(row) for row in resampled])
-    return Response(rows, content_type="application/json")
+        candles = await reader.resample(exchange, symbol, interval, since, until, limit)
+    if output == "json":
+        return Response(
+            orjson.dumps([attrs.asdict(row) for row in candles]), content_type="application/json"
+        )
+    filename = f"{exchange}-{symbol}-{interval}.csv"
+    return Response(
+        csv_lines(candles),
+        content_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def csv_lines(rows: list[CandleRow]) -> str:
+    out = [",".join(CSV_FIELDS)]
+    for row in rows:
+        values = attrs.astuple(row)
+        out.append(",".join(_csv_value(v) for v in values))
+    return "\n".join(out) + "\n"
+
+
+def _csv_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 @api.get("/health")

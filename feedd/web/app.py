@@ -11,9 +11,16 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from feedd.errors import ConfigError, FeeddError, StoreError
+from feedd.web.admin import admin
 from feedd.web.api import api
 from feedd.web.errors import ApiError, error_response
+from feedd.web.observe import observe
+from feedd.web.openapi import openapi
+from feedd.web.security import check_request, check_websocket
+from feedd.web.socket import live
 from feedd.web.state import AppState
+from feedd.web.static import static
 
 log = logging.getLogger("feedd.web")
 MAX_BODY_BYTES = 1024 * 1024
@@ -24,11 +31,31 @@ def create_app(state: AppState) -> QuartTrio:
     app = QuartTrio("feedd", static_folder=None)
     app.config["FEEDD_STATE"] = state
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.register_blueprint(api)
+    # Static routes go last: werkzeug prefers fixed paths, but keep the intent readable.
+    for blueprint in (api, admin, observe, openapi, live, static):
+        app.register_blueprint(blueprint)
+    app.before_request(check_request)
+    app.before_websocket(check_websocket)
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.message, exc.field)
+        response = error_response(exc.status, exc.message, exc.field)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="feedd"'
+        return response
+
+    @app.errorhandler(ConfigError)
+    async def config_error(exc: ConfigError) -> Response:
+        return error_response(400, exc.problem, exc.path or None)
+
+    @app.errorhandler(StoreError)
+    async def store_error(exc: StoreError) -> Response:
+        return error_response(503, str(exc))
+
+    @app.errorhandler(FeeddError)
+    async def feedd_error(exc: FeeddError) -> Response:
+        # Transport/exchange trouble behind a request (an instrument list, say).
+        return error_response(503, str(exc))
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

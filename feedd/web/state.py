@@ -1,24 +1,49 @@
-"""What the web app can reach: the running config, the store, the writer and the supervisor."""
+"""What the web app can reach: control, store, writer, supervisor, monitor and live hub."""
 
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import attrs
 import trio
+from quart import current_app
 
 from feedd.config import Config
+from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
+from feedd.monitor.logring import LogRing
+from feedd.monitor.system import Monitor
 from feedd.store.reader import Reader
 from feedd.store.writer import Writer
+from feedd.web.live import LiveHub
 
 
 @attrs.define(eq=False)
 class AppState:
-    config: Config
+    controller: Controller
     reader: Reader
     writer: Writer
     supervisor: Supervisor
+    monitor: Monitor
+    logs: LogRing
+    hub: LiveHub
     started_at: float = attrs.field(factory=time.time)
     #: set before the server shuts down so long-lived handlers close cleanly themselves
     closing: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def config(self) -> Config:
+        """The configuration running now (changes with every applied change)."""
+        return self.controller.config
+
+    @property
+    def security(self) -> Config:
+        """The configuration the process started with: host, token and allowed names are
+        read once, so a config change cannot lock the operator out mid-session."""
+        return self.controller.started_with
+
+
+def current_state() -> AppState:
+    """The state of the app serving the current request."""
+    return cast(AppState, current_app.config["FEEDD_STATE"])

@@ -1,0 +1,200 @@
+"""Runtime control: change the configuration while feedd runs, one change at a time.
+
+Every change is validated whole, saved atomically (when feedd runs from a file), then
+applied by the supervisor, which restarts only the exchanges whose settings changed. A
+change that fails validation leaves both the file and the running service untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import attrs
+import httpx
+import trio
+
+from feedd import config as config_module
+from feedd import exchanges
+from feedd.config import SYMBOL_PATTERN, Config
+from feedd.engine.instruments import fetch_instruments
+from feedd.engine.rest import RestClient
+from feedd.engine.stats import ExchangeStats
+from feedd.engine.supervisor import Supervisor
+from feedd.errors import ConfigError, FeeddError, StoreError, TransportError
+from feedd.store.writer import Writer
+
+log = logging.getLogger("feedd.control")
+
+#: keys saved by a change but read only at process start
+STARTUP_KEYS = (
+    "host",
+    "port",
+    "database_path",
+    "api_token",
+    "allowed_hosts",
+    "batch_interval",
+    "max_records",
+)
+#: an instrument list fetched on demand (for an exchange not running) stays fresh this long
+LISTING_TTL_S = 600.0
+LISTING_TIMEOUT_S = 10.0
+
+
+@attrs.frozen
+class Applied:
+    restarted: tuple[str, ...]
+    restart_required: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Listing:
+    symbols: frozenset[str]
+    fetched_at_ms: int
+
+
+class Controller:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None,
+        supervisor: Supervisor,
+        writer: Writer,
+        http: httpx.AsyncClient,
+    ) -> None:
+        #: the configuration that runs now (what /config shows)
+        self.config = config
+        #: the configuration ingest started from; startup-only keys compare against it
+        self.started_with = config
+        self.config_path = config_path
+        self.supervisor = supervisor
+        self.writer = writer
+        self._http = http
+        self._lock = trio.Lock()
+        self._listings: dict[str, Listing] = {}
+
+    async def replace(self, new: Config, warnings: Sequence[str] = ()) -> Applied:
+        """Save ``new`` and run it; only exchanges whose settings changed restart."""
+        async with self._lock:
+            return await self._replace(new, tuple(warnings))
+
+    async def set_symbols(
+        self,
+        exchange: str,
+        symbols: Iterable[str] | None = None,
+        *,
+        add: Iterable[str] = (),
+        remove: Iterable[str] = (),
+    ) -> tuple[tuple[str, ...], Applied]:
+        """Replace an exchange's symbols, or add/remove some; returns the new list."""
+        async with self._lock:
+            current = self._exchange(exchange)
+            base = current.symbols if symbols is None else tuple(symbols)
+            await self._check_listed(exchange, base if symbols is not None else (), "symbols")
+            await self._check_listed(exchange, tuple(add), "add")
+            removed = set(remove)
+            new_symbols = tuple(dict.fromkeys(s for s in (*base, *add) if s not in removed))
+            data = self.config.to_json()
+            data["exchanges"].setdefault(exchange, {"enabled": current.enabled})
+            data["exchanges"][exchange]["symbols"] = list(new_symbols)
+            loaded = config_module.parse(data)
+            applied = await self._replace(loaded.config, loaded.warnings)
+            return loaded.config.exchanges[exchange].symbols, applied
+
+    async def toggle(self, exchange: str, enabled: bool | None = None) -> tuple[bool, Applied]:
+        """Enable or disable an exchange (``None``: flip); returns the new state."""
+        async with self._lock:
+            current = self._exchange(exchange)
+            target = (not current.enabled) if enabled is None else enabled
+            data = self.config.to_json()
+            data["exchanges"].setdefault(exchange, {"symbols": list(current.symbols)})
+            data["exchanges"][exchange]["enabled"] = target
+            loaded = config_module.parse(data)
+            return target, await self._replace(loaded.config, loaded.warnings)
+
+    async def restart(self) -> Applied:
+        """Re-read the config file and restart every exchange from it."""
+        async with self._lock:
+            warnings: tuple[str, ...] = ()
+            if self.config_path is None:
+                new = self.config
+            else:
+                loaded = config_module.load(self.config_path)
+                new, warnings = loaded.config, loaded.warnings
+            restarted = await self.supervisor.apply(new, restart_all=True)
+            self.config = new
+            log.info("ingest restarted: %s", ", ".join(restarted) or "nothing enabled")
+            return Applied(tuple(restarted), self._startup_changes(new), warnings)
+
+    async def delete_database(self) -> None:
+        """Delete every stored candle while ingest runs; the writer pauses for it."""
+        async with self._lock:
+            log.warning("deleting every stored candle (requested over the API)")
+            await self.writer.wipe()
+
+    async def listing(self, exchange: str) -> Listing:
+        """The venue's tradable symbols: from the running discovery, or fetched now."""
+        stats = self.supervisor.stats.get(exchange)
+        if stats is not None and stats.listed is not None and stats.listed_at_ms is not None:
+            return Listing(stats.listed, stats.listed_at_ms)
+        cached = self._listings.get(exchange)
+        if cached is not None and time.time() * 1000 - cached.fetched_at_ms < LISTING_TTL_S * 1000:
+            return cached
+        module = exchanges.get(exchange)
+        settings = self.config.exchanges.get(exchange)
+        base = (settings.rest_url if settings else None) or module.DEFAULT_REST_URL
+        rest = RestClient(module, base, self._http, ExchangeStats(exchange), log)
+        with trio.move_on_after(LISTING_TIMEOUT_S):
+            listing = Listing(await fetch_instruments(module, rest), int(time.time() * 1000))
+            self._listings[exchange] = listing
+            return listing
+        raise TransportError(f"{exchange} did not send its instrument list in time")
+
+    def _exchange(self, exchange: str) -> config_module.ExchangeConfig:
+        if exchange not in exchanges.REGISTRY:
+            known = ", ".join(sorted(exchanges.REGISTRY))
+            raise ConfigError("exchange", f"unknown exchange {exchange!r} (known: {known})")
+        current = self.config.exchanges.get(exchange)
+        return current or config_module.ExchangeConfig(exchange, symbols=(), enabled=False)
+
+    async def _check_listed(self, exchange: str, symbols: Sequence[str], field: str) -> None:
+        """Refuse symbols the venue does not list, when its list can be had."""
+        for index, symbol in enumerate(symbols):
+            if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
+                raise ConfigError(
+                    f"{field}[{index}]", f"malformed symbol {symbol!r} (expected e.g. BTCUSDT)"
+                )
+        if not symbols:
+            return
+        try:
+            listed = (await self.listing(exchange)).symbols
+        except FeeddError as exc:
+            log.warning("%s instrument list unavailable, symbols not checked: %s", exchange, exc)
+            return
+        for index, symbol in enumerate(symbols):
+            if symbol not in listed:
+                raise ConfigError(f"{field}[{index}]", f"{exchange} does not list {symbol}")
+
+    async def _replace(self, new: Config, warnings: tuple[str, ...]) -> Applied:
+        if self.config_path is not None:
+            try:
+                await trio.to_thread.run_sync(config_module.save, self.config_path, new)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot save the config file {self.config_path}: {exc.strerror or exc}"
+                ) from None
+        restarted = await self.supervisor.apply(new)
+        self.config = new
+        if restarted:
+            log.info("configuration applied; restarted %s", ", ".join(restarted))
+        else:
+            log.info("configuration applied; no exchange needed a restart")
+        return Applied(tuple(restarted), self._startup_changes(new), warnings)
+
+    def _startup_changes(self, new: Config) -> tuple[str, ...]:
+        return tuple(
+            key for key in STARTUP_KEYS if getattr(new, key) != getattr(self.started_with, key)
+        )

@@ -1,0 +1,1 @@
+"""Observing the running service: log ring buffer, event-loop CPU accounting, system samples."""

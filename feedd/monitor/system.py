@@ -1,0 +1,119 @@
+"""Once a second: system figures (psutil) and per-exchange rates, for /status and /metrics.
+
+Sampling on a timer keeps requests cheap: /status and every /ws status subscriber read the
+latest sample instead of asking the kernel again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psutil
+import trio
+
+from feedd.engine.stats import ExchangeStats
+from feedd.monitor.taskcpu import TaskCpu
+
+SAMPLE_S = 1.0
+
+
+@attrs.frozen
+class ExchangeRates:
+    messages_per_s: float = 0.0
+    candles_per_s: float = 0.0
+    #: percent of one core spent in this exchange's tasks on the event loop
+    cpu_percent: float = 0.0
+
+
+def database_bytes(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            total += path.with_name(path.name + suffix).stat().st_size
+    return total
+
+
+class Monitor:
+    def __init__(
+        self,
+        database: Path,
+        exchange_stats: Callable[[], Mapping[str, ExchangeStats]],
+        cpu: TaskCpu,
+        started_at: float,
+    ) -> None:
+        self.database = database
+        self._exchange_stats = exchange_stats
+        self._cpu = cpu
+        self._process = psutil.Process()
+        self.started_at = started_at
+        self.platform = (
+            f"{platform.system()} {platform.release()} {platform.machine()} / "
+            f"Python {platform.python_version()}"
+        )
+        self.system: dict[str, Any] = {}
+        self.rates: dict[str, ExchangeRates] = {}
+        #: last counters per exchange object: (messages, candles, cpu seconds)
+        self._previous: dict[int, tuple[float, int, int, float]] = {}
+        self.sample()
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        memory = psutil.virtual_memory()
+        with self._process.oneshot():
+            info = self._process.memory_info()
+            process_cpu = self._process.cpu_percent(None)
+            threads = self._process.num_threads()
+            fds = self._process.num_fds() if hasattr(self._process, "num_fds") else None
+        try:
+            disk = psutil.disk_usage(os.fspath(self.database.parent))
+            disk_free, disk_total = disk.free, disk.total
+        except OSError:
+            disk_free = disk_total = None
+        self.system = {
+            "cpu_percent": psutil.cpu_percent(None),
+            "cpu_count": psutil.cpu_count() or 1,
+            "memory_total": memory.total,
+            "memory_used": memory.total - memory.available,
+            "memory_percent": memory.percent,
+            "process_rss": info.rss,
+            # The data segment: the interpreter's heap plus thread stacks, on Linux.
+            "process_heap": getattr(info, "data", info.rss),
+            "process_cpu_percent": process_cpu,
+            "threads": threads,
+            "open_fds": fds,
+            "db_size": database_bytes(self.database),
+            "disk_free": disk_free,
+            "disk_total": disk_total,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "platform": self.platform,
+        }
+        rates: dict[str, ExchangeRates] = {}
+        for name, stats in self._exchange_stats().items():
+            busy = self._cpu.busy.get(name, 0.0)
+            before = self._previous.get(id(stats))
+            self._previous[id(stats)] = (now, stats.messages, stats.candles, busy)
+            if before is None or now <= before[0]:
+                rates[name] = ExchangeRates()
+                continue
+            elapsed = now - before[0]
+            rates[name] = ExchangeRates(
+                round((stats.messages - before[1]) / elapsed, 1),
+                round((stats.candles - before[2]) / elapsed, 1),
+                # The instrument charges by group name, so a restarted exchange's new stats
+                # object continues the same counter: clamp the first delta at zero.
+                round(max(0.0, busy - before[3]) / elapsed * 100, 1),
+            )
+        self.rates = rates
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(SAMPLE_S)
+            self.sample()

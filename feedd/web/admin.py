@@ -1,0 +1,109 @@
+"""Configuration and control routes: config, exchanges, symbols, toggles, restart, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response
+
+from feedd import config as config_module
+from feedd.config import SYMBOL_PATTERN
+from feedd.control import Applied
+from feedd.web import body, params
+from feedd.web.errors import ApiError, json_response
+from feedd.web.state import current_state as state
+from feedd.web.status import exchanges_document
+
+admin = Blueprint("admin", __name__)
+
+REDACTED = "***"
+DELETE_CONFIRMATION = "DELETE"
+
+
+def applied(result: Applied, **extra: Any) -> Response:
+    return json_response(
+        {
+            "ok": True,
+            **extra,
+            "restarted": list(result.restarted),
+            "restart_required": list(result.restart_required),
+            "warnings": list(result.warnings),
+        }
+    )
+
+
+@admin.get("/config")
+async def get_config() -> Response:
+    data = state().config.to_json()
+    if data.get("api_token"):
+        data["api_token"] = REDACTED
+    return json_response(data)
+
+
+@admin.post("/config")
+async def post_config() -> Response:
+    data = await body.json_object()
+    controller = state().controller
+    if data.get("api_token") == REDACTED:
+        data["api_token"] = controller.config.api_token
+    loaded = config_module.parse(data)
+    return applied(await controller.replace(loaded.config, loaded.warnings))
+
+
+@admin.get("/exchanges")
+async def get_exchanges() -> Response:
+    return json_response(exchanges_document(state()))
+
+
+@admin.get("/exchangeSymbols/<exchange>")
+async def get_exchange_symbols(exchange: str) -> Response:
+    exchange = params.exchange_name(exchange)
+    app_state = state()
+    listing = await app_state.controller.listing(exchange)
+    configured = app_state.config.exchanges.get(exchange)
+    return json_response(
+        {
+            "exchange": exchange,
+            "listed": sorted(s for s in listing.symbols if SYMBOL_PATTERN.fullmatch(s)),
+            "configured": list(configured.symbols) if configured else [],
+            "fetched_at": listing.fetched_at_ms,
+        }
+    )
+
+
+@admin.post("/exchangeSymbols")
+async def post_exchange_symbols() -> Response:
+    data = await body.json_object()
+    exchange = params.exchange_name(body.string_field(data, "exchange"))
+    symbols = body.string_list(data, "symbols")
+    add = body.string_list(data, "add") or []
+    remove = body.string_list(data, "remove") or []
+    if symbols is None and not add and not remove:
+        raise ApiError(400, "give symbols (the whole list) or add/remove", "symbols")
+    new, result = await state().controller.set_symbols(exchange, symbols, add=add, remove=remove)
+    return applied(result, exchange=exchange, symbols=list(new))
+
+
+@admin.post("/toggleExchange")
+async def toggle_exchange() -> Response:
+    data = await body.json_object()
+    exchange = params.exchange_name(body.string_field(data, "exchange"))
+    enabled, result = await state().controller.toggle(exchange, body.optional_bool(data, "enabled"))
+    return applied(result, exchange=exchange, enabled=enabled)
+
+
+@admin.post("/restart")
+async def restart() -> Response:
+    await body.json_object()
+    return applied(await state().controller.restart())
+
+
+@admin.post("/deleteDatabase")
+async def delete_database() -> Response:
+    data = await body.json_object()
+    if data.get("confirm") != DELETE_CONFIRMATION:
+        raise ApiError(
+            400, f'deleting every candle needs "confirm": "{DELETE_CONFIRMATION}"', "confirm"
+        )
+    await state().controller.delete_database()
+    return json_response({"ok": True})

@@ -1,0 +1,188 @@
+"""The live hub behind ``/ws``: committed candles, status and log lines fanned out to clients.
+
+Each client has a bounded outbox. Publishing never waits: a client whose outbox is full is
+marked as overflowed and its handler closes it (1008), so a slow reader can never slow
+ingest or the other clients. Messages are serialised once per batch and shared.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import orjson
+import trio
+
+from feedd.candle import Candle, Source
+from feedd.monitor.logring import LogLine, LogRing
+from feedd.store.writer import Writer
+
+log = logging.getLogger("feedd.web")
+
+OUTBOX = 256
+STATUS_EVERY_S = 1.0
+LOGS_EVERY_S = 0.25
+SeriesKey = tuple[str, str, str]
+
+
+@attrs.frozen
+class CandleFilter:
+    exchange: str | None = None
+    symbol: str | None = None
+    interval: str | None = None
+
+    def matches(self, candle: Candle) -> bool:
+        return (
+            (self.exchange is None or self.exchange == candle.exchange)
+            and (self.symbol is None or self.symbol == candle.symbol)
+            and (self.interval is None or self.interval == candle.interval)
+        )
+
+    @property
+    def everything(self) -> bool:
+        return self.exchange is None and self.symbol is None and self.interval is None
+
+
+def candle_dict(candle: Candle) -> dict[str, Any]:
+    return {
+        "exchange": candle.exchange,
+        "symbol": candle.symbol,
+        "interval": candle.interval,
+        "open_time": candle.open_time,
+        "open": float(candle.open),
+        "high": float(candle.high),
+        "low": float(candle.low),
+        "close": float(candle.close),
+        "volume": float(candle.volume),
+        "quote_volume": float(candle.quote_volume),
+        "trades": candle.trades,
+        "closed": candle.closed,
+        "source": "rest" if candle.source == Source.REST else "ws",
+    }
+
+
+def log_dict(line: LogLine) -> dict[str, Any]:
+    return attrs.asdict(line)
+
+
+class Client:
+    """One /ws connection's subscriptions and outbox."""
+
+    def __init__(self, outbox: int = OUTBOX) -> None:
+        self.outbox_send, self.outbox_recv = trio.open_memory_channel[str](outbox)
+        self.filters: set[CandleFilter] = set()
+        self.status = False
+        #: last log sequence sent (None: not subscribed to logs)
+        self.logs_after: int | None = None
+        self.overflowed = trio.Event()
+
+    def offer(self, message: str) -> None:
+        if self.overflowed.is_set():
+            return
+        try:
+            self.outbox_send.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.overflowed.set()
+
+    @property
+    def wants_everything(self) -> bool:
+        return any(f.everything for f in self.filters)
+
+
+def message(kind: str, data: object) -> str:
+    return orjson.dumps({"type": kind, "data": data}).decode()
+
+
+class LiveHub:
+    def __init__(self, writer: Writer, logs: LogRing, status: Callable[[], dict[str, Any]]):
+        self._writer = writer
+        self._logs = logs
+        self._status = status
+        self.clients: set[Client] = set()
+        #: newest live candle per series, for the last price in /status
+        self.last: dict[SeriesKey, Candle] = {}
+        #: newest closed candle per series (live or backfilled), for freshness in /metrics
+        self.last_closed: dict[SeriesKey, int] = {}
+        #: clients closed because they did not keep up
+        self.overflows = 0
+
+    def add(self, client: Client) -> None:
+        self.clients.add(client)
+
+    def remove(self, client: Client) -> None:
+        self.clients.discard(client)
+        if client.overflowed.is_set():
+            self.overflows += 1
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self._writer.open_commit_listener() as committed:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_status)
+                nursery.start_soon(self._run_logs)
+                task_status.started()
+                async for batch in committed:
+                    self.publish(batch)
+
+    def publish(self, batch: Sequence[Candle]) -> None:
+        # Only live stream updates: backfilled history is read from /ohlcv, and pushing a
+        # bootstrap's hundreds of thousands of candles would drown every dashboard.
+        last_closed = self.last_closed
+        for candle in batch:
+            if candle.closed:
+                key = (candle.exchange, candle.symbol, candle.interval)
+                if last_closed.get(key, -1) < candle.open_time:
+                    last_closed[key] = candle.open_time
+        live = [c for c in batch if c.source == Source.WS]
+        last = self.last
+        for candle in live:
+            key = (candle.exchange, candle.symbol, candle.interval)
+            known = last.get(key)
+            if known is None or known.open_time <= candle.open_time:
+                last[key] = candle
+        subscribers = [c for c in self.clients if c.filters]
+        if not live or not subscribers:
+            return
+        encoded = [orjson.dumps(candle_dict(c)) for c in live]
+        everything: str | None = None
+        for client in subscribers:
+            if client.wants_everything:
+                if everything is None:
+                    everything = _candles_message(encoded)
+                client.offer(everything)
+                continue
+            chosen = [
+                encoded[n]
+                for n, candle in enumerate(live)
+                if any(f.matches(candle) for f in client.filters)
+            ]
+            if chosen:
+                client.offer(_candles_message(chosen))
+
+    def send_logs(self, client: Client) -> None:
+        if client.logs_after is None:
+            return
+        lines = self._logs.since(client.logs_after)
+        if lines:
+            client.logs_after = lines[-1].seq
+            client.offer(message("logs", [log_dict(line) for line in lines]))
+
+    async def _run_status(self) -> None:
+        while True:
+            await trio.sleep(STATUS_EVERY_S)
+            subscribers = [c for c in self.clients if c.status]
+            if subscribers:
+                text = message("status", self._status())
+                for client in subscribers:
+                    client.offer(text)
+
+    async def _run_logs(self) -> None:
+        while True:
+            await trio.sleep(LOGS_EVERY_S)
+            for client in list(self.clients):
+                self.send_logs(client)
+
+
+def _candles_message(encoded: list[bytes]) -> str:
+    return (b'{"type":"candles","data":[' + b",".join(encoded) + b"]}").decode()

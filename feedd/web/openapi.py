@@ -1,0 +1,453 @@
+"""``/openapi.json``: the OpenAPI 3.1 description of every route, body and error shape.
+
+Written by hand next to the routes; tests walk it against the live app (every route
+documented, every documented route answering with the documented shapes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response
+
+from feedd import __version__, exchanges
+from feedd.intervals import INTERVAL_MS
+from feedd.web.errors import json_response
+
+openapi = Blueprint("openapi", __name__)
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(required: list[str] | None = None, **properties: Schema) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+NUMBER: Schema = {"type": "number"}
+INTEGER: Schema = {"type": "integer"}
+STRING: Schema = {"type": "string"}
+BOOLEAN: Schema = {"type": "boolean"}
+NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
+NULLABLE_STRING: Schema = {"type": ["string", "null"]}
+STRINGS: Schema = {"type": "array", "items": STRING}
+
+CANDLE_FIELDS = {
+    "open_time": INTEGER,
+    "open": NUMBER,
+    "high": NUMBER,
+    "low": NUMBER,
+    "close": NUMBER,
+    "volume": NUMBER,
+    "quote_volume": NUMBER,
+    "trades": {"type": ["integer", "null"]},
+    "closed": BOOLEAN,
+    "source": {"enum": ["ws", "rest"]},
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": obj(["error"], error=STRING, field=STRING),
+    "Candle": obj(list(CANDLE_FIELDS), **CANDLE_FIELDS),
+    "Applied": obj(
+        ["ok", "restarted", "restart_required", "warnings"],
+        ok={"const": True},
+        restarted=STRINGS,
+        restart_required=STRINGS,
+        warnings=STRINGS,
+    ),
+    "Config": {
+        "type": "object",
+        "description": "config.json format; every key optional",
+        "properties": {
+            "exchanges": {
+                "type": "object",
+                "propertyNames": {"enum": sorted(exchanges.REGISTRY)},
+                "additionalProperties": obj(
+                    symbols=STRINGS,
+                    enabled=BOOLEAN,
+                    ws_url=STRING,
+                    rest_url=STRING,
+                    connection_lifetime=NUMBER,
+                    silence_timeout=NUMBER,
+                    instruments_refresh=NUMBER,
+                ),
+            },
+            "intervals": STRINGS,
+            "database_path": STRING,
+            "batch_interval": INTEGER,
+            "max_records": INTEGER,
+            "bootstrap_load": INTEGER,
+            "port": INTEGER,
+            "host": STRING,
+            "api_token": STRING,
+            "allowed_hosts": STRINGS,
+        },
+    },
+    "Worker": obj(
+        ["name", "enabled", "state", "health", "streams", "connections"],
+        name=STRING,
+        enabled=BOOLEAN,
+        state=STRING,
+        health={"enum": ["healthy", "degraded", "down", "disabled"]},
+        streams=INTEGER,
+        connections=INTEGER,
+        streams_subscribed=INTEGER,
+        messages_per_s=NUMBER,
+        candles_per_s=NUMBER,
+        cpu_percent=NUMBER,
+        messages=INTEGER,
+        candles=INTEGER,
+        reconnects=INTEGER,
+        rotations=INTEGER,
+        gaps_healed=INTEGER,
+        parse_errors=INTEGER,
+        exchange_errors=INTEGER,
+        rest_requests=INTEGER,
+        rest_weight_used=INTEGER,
+        rest_rate_limited=INTEGER,
+        backfill_pending=INTEGER,
+        last_message_age_s=NULLABLE_NUMBER,
+        last_error=NULLABLE_STRING,
+        symbols={
+            "type": "array",
+            "items": obj(
+                ["symbol", "interval", "state"],
+                symbol=STRING,
+                interval=STRING,
+                state={
+                    "enum": [
+                        "pending",
+                        "live",
+                        "silent",
+                        "rejected",
+                        "unlisted",
+                        "backfilling",
+                        "disabled",
+                    ]
+                },
+                error=NULLABLE_STRING,
+                backfill_progress=NULLABLE_NUMBER,
+                last={
+                    "oneOf": [
+                        {"type": "null"},
+                        obj(
+                            ["open_time", "close", "volume", "closed"],
+                            open_time=INTEGER,
+                            close=NUMBER,
+                            volume=NUMBER,
+                            closed=BOOLEAN,
+                        ),
+                    ]
+                },
+            ),
+        },
+    ),
+    "Status": obj(
+        ["time", "version", "system", "writer", "exchanges"],
+        time=INTEGER,
+        version=STRING,
+        system=obj(
+            ["cpu_percent", "cpu_count", "memory_total", "process_rss", "db_size", "uptime_s"],
+            cpu_percent=NUMBER,
+            cpu_count=INTEGER,
+            memory_total=INTEGER,
+            memory_used=INTEGER,
+            memory_percent=NUMBER,
+            process_rss=INTEGER,
+            process_heap=INTEGER,
+            process_cpu_percent=NUMBER,
+            threads=INTEGER,
+            open_fds={"type": ["integer", "null"]},
+            db_size=INTEGER,
+            disk_free={"type": ["integer", "null"]},
+            disk_total={"type": ["integer", "null"]},
+            uptime_s=NUMBER,
+            platform=STRING,
+        ),
+        writer=obj(
+            ["received", "committed", "pending", "healthy"],
+            received=INTEGER,
+            committed=INTEGER,
+            batches=INTEGER,
+            pending=INTEGER,
+            healthy=BOOLEAN,
+            last_error=NULLABLE_STRING,
+            latency_p50_ms=NULLABLE_NUMBER,
+            latency_p99_ms=NULLABLE_NUMBER,
+        ),
+        live_clients=INTEGER,
+        exchanges={"type": "array", "items": ref("Worker")},
+    ),
+    "LogLine": obj(
+        ["seq", "time", "level", "logger", "message"],
+        seq=INTEGER,
+        time=INTEGER,
+        level={"enum": ["debug", "info", "warning", "error", "critical"]},
+        logger=STRING,
+        message=STRING,
+    ),
+}
+
+ERRORS = {
+    "400": "bad input (the field is named)",
+    "401": "API token missing or wrong",
+    "403": "cross-origin request or Host not allowed",
+    "404": "unknown route or exchange",
+    "413": "body over 1 MiB",
+    "415": "body is not Content-Type: application/json",
+    "503": "a dependency (store, exchange) is unavailable",
+}
+
+
+def json_content(schema: Schema) -> Schema:
+    return {"application/json": {"schema": schema}}
+
+
+def operation(
+    summary: str,
+    ok: Schema | None,
+    *,
+    ok_content: Schema | None = None,
+    body: Schema | None = None,
+    parameters: list[Schema] | None = None,
+    errors: tuple[str, ...] = ("400", "401", "403"),
+) -> Schema:
+    responses: Schema = {
+        "200": {
+            "description": "success",
+            "content": ok_content if ok_content is not None else json_content(ok or {}),
+        }
+    }
+    for code in errors:
+        responses[code] = {"description": ERRORS[code], "content": json_content(ref("Error"))}
+    op: Schema = {"summary": summary, "responses": responses}
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": json_content(body)}
+        for code in ("413", "415"):
+            responses[code] = {"description": ERRORS[code], "content": json_content(ref("Error"))}
+    return op
+
+
+def path_param(name: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def query_param(name: str, schema: Schema, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+EXCHANGE: Schema = {"enum": sorted(exchanges.REGISTRY)}
+SYMBOL: Schema = {"type": "string", "pattern": "^[A-Z0-9]{1,24}USDT$"}
+INTERVAL: Schema = {"enum": list(INTERVAL_MS)}
+TIME: Schema = {"type": "integer", "minimum": 0, "maximum": 10**14}
+
+
+def document() -> Schema:
+    symbols_body = obj(
+        ["exchange"], exchange=EXCHANGE, symbols=STRINGS, add=STRINGS, remove=STRINGS
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "feedd",
+            "version": __version__,
+            "description": "OHLCV collector API. With api_token set, every route needs "
+            "Authorization: Bearer <token>. POST bodies are JSON objects only.",
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": {
+            "/ohlcv/{exchange}/{symbol}/{interval}": {
+                "get": operation(
+                    "Candles oldest first; intervals not collected are resampled from 1m",
+                    None,
+                    ok_content={
+                        "application/json": {"schema": {"type": "array", "items": ref("Candle")}},
+                        "text/csv": {"schema": STRING},
+                    },
+                    parameters=[
+                        path_param("exchange", EXCHANGE),
+                        path_param("symbol", SYMBOL),
+                        path_param("interval", INTERVAL),
+                        query_param("since", TIME, "first open time (ms), inclusive"),
+                        query_param("until", TIME, "last open time (ms), inclusive"),
+                        query_param(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": 5000},
+                            "at most this many (default 1000)",
+                        ),
+                        query_param("format", {"enum": ["json", "csv"]}, "json (default) or csv"),
+                    ],
+                    errors=("400", "401", "403", "404", "503"),
+                )
+            },
+            "/health": {
+                "get": operation(
+                    "ok (200) or degraded (503)",
+                    obj(["status"], status={"enum": ["ok", "degraded"]}),
+                    errors=("401", "403", "503"),
+                )
+            },
+            "/status": {
+                "get": operation(
+                    "System, writer and per-exchange workers", ref("Status"), errors=("401", "403")
+                )
+            },
+            "/metrics": {
+                "get": operation(
+                    "Prometheus text format",
+                    None,
+                    ok_content={"text/plain": {"schema": STRING}},
+                    errors=("401", "403"),
+                )
+            },
+            "/logs": {
+                "get": operation(
+                    "Recent log lines after a sequence number",
+                    obj(
+                        ["lines", "next"],
+                        lines={"type": "array", "items": ref("LogLine")},
+                        next=INTEGER,
+                    ),
+                    parameters=[
+                        query_param(
+                            "since", {"type": "integer", "minimum": 0}, "only lines after this seq"
+                        ),
+                        query_param(
+                            "level",
+                            {"enum": ["debug", "info", "warning", "error"]},
+                            "minimum level",
+                        ),
+                        query_param(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": 2000},
+                            "newest lines at most",
+                        ),
+                    ],
+                )
+            },
+            "/config": {
+                "get": operation(
+                    "The running configuration (api_token redacted)",
+                    ref("Config"),
+                    errors=("401", "403"),
+                ),
+                "post": operation(
+                    "Validate, save atomically and apply a whole configuration",
+                    ref("Applied"),
+                    body=ref("Config"),
+                    errors=("400", "401", "403", "503"),
+                ),
+            },
+            "/exchanges": {
+                "get": operation(
+                    "Every known exchange: enabled, symbols, state",
+                    obj(
+                        ["exchanges"],
+                        exchanges={
+                            "type": "array",
+                            "items": obj(
+                                ["name", "enabled", "symbols", "state", "health"],
+                                name=STRING,
+                                enabled=BOOLEAN,
+                                symbols=STRINGS,
+                                state=STRING,
+                                health=STRING,
+                                connections=INTEGER,
+                                streams=INTEGER,
+                            ),
+                        },
+                    ),
+                    errors=("401", "403"),
+                )
+            },
+            "/exchangeSymbols/{exchange}": {
+                "get": operation(
+                    "Tradable symbols the exchange lists, and the configured ones",
+                    obj(
+                        ["exchange", "listed", "configured", "fetched_at"],
+                        exchange=STRING,
+                        listed=STRINGS,
+                        configured=STRINGS,
+                        fetched_at=INTEGER,
+                    ),
+                    parameters=[path_param("exchange", EXCHANGE)],
+                    errors=("401", "403", "404", "503"),
+                )
+            },
+            "/exchangeSymbols": {
+                "post": operation(
+                    "Replace (symbols) or change (add/remove) an exchange's symbols",
+                    {
+                        "allOf": [
+                            ref("Applied"),
+                            obj(["exchange", "symbols"], exchange=STRING, symbols=STRINGS),
+                        ]
+                    },
+                    body=symbols_body,
+                    errors=("400", "401", "403", "404", "503"),
+                )
+            },
+            "/toggleExchange": {
+                "post": operation(
+                    "Enable or disable an exchange (enabled omitted: flip)",
+                    {
+                        "allOf": [
+                            ref("Applied"),
+                            obj(["exchange", "enabled"], exchange=STRING, enabled=BOOLEAN),
+                        ]
+                    },
+                    body=obj(["exchange"], exchange=EXCHANGE, enabled=BOOLEAN),
+                    errors=("400", "401", "403", "404", "503"),
+                )
+            },
+            "/restart": {
+                "post": operation(
+                    "Re-read the config file and restart all ingest (web stays up)",
+                    ref("Applied"),
+                    body={"type": "object"},
+                    errors=("400", "401", "403"),
+                )
+            },
+            "/deleteDatabase": {
+                "post": operation(
+                    "Delete every stored candle while ingest runs",
+                    obj(["ok"], ok={"const": True}),
+                    body=obj(["confirm"], confirm={"const": "DELETE"}),
+                    errors=("400", "401", "403", "503"),
+                )
+            },
+            "/openapi.json": {
+                "get": operation("This document", {"type": "object"}, errors=("401", "403"))
+            },
+            "/ws": {
+                "get": {
+                    "summary": "WebSocket: subscribe/unsubscribe to candles, status, logs "
+                    "(see docs/API.md); ?token= when api_token is set",
+                    "responses": {"101": {"description": "switching protocols"}},
+                }
+            },
+        },
+    }
+
+
+@openapi.get("/openapi.json")
+async def openapi_json() -> Response:
+    return json_response(document())
