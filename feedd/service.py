@@ -112,7 +112,18 @@ async def run_service(
             await root.start(monitor.run)
             await root.start(hub.run)
             web_stop = trio.Event()
-            url = await root.start(serve_web, create_app(state), config.host, config.port, web_stop)
+            web_done = trio.Event()
+
+            async def run_web(*, task_status: trio.TaskStatus[str]) -> None:
+                try:
+                    app = create_app(state)
+                    await serve_web(
+                        app, config.host, config.port, web_stop, task_status=task_status
+                    )
+                finally:
+                    web_done.set()
+
+            url = await root.start(run_web)
             ingest = trio.CancelScope()
 
             async def run_ingest(*, task_status: trio.TaskStatus[None]) -> None:
@@ -126,14 +137,19 @@ async def run_service(
 
             await stop.wait()
             log.info("shutting down: stopping ingest")
+            # One deadline for the whole shutdown, so it is bounded whatever part is slow.
+            deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
             ingest.cancel()
-            with trio.move_on_after(SHUTDOWN_TIMEOUT_S) as drain:
+            with trio.move_on_at(deadline) as drain:
                 await writer_done.wait()
             if drain.cancelled_caught:
                 log.error("writer did not finish within %g s", SHUTDOWN_TIMEOUT_S)
             state.closing.set()
             web_stop.set()
-            root.cancel_scope.deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
+            with trio.move_on_at(deadline):
+                await web_done.wait()
+            # The monitor and the live hub run until told: nothing of theirs needs saving.
+            root.cancel_scope.cancel()
     finally:
         reader.close()
         trio.lowlevel.remove_instrument(cpu)
