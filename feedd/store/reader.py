@@ -257,18 +257,4 @@ def _resample_query(
     found = rs.query(
         conn, exchange, symbol, interval, start, end, newest=since is None, limit=limit
     )
-    return [
-        CandleRow(
-            b,
-            o,
-            h,
-            lo,
-            c,
-            v,
-            qv,
-            trades,
-            n == rs.expected_minutes(b, e) and n_closed == n,
-            "rest" if flags & FLAG_REST else "ws",
-        )
-        for b, e, o, h, lo, c, v, qv, trades, n, n_closed, flags in found
-    ]
+    return [CandleRow(*row) for row in found]
