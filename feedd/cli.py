@@ -12,13 +12,13 @@ from pathlib import Path
 import attrs
 import trio
 
-from feedd import __version__
+from feedd import __version__, sdnotify
 from feedd import config as config_module
 from feedd.errors import ConfigError, FeeddError
-from feedd.service import check_exposure, run_service
+from feedd.logsetup import FORMATS, configure_logging
+from feedd.service import Service, check_exposure, run_service
 
 EXIT_CONFIG = 2
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,13 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity (default: info)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=FORMATS,
+        help="log lines on stderr: 'text' is LEVEL logger: message (timestamped unless "
+        "journald stamps them), 'json' is one JSON object per line (default: text)",
+    )
     parser.add_argument("--version", action="version", version=f"feedd {__version__}")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(args.log_level, args.log_format)
     log = logging.getLogger("feedd")
     try:
         loaded = config_module.load(args.config)
@@ -68,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("config: %s", warning)
     database = config_module.database_file(config, args.config)
     try:
-        trio.run(_run, config, database)
+        trio.run(_run, config, database, Path(args.config))
     except FeeddError as exc:
         print(f"feedd: {exc}", file=sys.stderr)
         return 1
@@ -77,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _run(config: config_module.Config, database: Path) -> None:
+async def _run(config: config_module.Config, database: Path, config_path: Path) -> None:
+    log = logging.getLogger("feedd")
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -85,15 +93,29 @@ async def _run(config: config_module.Config, database: Path) -> None:
             async def watch_signals() -> None:
                 async for signum in signals:
                     if stop.is_set():
-                        logging.getLogger("feedd").warning("second signal: exiting now")
+                        log.warning("second signal: exiting now")
                         nursery.cancel_scope.cancel()
                         return
-                    logging.getLogger("feedd").info("received %s", signal.Signals(signum).name)
+                    log.info("received %s", signal.Signals(signum).name)
+                    # Tells systemd the exit that follows is an orderly one under way, also when
+                    # the signal came from kill(1) rather than from systemctl stop.
+                    sdnotify.notify("STOPPING=1", "STATUS=shutting down")
                     stop.set()
 
+            async def serve(*, task_status: trio.TaskStatus[Service]) -> None:
+                await run_service(
+                    config, database, config_path=config_path, stop=stop, task_status=task_status
+                )
+                nursery.cancel_scope.cancel()
+
             nursery.start_soon(watch_signals)
-            await run_service(config, database, stop=stop)
-            nursery.cancel_scope.cancel()
+            interval = sdnotify.watchdog_interval()
+            if interval is not None:
+                await nursery.start(sdnotify.run_watchdog, interval)
+            # run_service reports once the writer, the web server and ingest are running.
+            service = await nursery.start(serve)
+            if not stop.is_set():
+                sdnotify.notify("READY=1", f"STATUS=serving on {service.url}")
 
 
 if __name__ == "__main__":

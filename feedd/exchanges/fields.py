@@ -15,8 +15,9 @@ from feedd.errors import ParseError
 
 # ASCII digits only: ``\d`` would also accept e.g. Arabic-Indic digits, which Decimal parses.
 _DECIMAL = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
-# Values reaching the store must fit SQLite's signed 64-bit INTEGER.
-_INT64 = range(-(2**63), 2**63)
+# Times, trade counts and codes are never negative, and values reaching the store must fit
+# SQLite's signed 64-bit INTEGER.
+_COUNT = range(0, 2**63)
 
 
 def load_json(data: str | bytes) -> Any:
@@ -51,10 +52,10 @@ def decimal(value: object, name: str) -> str:
 
 
 def integer(value: object, name: str) -> int:
-    """An integer given as a JSON number (bools refused)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value in _INT64:
+    """A non-negative integer given as a JSON number (bools refused)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value in _COUNT:
         return value
-    raise ParseError(f"{name}: expected an integer, got {value!r}")
+    raise ParseError(f"{name}: expected a non-negative integer, got {value!r}")
 
 
 def int_string(value: object, name: str) -> int:
@@ -62,7 +63,7 @@ def int_string(value: object, name: str) -> int:
     # The length bound also keeps int() clear of its 4300-digit ValueError.
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         number = int(value)
-        if number in _INT64:
+        if number in _COUNT:
             return number
     raise ParseError(f"{name}: expected a string of digits, got {value!r}")
 
