@@ -60,6 +60,7 @@ async def test_read_routes(tmp_path: Path) -> None:
         assert binance["connections"] == 1 and binance["health"] == "healthy"
         eth = next(s for s in binance["symbols"] if s["symbol"] == "ETHUSDT")
         assert eth["state"] == "live" and eth["last"]["close"] > 0
+        assert abs(eth["last"]["time"] - status["time"]) < 60_000
         assert status["system"]["cpu_count"] >= 1 and status["system"]["process_rss"] > 0
         assert status["writer"]["committed"] > 0
 
@@ -199,6 +200,8 @@ async def test_control_routes(tmp_path: Path) -> None:
         posted = await client.post("/config", json=cfg)
         assert posted.json()["restarted"] == [BYBIT]
         assert posted.json()["restart_required"] == ["port"]
+        partial = await client.post("/config", json={"port": 1})
+        assert partial.status_code == 400 and partial.json()["field"] == "exchanges"
         cfg["intervals"] = ["7m"]
         before = (tmp_path / "config.json").read_bytes()
         invalid = await client.post("/config", json=cfg)

@@ -22,6 +22,8 @@ MESSAGE_QUEUE_SIZE = 256
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 CONNECT_TIMEOUT_S = 15.0
 CLOSE_TIMEOUT_S = 2.0
+#: long enough to write a close frame to the socket, not to wait for the answer
+CANCELLED_CLOSE_TIMEOUT_S = 0.05
 
 
 @asynccontextmanager
@@ -61,13 +63,20 @@ async def open_websocket(url: str) -> AsyncIterator[trio_websocket.WebSocketConn
                 raise TransportError(
                     f"WebSocket handshake with {parts.netloc} failed: {exc}"
                 ) from None
+            close_timeout = CLOSE_TIMEOUT_S
             try:
                 yield ws
+            except BaseException:
+                # Cancelled (an exchange restart) or failing: the library's reader task is
+                # being cancelled with us, so the peer's close reply would never be read.
+                # Send our close frame and go, instead of waiting out the whole timeout.
+                close_timeout = CANCELLED_CLOSE_TIMEOUT_S
+                raise
             finally:
                 # Shielded so that a cancelled shard still says goodbye with a close frame
                 # instead of leaving the server a 1006 abnormal closure.
                 with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+                    scope.deadline = trio.current_time() + close_timeout
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
     finally:

@@ -43,6 +43,12 @@ async def get_config() -> Response:
 @admin.post("/config")
 async def post_config() -> Response:
     data = await body.json_object()
+    if not isinstance(data.get("exchanges"), dict):
+        # Every key is optional in a file, but a posted config replaces the running one
+        # whole: a partial body would silently reset everything it left out.
+        raise ApiError(
+            400, "post the whole configuration (GET /config, edit, POST it back)", "exchanges"
+        )
     controller = state().controller
     if data.get("api_token") == REDACTED:
         data["api_token"] = controller.config.api_token

@@ -8,6 +8,7 @@ ingest or the other clients. Messages are serialised once per batch and shared.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -103,6 +104,8 @@ class LiveHub:
         self.clients: set[Client] = set()
         #: newest live candle per series, for the last price in /status
         self.last: dict[SeriesKey, Candle] = {}
+        #: when that candle was committed (ms), for the age of the last price
+        self.last_seen: dict[SeriesKey, int] = {}
         #: newest closed candle per series (live or backfilled), for freshness in /metrics
         self.last_closed: dict[SeriesKey, int] = {}
         #: clients closed because they did not keep up
@@ -135,12 +138,14 @@ class LiveHub:
                 if last_closed.get(key, -1) < candle.open_time:
                     last_closed[key] = candle.open_time
         live = [c for c in batch if c.source == Source.WS]
-        last = self.last
+        last, seen = self.last, self.last_seen
+        now_ms = int(time.time() * 1000)
         for candle in live:
             key = (candle.exchange, candle.symbol, candle.interval)
             known = last.get(key)
             if known is None or known.open_time <= candle.open_time:
                 last[key] = candle
+                seen[key] = now_ms
         subscribers = [c for c in self.clients if c.filters]
         if not live or not subscribers:
             return

@@ -137,7 +137,8 @@ SCHEMAS: dict[str, Schema] = {
                     "oneOf": [
                         {"type": "null"},
                         obj(
-                            ["open_time", "close", "volume", "closed"],
+                            ["open_time", "close", "volume", "closed", "time"],
+                            time=INTEGER,
                             open_time=INTEGER,
                             close=NUMBER,
                             volume=NUMBER,

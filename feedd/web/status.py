@@ -76,7 +76,8 @@ def symbol_rows(
                 progress = stats.backfilling.get(key)
                 if progress is not None and stream_state not in {"rejected", "unlisted"}:
                     stream_state = "backfilling"
-            last = state.hub.last.get((settings.name, symbol, interval))
+            series = (settings.name, symbol, interval)
+            last = state.hub.last.get(series)
             rows.append(
                 {
                     "symbol": symbol,
@@ -91,6 +92,7 @@ def symbol_rows(
                         "close": float(last.close),
                         "volume": float(last.volume),
                         "closed": last.closed,
+                        "time": state.hub.last_seen.get(series),
                     },
                 }
             )
