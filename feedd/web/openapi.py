@@ -165,6 +165,7 @@ SCHEMAS: dict[str, Schema] = {
             process_cpu_percent=NUMBER,
             threads=INTEGER,
             open_fds={"type": ["integer", "null"]},
+            tasks=INTEGER,
             db_size=INTEGER,
             disk_free={"type": ["integer", "null"]},
             disk_total={"type": ["integer", "null"]},
