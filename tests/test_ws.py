@@ -163,3 +163,19 @@ async def test_overflowed_client_is_closed_with_1008_others_keep_going(tmp_path:
                 await next_of(other, "candles")
                 await next_of(other, "candles")
             assert len(hub.clients) == 1 and hub.overflows == 1
+
+
+async def test_oversized_client_message_closes_only_that_socket(tmp_path: Path) -> None:
+    async with running_feedd(tmp_path, {BINANCE: ["BTCUSDT"]}) as (_sim, service, _client):
+        host, port = ws_endpoint(service.url)
+        async with (
+            trio_websocket.open_websocket(host, port, "/ws", use_ssl=False) as big,
+            trio_websocket.open_websocket(host, port, "/ws", use_ssl=False) as fine,
+        ):
+            await big.send_message("x" * 100_000)
+            with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                while True:
+                    await big.get_message()
+            assert closed.value.reason.code == 1009  # message too big
+            await fine.send_message('{"op": "ping"}')
+            assert await next_of(fine, "pong") == {"type": "pong"}

@@ -25,6 +25,7 @@ from feedd.web.static import static
 log = logging.getLogger("feedd.web")
 MAX_BODY_BYTES = 1024 * 1024
 GRACEFUL_TIMEOUT_S = 3.0
+MAX_WS_MESSAGE_BYTES = 64 * 1024
 
 
 def create_app(state: AppState) -> QuartTrio:
@@ -87,6 +88,8 @@ async def serve_web(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    # Clients only send small JSON requests on /ws; refuse anything big at the frame level.
+    config.websocket_max_message_size = MAX_WS_MESSAGE_BYTES
 
     class _Status:
         def started(self, binds: list[str] | None = None) -> None:
