@@ -21,17 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import e2e
 import pytest
 import trio
-from e2e import feedd_config
 
-from feedd import __version__, config
+from feedd import __version__
 from feedd.ctl import text
 from feedd.feedctl import main
 from feedd.intervals import MINUTE_MS
-from feedd.service import Service, run_service
-from feedd.sim.app import Simulator, open_simulator
-from feedd.sim.settings import SimSettings
+from feedd.service import Service
+from feedd.sim.app import Simulator
 
 EX = "binance_futures"
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -79,18 +78,9 @@ async def running_feedd(
     tmp_path: Path, venues: tuple[str, ...] = (EX,), **extra: Any
 ) -> AsyncIterator[tuple[Simulator, Service]]:
     """The simulator and feedd on port 0, run from a config file that API changes rewrite."""
-    async with open_simulator(SimSettings(venues=venues)) as sim:
-        cfg = feedd_config(sim, {name: SYMBOLS for name in venues}, **extra)
-        path = tmp_path / "config.json"
-        config.save(path, cfg)
-        async with trio.open_nursery() as nursery:
-            service: Service = await nursery.start(
-                functools.partial(run_service, cfg, tmp_path / "ohlcv.db", config_path=path)
-            )
-            try:
-                yield sim, service
-            finally:
-                service.stop.set()
+    symbols = {name: SYMBOLS for name in venues}
+    async with e2e.running_feedd(tmp_path, symbols, **extra) as (sim, service, _client):
+        yield sim, service
 
 
 async def wait_stored(service: Service, symbol: str, first: int, last: int) -> None:
@@ -416,7 +406,7 @@ async def test_server_refusals_exit_1(capsys: pytest.CaptureFixture[str], tmp_pa
         unlisted = await feedctl(capsys, *url, "symbols", "add", EX, "NOSUCHCOINUSDT")
         toggled = await feedctl(capsys, *url, "disable", "kraken_futures")
         bad = tmp_path / "bad.json"
-        bad.write_text(json.dumps({"port": "three thousand"}))
+        bad.write_text(json.dumps({"exchanges": {}, "port": "three thousand"}))
         bad_config = await feedctl(capsys, *url, "config", "set", str(bad))
         tail = await feedctl(capsys, *url, "tail", "--interval", "7m", "--count", "1")
         exchange = await feedctl(capsys, *url, "ohlcv", "kraken_futures", "BTCUSDT", "1m")
