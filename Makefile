@@ -24,8 +24,9 @@ demo: $(STAMP)
 sim: $(STAMP)
 	$(BIN)/python -m feedd.sim
 
-## lint, type-check and run the whole test suite
+## lint, type-check and run the whole test suite (installs Chromium for the browser tests)
 test: $(STAMP)
+	scripts/browser_setup.sh $(BIN)/python
 	$(BIN)/ruff check feedd tests scripts
 	$(BIN)/mypy
 	$(BIN)/pytest
