@@ -39,7 +39,7 @@ def main() -> int:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
             json.dump(config, handle)
         print(
-            f"demo: simulator up; feedd on http://127.0.0.1:{config.get('port', 3000)}",
+            f"demo: simulator up; dashboard on http://127.0.0.1:{config.get('port', 3000)}/",
             file=sys.stderr,
         )
         try:
