@@ -78,6 +78,15 @@ async def test_json_forms_match_rows(path: Path) -> None:
     assert [d["open_time"] for d in dicts] == [r.open_time for r in rows]
 
 
+async def test_resample_json_matches_rows(path: Path) -> None:
+    reader = Reader(path)
+    for interval in ("5m", "1h", "1m"):
+        rows = await reader.resample("binance_futures", "BTCUSDT", interval, None, None, 20)
+        blob = await reader.resample_json("binance_futures", "BTCUSDT", interval, None, None, 20)
+        assert rows and orjson.loads(blob) == [attrs.asdict(r) for r in rows], interval
+    reader.close()
+
+
 async def test_last_closed_and_series(path: Path) -> None:
     reader = Reader(path)
     assert await reader.last_closed_open_time("binance_futures", "BTCUSDT", "1m") == (

@@ -187,6 +187,25 @@ class Reader:
 
         return await self._run(query, [])
 
+    async def resample_json(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> bytes:
+        """``resample`` as JSON, serialised in the worker thread like ``candles_json``."""
+        if interval == rs.BASE_INTERVAL:
+            return await self.candles_json(exchange, symbol, interval, since, until, limit)
+
+        def query(conn: sqlite3.Connection) -> bytes:
+            rows = _resample_query(conn, exchange, symbol, interval, since, until, limit)
+            return orjson.dumps([attrs.asdict(row) for row in rows])
+
+        return await self._run(query, b"[]")
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

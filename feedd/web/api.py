@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import attrs
-import orjson
 from quart import Blueprint, Response, request
 
 from feedd.store.reader import CandleRow
@@ -32,18 +31,15 @@ async def ohlcv(exchange: str, symbol: str, interval: str) -> Response:
         raise ApiError(400, 'format must be "json" or "csv"', "format")
     reader = state().reader
     native = interval in state().config.intervals
-    if output == "json" and native:
-        rows = await reader.candles_json(exchange, symbol, interval, since, until, limit)
+    if output == "json":
+        read_json = reader.candles_json if native else reader.resample_json
+        rows = await read_json(exchange, symbol, interval, since, until, limit)
         return Response(rows, content_type="application/json")
     if native:
         candles = await reader.candles(exchange, symbol, interval, since, until, limit)
     else:
         # Not collected natively: built from stored 1m candles, aligned to UTC.
         candles = await reader.resample(exchange, symbol, interval, since, until, limit)
-    if output == "json":
-        return Response(
-            orjson.dumps([attrs.asdict(row) for row in candles]), content_type="application/json"
-        )
     filename = f"{exchange}-{symbol}-{interval}.csv"
     return Response(
         csv_lines(candles),
