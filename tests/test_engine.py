@@ -152,6 +152,26 @@ async def test_reconnects_back_off(autojump_clock: trio.testing.MockClock) -> No
     waits = [b - a for a, b in itertools.pairwise(venue.connects)]
     assert waits[-1] > waits[0] * 4  # 1 s doubling to 16 s, jittered
     assert ctx.stats.reconnects >= 5
-    # every reconnect that got subscribed asked for its gap to be healed (the sixth
-    # connection was only just accepted when the test stopped)
-    assert heals.statistics().current_buffer_used == 4
+    # every session that got subscribed, the first one too, asked for its gap to be healed
+    # (the sixth connection was only just accepted when the test stopped)
+    assert heals.statistics().current_buffer_used == 5
+
+
+def test_heal_requests_merge_to_the_widest() -> None:
+    """A pending bootstrap (None: the whole window) is never narrowed by a later, specific
+    hole; between two holes the older one wins."""
+    from feedd.engine.backfill import Backfill
+    from feedd.engine.context import HealRequest
+
+    ctx, _, _ = make_context(FakeVenue(Script()))
+    backfill = Backfill(ctx, None, None, 100)  # type: ignore[arg-type]  # only request() runs
+    eth = Stream("ETHUSDT", "1m")
+    backfill.request(HealRequest(BTC, None))
+    backfill.request(HealRequest(BTC, 600_000))
+    backfill.request(HealRequest(eth, 600_000))
+    backfill.request(HealRequest(eth, 300_000))
+    backfill.request(HealRequest(eth, 900_000))
+    assert backfill._pending == {BTC: None, eth: 300_000}
+    backfill.request(HealRequest(eth, None))
+    assert backfill._pending[eth] is None
+    assert ctx.stats.backfill_pending == 2

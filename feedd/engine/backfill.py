@@ -56,9 +56,12 @@ class Backfill:
     def request(self, heal: HealRequest) -> None:
         if heal.stream in self._pending:
             known = self._pending[heal.stream]
-            if heal.since_ms is not None and (known is None or heal.since_ms < known):
-                # Keep the specific hole: the stored tail may already be past it.
+            # None (the whole bootstrap window) covers any hole; between two holes keep the
+            # older one: the stored tail may already be past it.
+            if known is not None and heal.since_ms is not None and heal.since_ms < known:
                 self._pending[heal.stream] = heal.since_ms
+            elif known is not None and heal.since_ms is None:
+                self._pending[heal.stream] = None
         else:
             self._pending[heal.stream] = heal.since_ms
         self.ctx.stats.backfill_pending = len(self._pending)

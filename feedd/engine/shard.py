@@ -3,7 +3,7 @@
 Reconnects use capped, jittered backoff that resets only after a healthy connection. A
 rotation (lifetime or a venue notice) is make-before-break: the new session is subscribed
 before the old one is cancelled, so no update is missed. After every new session the streams'
-gaps are healed from REST.
+gaps are healed from REST (after the first session too: the bootstrap ends where it began).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ async def run_shard(
     ctx: ExchangeContext,
     streams: tuple[Stream, ...],
     *,
-    heal_on_first_connect: bool = False,
     backoff: Backoff | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -32,7 +31,6 @@ async def run_shard(
     backoff = backoff or Backoff()
     strikes: dict[Stream, int] = {}
     current: Session | None = None
-    first = True
     task_status.started()
     async with trio.open_nursery() as nursery:
         while True:
@@ -53,10 +51,10 @@ async def run_shard(
                 current.cancel()
             current = session
             ctx.stats.state = "running"
-            if not first or heal_on_first_connect:
-                for stream in streams:
-                    await ctx.heal_send.send(HealRequest(stream, None))
-            first = False
+            # After every new session, the first one too: a candle that closed between the
+            # bootstrap's server time and this subscription was seen by neither.
+            for stream in streams:
+                await ctx.heal_send.send(HealRequest(stream, None))
 
             await session.attention.wait()
             if session.alive and session.rotate_requested:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import partial
 
 import attrs
 import httpx
@@ -202,6 +201,4 @@ class Supervisor:
                 async for symbols in listed_recv:
                     # Newly listed: their own shards, bootstrapped from REST on connect.
                     for streams in shard_streams(module, symbols, plan.intervals):
-                        await nursery.start(
-                            partial(run_shard, heal_on_first_connect=True), ctx, streams
-                        )
+                        await nursery.start(run_shard, ctx, streams)
