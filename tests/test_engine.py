@@ -12,6 +12,7 @@ import trio.testing
 from fakes import FakeVenue, Script, make_context
 
 from feedd.engine.backoff import Backoff
+from feedd.engine.context import HealRequest
 from feedd.engine.pacing import Pacer
 from feedd.engine.session import Session
 from feedd.engine.shard import run_shard
@@ -118,6 +119,10 @@ async def test_missed_closed_candle_requests_a_heal(autojump_clock: trio.testing
     async with trio.open_nursery() as nursery:
         session = Session(ctx, (BTC,), frozenset())
         await nursery.start(session.run)
+        # the stream's first frame asks for a heal from the stored tail, then the missed
+        # close asks for its own candle
+        first_frame = await heals.receive()
+        assert first_frame == HealRequest(BTC, None)
         heal = await heals.receive()
         assert heal.stream == BTC
         assert heal.since_ms == first_open

@@ -37,6 +37,11 @@ class StoredHistory(Protocol):
     ) -> list[int]: ...
 
 
+#: refusals in a row before a stream's backfill is given up (the stream marked rejected)
+MAX_REFUSALS = 3
+REFUSAL_RETRY_S = 5.0
+
+
 class Backfill:
     def __init__(
         self,
@@ -51,6 +56,8 @@ class Backfill:
         self.bootstrap_load = bootstrap_load
         #: stream -> oldest open time wanted (None: the whole bootstrap window)
         self._pending: dict[Stream, int | None] = {}
+        #: consecutive refusals per stream
+        self._refusals: dict[Stream, int] = {}
         self._wake = trio.Event()
 
     def request(self, heal: HealRequest) -> None:
@@ -108,14 +115,36 @@ class Backfill:
             self._wake.set()
             return
         batch, self._pending = self._pending, {}
+        retry_later = False
         for done, (stream, since) in enumerate(batch.items(), start=1):
             try:
                 await self._heal(stream, since, server_now)
+                self._refusals.pop(stream, None)
             except ExchangeError as exc:
-                self.ctx.log.warning(
-                    "%s backfill of %s refused: %s", module.NAME, stream_key(stream), exc
-                )
-                self.ctx.stats.set_stream(stream_key(stream), StreamState.REJECTED, str(exc))
+                # Venues answer transient trouble with error envelopes too (Bybit 10016,
+                # OKX 50001, Binance 5xx): only a repeated refusal is taken as final.
+                refusals = self._refusals.get(stream, 0) + 1
+                if refusals < MAX_REFUSALS:
+                    self._refusals[stream] = refusals
+                    self.ctx.log.warning(
+                        "%s backfill of %s refused (%s); retrying in %g s",
+                        module.NAME,
+                        stream_key(stream),
+                        exc,
+                        REFUSAL_RETRY_S,
+                    )
+                    self.request(HealRequest(stream, since))
+                    retry_later = True
+                else:
+                    self._refusals.pop(stream, None)
+                    self.ctx.log.warning(
+                        "%s backfill of %s refused %d times: %s",
+                        module.NAME,
+                        stream_key(stream),
+                        refusals,
+                        exc,
+                    )
+                    self.ctx.stats.set_stream(stream_key(stream), StreamState.REJECTED, str(exc))
             except FeeddError as exc:
                 self.ctx.log.warning(
                     "%s backfill of %s failed, will retry: %s",
@@ -125,6 +154,8 @@ class Backfill:
                 )
                 self.request(HealRequest(stream, since))
             self.ctx.stats.backfill_pending = len(self._pending) + len(batch) - done
+        if retry_later:
+            await trio.sleep(REFUSAL_RETRY_S)
 
     async def _heal(self, stream: Stream, since: int | None, server_now: int) -> None:
         module, ctx = self.ctx.module, self.ctx

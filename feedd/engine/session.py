@@ -304,6 +304,10 @@ class Session:
         if tracked.stream not in self.spoke:
             self.spoke.add(tracked.stream)
             self.ctx.stats.set_stream(stream_key(tracked.stream), StreamState.LIVE)
+            # The heal sent when this session started used the venue's time of then; a
+            # stream slow to speak (stalled across the reconnect) may have closed candles
+            # since. Heal again from the stored tail now that it speaks.
+            self._heal(tracked.stream, None)
         tracked.last_seen = now
         previous = tracked.open_time
         if previous is not None and candle.open_time > previous:
@@ -319,7 +323,7 @@ class Session:
             tracked.open_time = candle.open_time
         return True
 
-    def _heal(self, stream: Stream, since_ms: int) -> None:
+    def _heal(self, stream: Stream, since_ms: int | None) -> None:
         try:
             self.ctx.heal_send.send_nowait(HealRequest(stream, since_ms))
         except trio.WouldBlock:

@@ -15,6 +15,7 @@ from feedd.errors import ConfigError, FeeddError, StoreError
 from feedd.web.admin import admin
 from feedd.web.api import api
 from feedd.web.errors import ApiError, error_response
+from feedd.web.hardening import contain_connection_errors
 from feedd.web.observe import observe
 from feedd.web.openapi import openapi
 from feedd.web.security import check_request, check_websocket
@@ -83,6 +84,7 @@ async def serve_web(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``stop`` is set; reports the bound base URL (port 0 picks a free one)."""
+    contain_connection_errors()
     config = HypercornConfig()
     config.bind = [bind_address(host, port)]
     config.accesslog = None

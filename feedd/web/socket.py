@@ -6,6 +6,7 @@ server closing or the outbox overflowing, and closes the socket with the right c
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from quart import Blueprint, websocket
 from feedd.web import params
 from feedd.web.errors import ApiError
 from feedd.web.live import CandleFilter, Client
+from feedd.web.peer import shut_down_peer
 from feedd.web.state import AppState
 from feedd.web.state import current_state as state
 
@@ -24,6 +26,7 @@ MAX_CLIENT_MESSAGE = 4096
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 TOPICS = ("candles", "status", "logs")
+CLOSE_TIMEOUT_S = 1.0
 
 
 @live.websocket("/ws")
@@ -32,36 +35,67 @@ async def ws() -> None:
     client = Client()
     app_state.hub.add(client)
     code, reason = CLOSE_GOING_AWAY, "server shutting down"
-    try:
-        async with trio.open_nursery() as nursery:
+    stopping, finished = trio.Event(), trio.Event()
+    peer = _peer()
+    async with trio.open_nursery() as outer:
 
-            async def watch() -> None:
-                nonlocal code, reason
-                async with trio.open_nursery() as race:
+        async def guard() -> None:
+            # hypercorn writes to the socket in a shielded scope without a deadline: a
+            # client that stopped reading would hold our writer (and the close frame)
+            # forever. Once we decide to stop, give it CLOSE_TIMEOUT_S, then cut it off.
+            await stopping.wait()
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await finished.wait()
+            if not finished.is_set() and peer is not None:
+                await trio.to_thread.run_sync(shut_down_peer, *peer)
 
-                    async def overflow() -> None:
-                        nonlocal code, reason
-                        await client.overflowed.wait()
-                        code, reason = CLOSE_POLICY, "client too slow"
-                        race.cancel_scope.cancel()
+        outer.start_soon(guard)
+        try:
+            async with trio.open_nursery() as nursery:
 
-                    async def closing() -> None:
-                        await app_state.closing.wait()
-                        race.cancel_scope.cancel()
+                async def watch() -> None:
+                    nonlocal code, reason
+                    async with trio.open_nursery() as race:
 
-                    race.start_soon(overflow)
-                    race.start_soon(closing)
-                nursery.cancel_scope.cancel()
+                        async def overflow() -> None:
+                            nonlocal code, reason
+                            await client.overflowed.wait()
+                            code, reason = CLOSE_POLICY, "client too slow"
+                            race.cancel_scope.cancel()
 
-            nursery.start_soon(watch)
-            nursery.start_soon(_write, client)
-            await websocket.accept()
-            await _read(app_state, client)
-    finally:
-        app_state.hub.remove(client)
-        client.outbox_send.close()
-    with trio.move_on_after(1), trio.CancelScope(shield=True):
-        await websocket.close(code, reason)
+                        async def closing() -> None:
+                            await app_state.closing.wait()
+                            race.cancel_scope.cancel()
+
+                        race.start_soon(overflow)
+                        race.start_soon(closing)
+                    stopping.set()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                nursery.start_soon(_write, client)
+                await websocket.accept()
+                await _read(app_state, client)
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await websocket.close(code, reason)
+            if code == CLOSE_POLICY and peer is not None:
+                # A client too slow to read will not answer the close either; hypercorn
+                # would keep its socket waiting. Shutting it down still delivers the
+                # queued close frame, then the FIN.
+                await trio.to_thread.run_sync(shut_down_peer, *peer)
+        finally:
+            finished.set()
+            app_state.hub.remove(client)
+            client.outbox_send.close()
+            outer.cancel_scope.cancel()
+
+
+def _peer() -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """(server, client) addresses of this connection, to find its socket."""
+    server, client = websocket.scope.get("server"), websocket.scope.get("client")
+    if not server or not client or server[1] is None:
+        return None
+    return (str(server[0]), int(server[1])), (str(client[0]), int(client[1]))
 
 
 async def _write(client: Client) -> None:
