@@ -171,12 +171,14 @@ class BinanceRest(Venue):
             retry = (("Retry-After", str(max(1, math.ceil(fault.retry_after_s)))),)
             msg = "Too many requests." if status == 429 else "Way too many requests; IP banned."
             return json_response({"code": -1003, "msg": msg}, status, retry)
+        # Binance errors are 4xx/5xx; an error body under 200 is what a proxy or a
+        # half-deployed gateway may send, and must not pass for candles either.
         return json_response(
             {
                 "code": -1001,
                 "msg": "Internal error; unable to process your request. Please try again.",
             },
-            503,
+            503 if fault.status is None else fault.status,
         )
 
     def bad_param_response(self, exc: BadParam) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+import attrs
 import orjson
 import trio
 
@@ -241,7 +242,8 @@ class BybitVenue(Venue):
             if fault.status == 200:
                 return self._envelope({}, 10006, "Too many visits!")
             return text_response("access too frequent", 403)
-        return self._envelope({}, 10016, "Internal server error.")
+        response = self._envelope({}, 10016, "Internal server error.")
+        return attrs.evolve(response, status=fault.status or 200)
 
     def bad_param_response(self, exc: BadParam) -> Response:
         return self._envelope({}, 10001, f"params error: {exc.name} {exc.problem}")

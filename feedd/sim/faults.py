@@ -15,6 +15,9 @@ import trio
 
 from feedd.sim.wsserver import Gate
 
+#: ``send_oversized``'s default: past feedd's 4 MiB WebSocket message limit
+OVERSIZED_BYTES = 5 * 1024 * 1024
+
 GARBAGE: dict[str, bytes] = {
     "not_json": b"<html>502 Bad Gateway</html>",
     "truncated": b'{"e":"kline","E":17724621000',
@@ -33,11 +36,17 @@ class FaultTarget(Protocol):
 
 @attrs.frozen(slots=True)
 class RestFault:
-    """A REST answer to give instead of the real one: ``kind`` is ``throttle`` or ``error``."""
+    """A REST answer to give instead of the real one: ``kind`` is ``throttle`` or ``error``.
+
+    ``status`` None means the venue's own status for that kind (an error: 503 on Binance,
+    200 with an error envelope on Bybit and OKX).
+    """
 
     kind: str
-    status: int
+    status: int | None
     retry_after_s: float
+    #: only requests whose path contains this (None: any request)
+    path: str | None = None
 
 
 class Faults:
@@ -84,6 +93,14 @@ class Faults:
 
     def send_garbage(self, kind: str = "not_json") -> int:
         return self._target.send_all_nowait(GARBAGE[kind])
+
+    def send_oversized(self, size_bytes: int = OVERSIZED_BYTES) -> int:
+        """One well-formed JSON text frame of ``size_bytes`` to every connection (a client
+        with a message size limit below it must drop the connection, not its memory)."""
+        if size_bytes < 16:
+            raise ValueError("size_bytes must be at least 16")
+        self._stats["oversized"] += 1
+        return self._target.send_all_nowait(b'{"pad":"' + b"x" * (size_bytes - 10) + b'"}')
 
     # ------------------------------------------------------------------ streams
 
@@ -137,16 +154,31 @@ class Faults:
 
     # ------------------------------------------------------------------ REST
 
-    def rest_throttle(self, count: int = 1, status: int = 429, retry_after_s: float = 1.0) -> None:
-        """Answer the next ``count`` REST requests with the venue's rate-limit response."""
-        self._rest.extend([RestFault("throttle", status, retry_after_s)] * count)
+    def rest_throttle(
+        self,
+        count: int = 1,
+        status: int = 429,
+        retry_after_s: float = 1.0,
+        path: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` REST requests (whose path contains ``path``, if given)
+        with the venue's rate-limit response."""
+        self._rest.extend([RestFault("throttle", status, retry_after_s, path)] * count)
 
-    def rest_error(self, count: int = 1) -> None:
-        """Answer the next ``count`` REST requests with an error (HTTP 200 on Bybit/OKX)."""
-        self._rest.extend([RestFault("error", 200, 0.0)] * count)
+    def rest_error(
+        self, count: int = 1, status: int | None = None, path: str | None = None
+    ) -> None:
+        """Answer the next ``count`` REST requests (whose path contains ``path``, if given)
+        with the venue's error envelope, under the venue's usual status (HTTP 200 on
+        Bybit/OKX, 503 on Binance) or ``status``."""
+        self._rest.extend([RestFault("error", status, 0.0, path)] * count)
 
-    def next_rest_fault(self) -> RestFault | None:
-        return self._rest.pop(0) if self._rest else None
+    def next_rest_fault(self, path: str = "") -> RestFault | None:
+        """The first armed fault that applies to a request for ``path`` (it is used up)."""
+        for index, fault in enumerate(self._rest):
+            if fault.path is None or fault.path in path:
+                return self._rest.pop(index)
+        return None
 
     # ------------------------------------------------------------------ all at once
 
@@ -177,6 +209,7 @@ _ACTIONS = [
     "stall",
     "clear_stall",
     "send_garbage",
+    "send_oversized",
     "stall_symbol",
     "clear_symbol_stall",
     "reject_symbol",

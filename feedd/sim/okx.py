@@ -241,7 +241,12 @@ class OkxVenue(Venue):
     def rest_fault_response(self, fault: RestFault) -> Response:
         if fault.kind == "throttle":
             return self._result([], "50011", "Too Many Requests", 429)
-        return self._result([], "50001", "Service temporarily unavailable. Please try again later.")
+        return self._result(
+            [],
+            "50001",
+            "Service temporarily unavailable. Please try again later.",
+            fault.status or 200,
+        )
 
     def bad_param_response(self, exc: BadParam) -> Response:
         return self._result([], "51000", f"Parameter {exc.name} error")

@@ -178,7 +178,7 @@ class Venue:
         if parts.path.startswith("/_sim/"):
             return self._control(method, parts.path, query, body)
         self.stats["rest_requests"] += 1
-        fault = self.faults.next_rest_fault()
+        fault = self.faults.next_rest_fault(parts.path)
         if fault is not None:
             self.stats["rest_faults"] += 1
             return self.rest_fault_response(fault)
