@@ -6,7 +6,6 @@ latest sample instead of asking the kernel again.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import time
@@ -20,6 +19,7 @@ import trio
 
 from feedd.engine.stats import ExchangeStats
 from feedd.monitor.taskcpu import TaskCpu
+from feedd.store.reader import database_bytes
 
 SAMPLE_S = 1.0
 
@@ -30,14 +30,6 @@ class ExchangeRates:
     candles_per_s: float = 0.0
     #: percent of one core spent in this exchange's tasks on the event loop
     cpu_percent: float = 0.0
-
-
-def database_bytes(path: Path) -> int:
-    total = 0
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(OSError):
-            total += path.with_name(path.name + suffix).stat().st_size
-    return total
 
 
 def count_tasks() -> int:

@@ -5,6 +5,7 @@ A missing database (or one the writer has not initialised yet) reads as empty.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -164,9 +165,8 @@ class Reader:
         return await self._run(query, [])
 
     async def size_bytes(self) -> int:
-        """Bytes on disk of the database and its WAL."""
-        wal = self.path.with_name(self.path.name + "-wal")
-        return sum(p.stat().st_size for p in (self.path, wal) if p.exists())
+        """Bytes on disk of the database, its WAL and shared-memory index."""
+        return database_bytes(self.path)
 
     async def resample(
         self,
@@ -240,6 +240,14 @@ class Reader:
                         conn.close()
                     else:
                         self._idle.append(conn)
+
+
+def database_bytes(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            total += path.with_name(path.name + suffix).stat().st_size
+    return total
 
 
 def _source(flags: int) -> str:
