@@ -107,7 +107,11 @@ async def test_ohlcv_json_csv_and_resampled(tmp_path: Path) -> None:
         rows = (await client.get(f"{url}/1m", params={"limit": 50})).json()
         assert len(rows) == 50
         jsonschema.validate(rows[0], schema("Candle"))
-        csv_response = await client.get(f"{url}/1m", params={"limit": 50, "format": "csv"})
+        # The same window of closed candles for both: ingest keeps adding and updating the
+        # newest while the two requests are made.
+        window = {"since": rows[0]["open_time"], "until": rows[-2]["open_time"]}
+        rows = (await client.get(f"{url}/1m", params=window)).json()
+        csv_response = await client.get(f"{url}/1m", params={**window, "format": "csv"})
         assert csv_response.headers["content-type"].startswith("text/csv")
         parsed = list(csv.DictReader(io.StringIO(csv_response.text)))
         assert [int(r["open_time"]) for r in parsed] == [r["open_time"] for r in rows]

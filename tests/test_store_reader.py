@@ -12,7 +12,7 @@ import pytest
 from feedd.candle import Candle, Source
 from feedd.intervals import CANONICAL_INTERVALS, DAY_MS, HOUR_MS, MINUTE_MS, floor_open
 from feedd.store.database import Database
-from feedd.store.reader import CandleRow, Reader, SeriesInfo
+from feedd.store.reader import CandleRow, Reader, SeriesInfo, database_bytes
 from feedd.store.resample import bucket_sql
 
 D0 = 1_700_006_400_000  # 2023-11-15 00:00 UTC, a day boundary
@@ -97,7 +97,7 @@ async def test_last_closed_and_series(path: Path) -> None:
         SeriesInfo("binance_futures", "BTCUSDT", "1m", 129, D0, D0 + 129 * MINUTE_MS),
         SeriesInfo("binance_futures", "ETHUSDT", "1m", 3, D0, D0 + 2 * MINUTE_MS),
     ]
-    assert await reader.size_bytes() > 0
+    assert database_bytes(reader.path) > 0
     reader.close()
 
 
@@ -108,7 +108,7 @@ async def test_missing_database_reads_empty(tmp_path: Path) -> None:
     assert await reader.resample("x", "y", "1h", None, None, 10) == []
     assert await reader.last_closed_open_time("x", "y", "1m") is None
     assert await reader.series() == []
-    assert await reader.size_bytes() == 0
+    assert database_bytes(reader.path) == 0
     sqlite3.connect(tmp_path / "none.db").close()  # exists now, but has no schema yet
     assert await reader.series() == []
     reader.close()

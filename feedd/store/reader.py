@@ -164,10 +164,6 @@ class Reader:
 
         return await self._run(query, [])
 
-    async def size_bytes(self) -> int:
-        """Bytes on disk of the database, its WAL and shared-memory index."""
-        return database_bytes(self.path)
-
     async def resample(
         self,
         exchange: str,
@@ -243,6 +239,7 @@ class Reader:
 
 
 def database_bytes(path: Path) -> int:
+    """Bytes on disk of the database, its WAL and shared-memory index."""
     total = 0
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(OSError):

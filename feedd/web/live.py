@@ -7,7 +7,6 @@ ingest or the other clients. Messages are serialised once per batch and shared.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,8 +18,6 @@ import trio
 from feedd.candle import Candle, Source
 from feedd.monitor.logring import LogLine, LogRing
 from feedd.store.writer import Writer
-
-log = logging.getLogger("feedd.web")
 
 OUTBOX = 256
 STATUS_EVERY_S = 1.0
