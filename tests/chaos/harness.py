@@ -176,3 +176,14 @@ class FeeddProcess:
 def write_config(path: Path, doc: Mapping[str, Any]) -> Path:
     path.write_text(json.dumps(doc))
     return path
+
+
+async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
+    """One line from a child's pipe: a single read may return only part of it."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = await stream.receive_some()
+        if not chunk:
+            break
+        data += chunk
+    return data

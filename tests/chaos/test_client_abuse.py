@@ -33,6 +33,7 @@ from chaos.harness import (
     handler_errors,
     poll_until,
     problems,
+    read_line,
     write_config,
 )
 from feedd.intervals import MINUTE_MS, close_time
@@ -137,7 +138,7 @@ async def test_abusive_clients_do_not_slow_ingest(tmp_path: Path) -> None:
                 )
                 try:
                     assert abuser.stdout is not None and abuser.stdin is not None
-                    report = orjson.loads(await abuser.stdout.receive_some())
+                    report = orjson.loads(await read_line(abuser.stdout))
                     # The silent clients stay connected, unread, while ingest is measured.
                     await sim.sleep_until_ms(abuse_from + 6 * MINUTE_MS)
                     abuse_to = sim.now_ms() // MINUTE_MS * MINUTE_MS

@@ -30,7 +30,7 @@ import pytest
 import trio
 from e2e import compare, running_feedd, wait_for_truth
 
-from chaos.harness import VENUES
+from chaos.harness import VENUES, read_line
 from feedd.intervals import MINUTE_MS
 from feedd.service import Service
 from feedd.sim.app import Simulator
@@ -107,7 +107,7 @@ async def test_database_locked_by_another_process(tmp_path: Path) -> None:
         )
         try:
             assert process.stdout is not None and process.stdin is not None
-            assert await process.stdout.receive_some() == b"locked\n"
+            assert await read_line(process.stdout) == b"locked\n"
             # Longer than a batch interval by far: the commit waits out busy_timeout (2 s)
             # and fails; ingest goes on meanwhile, the writer holding what arrives.
             await wait_health(client, False, service)
