@@ -119,10 +119,10 @@ async def test_missed_closed_candle_requests_a_heal(autojump_clock: trio.testing
     async with trio.open_nursery() as nursery:
         session = Session(ctx, (BTC,), frozenset())
         await nursery.start(session.run)
-        # the stream's first frame asks for a heal from the stored tail, then the missed
-        # close asks for its own candle
+        # the stream's first frame asks for a heal from the stored tail below it, then the
+        # missed close asks for its own candle
         first_frame = await heals.receive()
-        assert first_frame == HealRequest(BTC, None)
+        assert first_frame == HealRequest(BTC, None, seen_ms=first_open)
         heal = await heals.receive()
         assert heal.stream == BTC
         assert heal.since_ms == first_open
@@ -157,26 +157,55 @@ async def test_reconnects_back_off(autojump_clock: trio.testing.MockClock) -> No
     waits = [b - a for a, b in itertools.pairwise(venue.connects)]
     assert waits[-1] > waits[0] * 4  # 1 s doubling to 16 s, jittered
     assert ctx.stats.reconnects >= 5
-    # every session that got subscribed, the first one too, asked for its gap to be healed
-    # (the sixth connection was only just accepted when the test stopped)
-    assert heals.statistics().current_buffer_used == 5
+    # each connection dropped before its first push: no stream spoke, nothing to heal yet
+    assert heals.statistics().current_buffer_used == 0
+
+
+async def test_each_session_heals_below_its_first_candle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stream's first candle on every session asks for a heal from the stored tail below
+    that candle (the session's own candles may be stored before the heal looks)."""
+    venue = FakeVenue(Script(drop_after=2.5))
+    ctx, _, heals = make_context(venue)
+    firsts: list[int] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_shard, ctx, (BTC,))
+        while len(firsts) < 3:
+            heal = await heals.receive()
+            assert (heal.stream, heal.since_ms) == (BTC, None)
+            assert heal.seen_ms is not None
+            firsts.append(heal.seen_ms)
+        nursery.cancel_scope.cancel()
+    assert len(venue.connects) == 3  # one heal per session, none at connect
+    assert firsts == sorted(firsts)
+    assert all(t % 60_000 == 0 for t in firsts)
 
 
 def test_heal_requests_merge_to_the_widest() -> None:
     """A pending bootstrap (None: the whole window) is never narrowed by a later, specific
-    hole; between two holes the older one wins."""
-    from feedd.engine.backfill import Backfill
+    hole; of two windows the one ending earlier wins (a known end beats "the venue's clock
+    at the next round"); between two holes the older one wins."""
+    from feedd.engine.backfill import Backfill, Wanted
     from feedd.engine.context import HealRequest
 
     ctx, _, _ = make_context(FakeVenue(Script()))
     backfill = Backfill(ctx, None, None, 100)  # type: ignore[arg-type]  # only request() runs
-    eth = Stream("ETHUSDT", "1m")
+    eth, sol = Stream("ETHUSDT", "1m"), Stream("SOLUSDT", "1m")
     backfill.request(HealRequest(BTC, None))
     backfill.request(HealRequest(BTC, 600_000))
+    backfill.request(HealRequest(BTC, None, seen_ms=900_000))
     backfill.request(HealRequest(eth, 600_000))
     backfill.request(HealRequest(eth, 300_000))
     backfill.request(HealRequest(eth, 900_000))
-    assert backfill._pending == {BTC: None, eth: 300_000}
+    backfill.request(HealRequest(sol, None, seen_ms=900_000))
+    backfill.request(HealRequest(sol, None, seen_ms=600_000))
+    backfill.request(HealRequest(sol, None))
+    assert backfill._pending == {
+        BTC: Wanted(None, 900_000),
+        eth: Wanted(300_000),
+        sol: Wanted(None, 600_000),
+    }
     backfill.request(HealRequest(eth, None))
-    assert backfill._pending[eth] is None
-    assert ctx.stats.backfill_pending == 2
+    assert backfill._pending[eth] == Wanted(None)
+    assert ctx.stats.backfill_pending == 3

@@ -1,8 +1,13 @@
 """History over REST: bootstrap recent candles at start and heal gaps on request.
 
 Work is a queue of streams with the oldest open time still wanted; requests for one stream
-merge. A heal "from the stored tail" is pinned to the tail when it is requested, because the
-live stream may write newer candles before the heal runs. Within the window only the open
+merge. A heal "from the stored tail" looks for the tail below the first candle the new
+session saw, because that session's own candles may be stored before the heal looks; with
+nothing stored below it, the whole bootstrap window up to that candle is wanted. A window
+keeps its end once known (that candle, or the venue's clock at the first round that takes
+it), not the clock of whichever round gets to it: with many streams queued that can be
+hours later, and a window sliding with the queue would leave holes behind it. All of it in
+exchange time, never the local clock's. Within the window only the open
 times not yet stored closed are fetched, so holes left by a crash are filled too. Each round
 first asks the exchange for its clock: whether a REST row is closed is decided by exchange
 time (never the local clock), later than every heal queued before the round.
@@ -12,12 +17,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import attrs
 import trio
 
 from feedd.engine.context import ExchangeContext, HealRequest, stream_key
 from feedd.engine.rest import RestClient
 from feedd.engine.stats import StreamState
-from feedd.errors import ExchangeError, FeeddError
+from feedd.errors import ExchangeError, FeeddError, RateLimited
 from feedd.exchanges.contract import Stream
 from feedd.intervals import INTERVAL_MS, floor_open, next_open
 
@@ -29,7 +35,7 @@ class StoredHistory(Protocol):
     """What backfill needs to know of the store (the store's Reader provides it)."""
 
     async def last_closed_open_time(
-        self, exchange: str, symbol: str, interval: str
+        self, exchange: str, symbol: str, interval: str, before: int | None = None
     ) -> int | None: ...
 
     async def closed_open_times(
@@ -40,6 +46,25 @@ class StoredHistory(Protocol):
 #: refusals in a row before a stream's backfill is given up (the stream marked rejected)
 MAX_REFUSALS = 3
 REFUSAL_RETRY_S = 5.0
+
+
+@attrs.frozen
+class Wanted:
+    """What one stream still needs: the closed candles from ``since_ms`` on, or (None) the
+    whole bootstrap window ending at exchange time ``window_end_ms`` (None: the venue's clock
+    at the round that takes it)."""
+
+    since_ms: int | None
+    window_end_ms: int | None = None
+
+    def merge(self, other: Wanted) -> Wanted:
+        """The wider of two: a window covers any hole (and the earlier window is the wider);
+        between two holes the older one, since the stored tail may already be past it."""
+        if self.since_ms is None or other.since_ms is None:
+            ends = [w.window_end_ms for w in (self, other) if w.since_ms is None]
+            known = [end for end in ends if end is not None]
+            return Wanted(None, min(known) if known else None)
+        return self if self.since_ms <= other.since_ms else other
 
 
 class Backfill:
@@ -54,23 +79,19 @@ class Backfill:
         self.rest = rest
         self.history = history
         self.bootstrap_load = bootstrap_load
-        #: stream -> oldest open time wanted (None: the whole bootstrap window)
-        self._pending: dict[Stream, int | None] = {}
+        self._pending: dict[Stream, Wanted] = {}
         #: consecutive refusals per stream
         self._refusals: dict[Stream, int] = {}
         self._wake = trio.Event()
 
     def request(self, heal: HealRequest) -> None:
-        if heal.stream in self._pending:
-            known = self._pending[heal.stream]
-            # None (the whole bootstrap window) covers any hole; between two holes keep the
-            # older one: the stored tail may already be past it.
-            if known is not None and heal.since_ms is not None and heal.since_ms < known:
-                self._pending[heal.stream] = heal.since_ms
-            elif known is not None and heal.since_ms is None:
-                self._pending[heal.stream] = None
-        else:
-            self._pending[heal.stream] = heal.since_ms
+        """Queue a heal from ``since_ms`` (None: the whole bootstrap window up to ``seen_ms``
+        or, without it, the venue's clock at the next round)."""
+        self._want(heal.stream, self._wanted(heal, heal.since_ms))
+
+    def _want(self, stream: Stream, wanted: Wanted) -> None:
+        known = self._pending.get(stream)
+        self._pending[stream] = wanted if known is None else known.merge(wanted)
         self.ctx.stats.backfill_pending = len(self._pending)
         self._wake.set()
 
@@ -94,14 +115,20 @@ class Backfill:
     async def _receive(self, heal_recv: trio.MemoryReceiveChannel[HealRequest]) -> None:
         async with heal_recv:
             async for heal in heal_recv:
-                if heal.since_ms is None:
-                    heal = HealRequest(heal.stream, await self._tail(heal.stream))
-                self.request(heal)
+                since = heal.since_ms
+                if since is None:
+                    since = await self._tail(heal.stream, heal.seen_ms)
+                self._want(heal.stream, self._wanted(heal, since))
 
-    async def _tail(self, stream: Stream) -> int | None:
-        """The open time after the newest stored closed candle (None: nothing stored)."""
+    @staticmethod
+    def _wanted(heal: HealRequest, since: int | None) -> Wanted:
+        return Wanted(since) if since is not None else Wanted(None, heal.seen_ms)
+
+    async def _tail(self, stream: Stream, before: int | None) -> int | None:
+        """The open time after the newest stored closed candle older than ``before`` (None:
+        nothing stored)."""
         stored = await self.history.last_closed_open_time(
-            self.ctx.module.NAME, stream.symbol, stream.interval
+            self.ctx.module.NAME, stream.symbol, stream.interval, before
         )
         return None if stored is None else next_open(stream.interval, stored)
 
@@ -116,10 +143,26 @@ class Backfill:
             return
         batch, self._pending = self._pending, {}
         retry_later = False
-        for done, (stream, since) in enumerate(batch.items(), start=1):
+        for done, (stream, wanted) in enumerate(batch.items(), start=1):
+            if wanted.since_ms is None and wanted.window_end_ms is None:
+                wanted = Wanted(None, server_now)  # a retry must not slide the window on
             try:
-                await self._heal(stream, since, server_now)
+                since = wanted.since_ms
+                if since is None:
+                    assert wanted.window_end_ms is not None
+                    since = self._window_start(stream, wanted.window_end_ms)
+                await self._heal(stream, since, server_now, gap=wanted.since_ms is not None)
                 self._refusals.pop(stream, None)
+            except RateLimited as exc:
+                # The REST client already waited out the venue's limit several times; that is
+                # no verdict on the stream, so ask again (the pause holds the next round).
+                self.ctx.log.warning(
+                    "%s backfill of %s rate limited, will retry: %s",
+                    module.NAME,
+                    stream_key(stream),
+                    exc,
+                )
+                self._want(stream, wanted)
             except ExchangeError as exc:
                 # Venues answer transient trouble with error envelopes too (Bybit 10016,
                 # OKX 50001, Binance 5xx): only a repeated refusal is taken as final.
@@ -133,7 +176,7 @@ class Backfill:
                         exc,
                         REFUSAL_RETRY_S,
                     )
-                    self.request(HealRequest(stream, since))
+                    self._want(stream, wanted)
                     retry_later = True
                 else:
                     self._refusals.pop(stream, None)
@@ -152,18 +195,23 @@ class Backfill:
                     stream_key(stream),
                     exc,
                 )
-                self.request(HealRequest(stream, since))
+                self._want(stream, wanted)
             self.ctx.stats.backfill_pending = len(self._pending) + len(batch) - done
         if retry_later:
             await trio.sleep(REFUSAL_RETRY_S)
 
-    async def _heal(self, stream: Stream, since: int | None, server_now: int) -> None:
+    def _window_start(self, stream: Stream, end_ms: int) -> int:
+        """The oldest open time of the bootstrap window ending at exchange time ``end_ms``."""
+        interval = stream.interval
+        return floor_open(interval, end_ms) - self.bootstrap_load * INTERVAL_MS[interval]
+
+    async def _heal(self, stream: Stream, start: int, server_now: int, *, gap: bool) -> None:
+        """Store the closed candles of [start, the newest closed by ``server_now``] that are
+        not stored closed yet; ``gap``: a hole was asked for (counted as a gap healed)."""
         module, ctx = self.ctx.module, self.ctx
         interval = stream.interval
         # The newest candle that has closed by the exchange's clock.
         end = floor_open(interval, floor_open(interval, server_now) - 1)
-        earliest = floor_open(interval, server_now) - self.bootstrap_load * INTERVAL_MS[interval]
-        start = earliest if since is None else since
         if start > end:
             return
         stored = set(
@@ -189,7 +237,7 @@ class Backfill:
         finally:
             ctx.stats.backfilling.pop(key, None)
         ctx.stats.rest_candles += healed
-        if since is not None and healed:
+        if gap and healed:
             ctx.stats.gaps_healed += 1
             ctx.log.info("%s healed %d candle(s) of %s", module.NAME, healed, stream_key(stream))
 

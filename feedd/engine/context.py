@@ -21,10 +21,16 @@ Connector = Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocket
 
 @attrs.frozen
 class HealRequest:
-    """Fetch closed candles of ``stream`` over REST from ``since_ms`` (None: last stored + 1)."""
+    """Fetch closed candles of ``stream`` over REST from ``since_ms``.
+
+    ``since_ms`` None means "after the newest stored closed candle older than ``seen_ms``":
+    ``seen_ms`` is the first open time a new session saw on the stream, and the candles it
+    streams from there on may be stored before the heal looks, hiding the hole behind them.
+    """
 
     stream: Stream
     since_ms: int | None
+    seen_ms: int | None = None
 
 
 @attrs.define(eq=False)

@@ -2,7 +2,10 @@
 
 Requests are paced to half of the venue's published weight per minute, slowed further when
 the venue's usage header says we are close to the limit, and stopped for the announced time
-after a 429/418. Errors come out as feedd errors; nothing here knows a venue by name.
+when the venue says to slow down: HTTP 429/418 here, or a limit the module reads in the body
+(Bybit retCode 10006, its 403 ban, OKX 50011). Without a Retry-After the wait grows from 1 s,
+since the venues' windows differ (OKX counts per 2 s, Bybit per 5 s, Binance per minute).
+Errors come out as feedd errors; nothing here knows a venue by name.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ T = TypeVar("T")
 BUDGET_SHARE = 0.5
 #: usage above this share of the budget makes us pause
 USAGE_HIGH = 0.8
-DEFAULT_RETRY_AFTER_S = 30.0
 TIMEOUT_S = 20.0
 MAX_ATTEMPTS = 6
 
@@ -48,7 +50,8 @@ class RestClient:
         self._pacer = Pacer(budget * BUDGET_SHARE / 60, burst=max(1.0, budget * 0.05))
 
     async def get(self, request: RestRequest) -> tuple[int, bytes]:
-        """One request: (status, body). Raises RateLimited on 429/418, TransportError."""
+        """One request: (status, body). Raises RateLimited on 429/418, TransportError; the
+        caller pauses (``call`` does)."""
         await self._pacer.acquire(min(request.weight, self._pacer.burst))
         self.stats.rest_requests += 1
         try:
@@ -66,8 +69,6 @@ class RestClient:
                 self._pacer.pause_until(trio.current_time() + 60 * (used / budget - 0.5))
         if response.status_code in (418, 429):
             retry_after = _retry_after(response.headers.get("retry-after"))
-            self.stats.rest_rate_limited += 1
-            self._pacer.pause_until(trio.current_time() + (retry_after or DEFAULT_RETRY_AFTER_S))
             raise RateLimited(str(response.status_code), "rate limited", retry_after)
         return response.status_code, response.content
 
@@ -79,10 +80,16 @@ class RestClient:
                 status, body = await self.get(request)
                 return parse(status, body)
             except RateLimited as exc:
-                delay = exc.retry_after or backoff.next_delay()
+                # From the status line or the body (parse): one place counts and pauses.
+                self.stats.rest_rate_limited += 1
+                delay = exc.retry_after if exc.retry_after is not None else backoff.next_delay()
                 self._pacer.pause_until(trio.current_time() + delay)
                 self.log.warning(
-                    "%s rate limited on %s; waiting %.1f s", self.module.NAME, request.path, delay
+                    "%s rate limited on %s (%s); pausing REST %.1f s",
+                    self.module.NAME,
+                    request.path,
+                    exc.code,
+                    delay,
                 )
                 if attempt == MAX_ATTEMPTS:
                     raise

@@ -304,10 +304,10 @@ class Session:
         if tracked.stream not in self.spoke:
             self.spoke.add(tracked.stream)
             self.ctx.stats.set_stream(stream_key(tracked.stream), StreamState.LIVE)
-            # The heal sent when this session started used the venue's time of then; a
-            # stream slow to speak (stalled across the reconnect) may have closed candles
-            # since. Heal again from the stored tail now that it speaks.
-            self._heal(tracked.stream, None)
+            # Whatever closed between the last candle stored and this one (a drop, a stall
+            # across the reconnect, the bootstrap's end) was seen by no session: heal from
+            # the stored tail below this candle, as this session may store newer ones first.
+            self._heal(tracked.stream, None, seen_ms=candle.open_time)
         tracked.last_seen = now
         previous = tracked.open_time
         if previous is not None and candle.open_time > previous:
@@ -323,11 +323,11 @@ class Session:
             tracked.open_time = candle.open_time
         return True
 
-    def _heal(self, stream: Stream, since_ms: int | None) -> None:
+    def _heal(self, stream: Stream, since_ms: int | None, *, seen_ms: int | None = None) -> None:
         try:
-            self.ctx.heal_send.send_nowait(HealRequest(stream, since_ms))
+            self.ctx.heal_send.send_nowait(HealRequest(stream, since_ms, seen_ms))
         except trio.WouldBlock:
-            # The backfill queue is full; a reconnect heal from the store will cover it.
+            # The backfill queue is full; the next session's first-frame heal will cover it.
             self.ctx.log.warning(
                 "%s heal queue full, %s deferred", self.ctx.module.NAME, stream_key(stream)
             )

@@ -2,8 +2,8 @@
 
 Reconnects use capped, jittered backoff that resets only after a healthy connection. A
 rotation (lifetime or a venue notice) is make-before-break: the new session is subscribed
-before the old one is cancelled, so no update is missed. After every new session the streams'
-gaps are healed from REST (after the first session too: the bootstrap ends where it began).
+before the old one is cancelled, so no update is missed. Gaps across sessions are healed from
+REST when each stream first speaks on the new session (see Session._on_candle).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import trio
 
 from feedd.engine.backoff import Backoff
-from feedd.engine.context import ExchangeContext, HealRequest, stream_key
+from feedd.engine.context import ExchangeContext, stream_key
 from feedd.engine.session import Session, StreamsSilent
 from feedd.errors import TransportError
 from feedd.exchanges.contract import Stream
@@ -51,11 +51,6 @@ async def run_shard(
                 current.cancel()
             current = session
             ctx.stats.state = "running"
-            # After every new session, the first one too: a candle that closed between the
-            # bootstrap's server time and this subscription was seen by neither.
-            for stream in streams:
-                await ctx.heal_send.send(HealRequest(stream, None))
-
             await session.attention.wait()
             if session.alive and session.rotate_requested:
                 continue  # open the replacement while this one keeps streaming

@@ -125,12 +125,17 @@ class Reader:
         key = (exchange, symbol, interval)
         return await self._run(lambda c: _candles_query(c, key, since, until, limit), [])
 
-    async def last_closed_open_time(self, exchange: str, symbol: str, interval: str) -> int | None:
+    async def last_closed_open_time(
+        self, exchange: str, symbol: str, interval: str, before: int | None = None
+    ) -> int | None:
+        """Open time of the newest stored closed candle (older than ``before`` if given)."""
+        bound = (1 << 62) if before is None else before
+
         def query(conn: sqlite3.Connection) -> int | None:
             row = conn.execute(
                 f"SELECT open_time FROM candles WHERE series = {_SERIES_ID}"
-                " AND flags & 1 ORDER BY open_time DESC LIMIT 1",
-                (exchange, symbol, interval),
+                " AND open_time < ? AND flags & 1 ORDER BY open_time DESC LIMIT 1",
+                (exchange, symbol, interval, bound),
             ).fetchone()
             return None if row is None else int(row[0])
 

@@ -25,7 +25,7 @@ _COUNTERS = {
     "exchange_errors": "error messages from the exchange",
     "rest_requests": "REST requests sent",
     "rest_candles": "closed candles fetched over REST",
-    "rest_rate_limited": "REST answers asking to slow down (429/418)",
+    "rest_rate_limited": "REST answers asking to slow down (429/418 or a limit code in the body)",
 }
 
 
