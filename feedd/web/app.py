@@ -7,7 +7,7 @@ import logging
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -16,6 +16,7 @@ from feedd.web.admin import admin
 from feedd.web.api import api
 from feedd.web.errors import ApiError, error_response
 from feedd.web.hardening import contain_connection_errors
+from feedd.web.limits import RequestLimits, has_body
 from feedd.web.observe import observe
 from feedd.web.openapi import openapi
 from feedd.web.security import check_request, check_websocket
@@ -38,6 +39,14 @@ def create_app(state: AppState) -> QuartTrio:
         app.register_blueprint(blueprint)
     app.before_request(check_request)
     app.before_websocket(check_websocket)
+    app.asgi_app = RequestLimits(app.asgi_app)  # type: ignore[method-assign]
+
+    @app.after_request
+    async def close_after_refusal(response: Response) -> Response:
+        # A refusal may go out before the body arrived: see limits.closing_headers.
+        if response.status_code >= 400 and has_body(request.scope):
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:

@@ -20,6 +20,10 @@ from feedd.monitor.logring import LogLine, LogRing
 from feedd.store.writer import Writer
 
 OUTBOX = 256
+#: a client that fell behind gets its queued candle messages merged up to this size
+COALESCE_BYTES = 256 * 1024
+_CANDLES_HEAD = '{"type":"candles","data":['
+_CANDLES_TAIL = "]}"
 STATUS_EVERY_S = 1.0
 LOGS_EVERY_S = 0.25
 SeriesKey = tuple[str, str, str]
@@ -87,6 +91,22 @@ class Client:
     @property
     def wants_everything(self) -> bool:
         return any(f.everything for f in self.filters)
+
+    async def next_messages(self) -> list[str]:
+        """Wait for the next message, then take everything queued behind it, merged.
+
+        A client that keeps up gets each message as it was published. One that fell behind
+        (or whose socket was slow to take the last message) gets its queued candle messages
+        as one: a send costs the server about the same whatever its size, so a loop
+        overloaded by fan-out sends fewer, larger messages instead of falling further behind.
+        Raises EndOfChannel once the outbox is closed and empty."""
+        messages = [await self.outbox_recv.receive()]
+        while True:
+            try:
+                messages.append(self.outbox_recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return coalesce(messages)
 
 
 def message(kind: str, data: object) -> str:
@@ -186,5 +206,36 @@ class LiveHub:
                 self.send_logs(client)
 
 
+def coalesce(messages: list[str], limit: int = COALESCE_BYTES) -> list[str]:
+    """Merge runs of consecutive candle messages into one (up to ``limit`` bytes), keeping
+    the order of everything; candles stay in publication order, so the newest update of a
+    candle is still the last one the client reads."""
+    out: list[str] = []
+    run: list[str] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            bodies = (m[len(_CANDLES_HEAD) : -len(_CANDLES_TAIL)] for m in run)
+            out.append(_CANDLES_HEAD + ",".join(bodies) + _CANDLES_TAIL)
+        run.clear()
+        size = 0
+
+    for text in messages:
+        if not text.startswith(_CANDLES_HEAD):
+            flush()
+            out.append(text)
+            continue
+        if run and size + len(text) > limit:
+            flush()
+        run.append(text)
+        size += len(text)
+    flush()
+    return out
+
+
 def _candles_message(encoded: list[bytes]) -> str:
-    return (b'{"type":"candles","data":[' + b",".join(encoded) + b"]}").decode()
+    return _CANDLES_HEAD + b",".join(encoded).decode() + _CANDLES_TAIL

@@ -203,6 +203,7 @@ ERRORS = {
     "404": "unknown route or exchange",
     "413": "body over 1 MiB",
     "415": "body is not Content-Type: application/json",
+    "429": "too many requests in progress from this address; retry after Retry-After seconds",
     "503": "a dependency (store, exchange) is unavailable",
 }
 
@@ -226,7 +227,8 @@ def operation(
             "content": ok_content if ok_content is not None else json_content(ok or {}),
         }
     }
-    for code in errors:
+    # Any HTTP route may be refused while its client has too many requests waiting.
+    for code in (*errors, "429"):
         responses[code] = {"description": ERRORS[code], "content": json_content(ref("Error"))}
     op: Schema = {"summary": summary, "responses": responses}
     if parameters:

@@ -47,7 +47,7 @@ async def ws() -> None:
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await finished.wait()
             if not finished.is_set() and peer is not None:
-                await trio.to_thread.run_sync(shut_down_peer, *peer)
+                shut_down_peer(*peer)
 
         outer.start_soon(guard)
         try:
@@ -82,7 +82,7 @@ async def ws() -> None:
                 # A client too slow to read will not answer the close either; hypercorn
                 # would keep its socket waiting. Shutting it down still delivers the
                 # queued close frame, then the FIN.
-                await trio.to_thread.run_sync(shut_down_peer, *peer)
+                shut_down_peer(*peer)
         finally:
             finished.set()
             app_state.hub.remove(client)
@@ -99,8 +99,13 @@ def _peer() -> tuple[tuple[str, int], tuple[str, int]] | None:
 
 
 async def _write(client: Client) -> None:
-    async for text in client.outbox_recv:
-        await websocket.send(text)
+    while True:
+        try:
+            texts = await client.next_messages()
+        except trio.EndOfChannel:
+            return
+        for text in texts:
+            await websocket.send(text)
 
 
 async def _read(app_state: AppState, client: Client) -> None:

@@ -1,0 +1,199 @@
+"""Admission of HTTP requests (feedd.web.limits), coalesced /ws sends, and connections closed
+after a refusal that may leave a body unread."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import trio
+import trio.testing
+from e2e import running_feedd
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from feedd.web.limits import RequestLimits
+from feedd.web.live import coalesce
+
+
+class HeldApp:
+    """An ASGI app whose requests stay in progress until released, noting who got in."""
+
+    def __init__(self) -> None:
+        self.entered: list[str] = []
+        self.release = trio.Event()
+        self.changed = trio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.entered.append(scope["path"])
+        self.changed.set()
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def wait_entered(self, count: int) -> None:
+        while len(self.entered) < count:
+            self.changed = trio.Event()
+            await self.changed.wait()
+
+
+def scope(path: str, client: str = "10.0.0.1", kind: str = "http") -> dict[str, Any]:
+    return {"type": kind, "path": path, "headers": [], "client": (client, 40000)}
+
+
+async def call(app: RequestLimits, request: dict[str, Any], statuses: list[int]) -> None:
+    async def receive() -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(request, receive, send)  # type: ignore[arg-type]
+
+
+async def test_requests_over_the_cap_wait_their_turn_in_order() -> None:
+    held = HeldApp()
+    limits = RequestLimits(held, per_client=1, overall=8, waiting=8)
+    statuses: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(call, limits, scope(f"/{n}"), statuses)
+            await trio.testing.wait_all_tasks_blocked()
+        assert held.entered == ["/0"]  # the others wait, unrefused
+        held.release.set()
+    assert held.entered == ["/0", "/1", "/2"]
+    assert statuses == [200, 200, 200]
+    assert limits.addresses == 0  # nothing kept for an address with nothing in progress
+
+
+async def test_the_overall_cap_holds_across_addresses() -> None:
+    held = HeldApp()
+    limits = RequestLimits(held, per_client=2, overall=2, waiting=8)
+    statuses: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for path, client in (("/a1", "10.0.0.1"), ("/a2", "10.0.0.1"), ("/b", "10.0.0.2")):
+            nursery.start_soon(call, limits, scope(path, client), statuses)
+            await trio.testing.wait_all_tasks_blocked()
+        assert held.entered == ["/a1", "/a2"]
+        assert limits.addresses == 2
+        held.release.set()
+    assert held.entered == ["/a1", "/a2", "/b"]
+
+
+async def test_a_slow_download_does_not_hold_a_slot() -> None:
+    """The slot bounds a handler's work: once its answer starts, the next request gets in
+    even while the first client is still taking the body."""
+    downloaded = trio.Event()
+    entered: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        entered.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def slow_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            await downloaded.wait()  # a client that reads slowly
+
+    limits = RequestLimits(app, per_client=1, overall=1, waiting=8)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limits, scope("/big"), None, slow_send)
+        await trio.testing.wait_all_tasks_blocked()
+        statuses: list[int] = []
+        with trio.fail_after(5):  # with the slot held it would wait for the download
+            await call(limits, scope("/next"), statuses)
+        assert entered == ["/big", "/next"] and statuses == [200]
+        downloaded.set()
+    assert limits.addresses == 0
+
+
+async def test_websockets_are_not_counted() -> None:
+    held = HeldApp()
+    limits = RequestLimits(held, per_client=1, overall=1, waiting=0)
+    statuses: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, limits, scope("/busy"), statuses)
+        await held.wait_entered(1)
+        nursery.start_soon(call, limits, scope("/ws", kind="websocket"), statuses)
+        await held.wait_entered(2)
+        held.release.set()
+    assert held.entered == ["/busy", "/ws"]
+
+
+async def test_a_client_with_too_many_waiting_gets_429_over_http() -> None:
+    """Real sockets: one request in progress, none may wait, so the next is refused at once
+    with Retry-After; the first still completes and the address is admitted again after."""
+    held = HeldApp()
+    limits = RequestLimits(held, per_client=1, overall=4, waiting=0)
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(
+            functools.partial(serve, limits, config, shutdown_trigger=stop.wait)
+        )
+        async with httpx.AsyncClient(base_url=binds[0]) as client:
+            first: list[httpx.Response] = []
+
+            async def slow() -> None:
+                first.append(await client.get("/first"))
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(slow)
+                await held.wait_entered(1)
+                refused = await client.get("/second")
+                assert refused.status_code == 429
+                assert refused.headers["retry-after"] == "1"
+                assert "connection" not in refused.headers  # no body left unread: keep-alive
+                assert "too many requests" in orjson.loads(refused.content)["error"]
+                refused_post = await client.post("/third", content=b"{}")
+                assert refused_post.status_code == 429
+                assert refused_post.headers["connection"] == "close"
+                held.release.set()
+            assert first[0].status_code == 200
+            assert (await client.get("/again")).status_code == 200
+        assert held.entered == ["/first", "/again"]
+        assert limits.refused == 2
+        stop.set()
+
+
+async def test_refusals_of_requests_with_a_body_close_the_connection(tmp_path: Path) -> None:
+    async with running_feedd(tmp_path, {"binance_futures": ["BTCUSDT"]}) as (_sim, _svc, client):
+        unread = await client.post(
+            "/deleteDatabase", content=b"confirm", headers={"content-type": "text/plain"}
+        )
+        assert unread.status_code == 415
+        assert unread.headers["connection"] == "close"
+        bad = await client.post("/deleteDatabase", json={"confirm": "no"})
+        assert bad.status_code == 400 and bad.headers["connection"] == "close"
+        missing = await client.get("/nowhere")
+        assert missing.status_code == 404 and "connection" not in missing.headers
+        ok = await client.get("/health")
+        assert ok.status_code == 200 and "connection" not in ok.headers
+
+
+def candles(*names: str) -> str:
+    return orjson.dumps({"type": "candles", "data": [{"n": n} for n in names]}).decode()
+
+
+def test_coalesce_merges_runs_of_candle_messages_in_order() -> None:
+    status = orjson.dumps({"type": "status", "data": {}}).decode()
+    merged = coalesce([candles("a"), candles("b", "c"), status, candles("d")])
+    assert [orjson.loads(m) for m in merged] == [
+        {"type": "candles", "data": [{"n": "a"}, {"n": "b"}, {"n": "c"}]},
+        {"type": "status", "data": {}},
+        {"type": "candles", "data": [{"n": "d"}]},
+    ]
+
+
+def test_coalesce_keeps_merged_messages_under_the_limit() -> None:
+    parts = [candles(str(n)) for n in range(10)]
+    merged = coalesce(parts, limit=len(parts[0]) * 3)
+    assert [len(orjson.loads(m)["data"]) for m in merged] == [3, 3, 3, 1]
+    assert [d["n"] for m in merged for d in orjson.loads(m)["data"]] == [str(n) for n in range(10)]
