@@ -108,8 +108,18 @@ class Writer:
         max_batch, max_held = self.settings.max_batch, self.settings.max_held
         async with candles_recv:
             async for candles in candles_recv:
-                self._counters.received += len(candles)
-                self._pending.add(candles)
+                # Each receive is a trip through the scheduler; with every venue session
+                # sending, one item per trip let the channel back up by hundreds under a
+                # busy loop (seconds of latency). Take all that is queued at once.
+                while True:
+                    self._counters.received += len(candles)
+                    self._pending.add(candles)
+                    if self._held >= max_held:
+                        break
+                    try:
+                        candles = candles_recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break  # an ended channel ends the loop at the next receive
                 if len(self._pending) >= max_batch:
                     self._wake.set()
                 while self._held >= max_held:
