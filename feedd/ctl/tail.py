@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import ssl
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,13 +19,12 @@ import trio_websocket
 
 from feedd.ctl import text
 from feedd.ctl.client import Refused, Unreachable, refusal
-from feedd.engine.ws import unwrapped_nursery
+from feedd.engine.ws import open_websocket
+from feedd.errors import TransportError
 
-CLOSE_TIMEOUT_S = 2.0
 #: close codes that mean the server went away rather than refused us
 GONE = {1001, 1006}
-#: committed batches can be large; a deep queue keeps the library answering pings meanwhile
-MESSAGE_QUEUE_SIZE = 64
+#: committed batches can be large
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
 
@@ -69,56 +67,34 @@ def os_reason(exc: OSError) -> str:
 async def open_feed(
     base_url: str, token: str | None, connect_s: float
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """Connect with our own TCP stream (closed for sure in ``finally``) and handshake."""
-    parts = urlsplit(ws_url(base_url))
-    host = parts.hostname or ""
-    secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
+    """feedd's ``/ws``; failing to open it is Unreachable (exit 3), or Refused when refused."""
     headers = [(b"Authorization", f"Bearer {token}".encode())] if token else []
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
     try:
-        with trio.fail_after(connect_s):
-            stream = tcp = await trio.open_tcp_stream(host, port)
-            if secure:
-                stream = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host)
-                await stream.do_handshake()
-    except trio.TooSlowError:
-        raise Unreachable(f"cannot reach {base_url}: timed out") from None
-    except OSError as exc:
-        raise Unreachable(f"cannot reach {base_url}: {os_reason(exc)}") from None
-    except trio.BrokenResourceError as exc:
-        raise Unreachable(f"cannot reach {base_url}: {exc}") from None
-    try:
-        async with unwrapped_nursery() as nursery:
-            try:
-                with trio.fail_after(connect_s):
-                    ws = await trio_websocket.wrap_client_stream(
-                        nursery,
-                        stream,
-                        # the Host header: with its port (and no user info), as HTTP has it
-                        parts.netloc.rpartition("@")[2],
-                        parts.path,
-                        extra_headers=headers,
-                        message_queue_size=MESSAGE_QUEUE_SIZE,
-                        max_message_size=MAX_MESSAGE_SIZE,
-                    )
-            except trio.TooSlowError:
-                raise Unreachable(f"no WebSocket handshake from {base_url} (timed out)") from None
-            except (trio_websocket.HandshakeError, OSError) as exc:
-                raise Unreachable(f"WebSocket handshake with {base_url} failed: {exc}") from None
-            try:
-                yield ws
-            finally:
-                # Shielded: even on Ctrl-C the server gets a close frame, not a 1006.
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    except trio_websocket.ConnectionRejected as exc:
-        # Raised by the library's reader task, so it leaves through the nursery.
-        raise refusal(exc.status_code, exc.body or b"") from None
-    finally:
-        await trio.aclose_forcefully(stream)
+        async with open_websocket(
+            ws_url(base_url),
+            extra_headers=headers,
+            connect_timeout=connect_s,
+            max_message_size=MAX_MESSAGE_SIZE,
+        ) as ws:
+            yield ws
+    # Only opening raises these: the body (follow) raises feedctl's own errors.
+    except TransportError as exc:
+        rejected = exc.__cause__
+        if isinstance(rejected, trio_websocket.ConnectionRejected):
+            raise refusal(rejected.status_code, rejected.body or b"") from None
+        raise unreachable(base_url, exc) from None
+
+
+def unreachable(base_url: str, exc: TransportError) -> Unreachable:
+    """Name the step that failed, from the error underneath ``open_websocket``'s."""
+    cause = exc.__cause__
+    if isinstance(cause, trio_websocket.ConnectionTimeout):
+        return Unreachable(f"no WebSocket handshake from {base_url} (timed out)")
+    if isinstance(cause, trio.TooSlowError):
+        return Unreachable(f"cannot reach {base_url}: timed out")
+    if isinstance(cause, OSError):
+        return Unreachable(f"cannot reach {base_url}: {os_reason(cause)}")
+    return Unreachable(f"cannot reach {base_url}: {cause or exc}")
 
 
 async def follow(args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ the stream and closing it in ``finally`` avoids leaked sockets on long-running s
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -24,19 +24,34 @@ CONNECT_TIMEOUT_S = 15.0
 CLOSE_TIMEOUT_S = 2.0
 #: long enough to write a close frame to the socket, not to wait for the answer
 CANCELLED_CLOSE_TIMEOUT_S = 0.05
+DEFAULT_PORTS = {"ws": 80, "wss": 443}
 
 
 @asynccontextmanager
-async def open_websocket(url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+async def open_websocket(
+    url: str,
+    *,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    max_message_size: int = MAX_MESSAGE_SIZE,
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """Connect (TCP, then TLS for ``wss``) and handshake, each within ``connect_timeout``.
+
+    A failure to open is a TransportError whose ``__cause__`` tells the step: an OSError,
+    ``trio.TooSlowError`` or ``trio.BrokenResourceError`` while connecting, or
+    ``trio_websocket.ConnectionTimeout`` when the server accepted but never answered the
+    handshake, or ``trio_websocket.ConnectionRejected`` (with the HTTP status and body) when
+    it refused the handshake.
+    """
     parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
         raise TransportError(f"not a WebSocket URL: {url}")
     secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
+    port = parts.port or DEFAULT_PORTS[parts.scheme]
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
     try:
-        with trio.fail_after(CONNECT_TIMEOUT_S):
+        with trio.fail_after(connect_timeout):
             tcp = await trio.open_tcp_stream(parts.hostname, port)
             stream = tcp
             if secure:
@@ -45,24 +60,30 @@ async def open_websocket(url: str) -> AsyncIterator[trio_websocket.WebSocketConn
                 )
                 await stream.do_handshake()
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-        raise TransportError(f"cannot connect to {parts.netloc}: {exc}") from None
+        reason = "timed out" if isinstance(exc, trio.TooSlowError) else exc
+        raise TransportError(f"cannot connect to {parts.netloc}: {reason}") from exc
+    opened = False
     try:
         async with unwrapped_nursery() as nursery:
             try:
-                with trio.fail_after(CONNECT_TIMEOUT_S):
+                with trio.fail_after(connect_timeout):
                     ws = await trio_websocket.wrap_client_stream(
                         nursery,
                         stream,
-                        parts.hostname,
+                        host_header(url),
                         resource,
+                        extra_headers=list(extra_headers),
                         message_queue_size=MESSAGE_QUEUE_SIZE,
-                        max_message_size=MAX_MESSAGE_SIZE,
+                        max_message_size=max_message_size,
                         receive_buffer_size=65536,
                     )
-            except (trio_websocket.HandshakeError, trio.TooSlowError, OSError) as exc:
+            except trio.TooSlowError:
+                # Caused by the library's own name for this, so that callers can tell a
+                # server that accepted and stayed silent from one that could not be reached.
                 raise TransportError(
-                    f"WebSocket handshake with {parts.netloc} failed: {exc}"
-                ) from None
+                    f"no WebSocket handshake from {parts.netloc} within {connect_timeout:g} s"
+                ) from trio_websocket.ConnectionTimeout()
+            opened = True
             close_timeout = CLOSE_TIMEOUT_S
             try:
                 yield ws
@@ -79,8 +100,31 @@ async def open_websocket(url: str) -> AsyncIterator[trio_websocket.WebSocketConn
                     scope.deadline = trio.current_time() + close_timeout
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
+    except trio_websocket.HandshakeError as exc:
+        # An HTTP refusal (a venue's 403/429/5xx on the upgrade) leaves the library's reader
+        # task through the nursery; it is a failed connection like any other, to be retried
+        # with backoff, not a crash of the exchange.
+        if opened:
+            raise
+        status = getattr(exc, "status_code", None)
+        reason = f"HTTP {status}" if status is not None else str(exc) or type(exc).__name__
+        raise TransportError(f"WebSocket handshake with {parts.netloc} refused: {reason}") from exc
     finally:
         await trio.aclose_forcefully(stream)
+
+
+def host_header(url: str) -> str:
+    """The Host of a WebSocket URL: with its port unless that is the scheme's default.
+
+    RFC 7230 (5.4) asks for the port; servers and proxies on other ports route by it.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is None or parts.port == DEFAULT_PORTS.get(parts.scheme):
+        return host
+    return f"{host}:{parts.port}"
 
 
 @asynccontextmanager
@@ -96,7 +140,8 @@ async def unwrapped_nursery() -> AsyncIterator[trio.Nursery]:
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
         if len(leaves) == 1:
-            raise leaves[0] from None
+            # "from None" alone would also erase the cause the leaf was raised with.
+            raise leaves[0] from leaves[0].__cause__
         raise
 
 
