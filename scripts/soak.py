@@ -229,6 +229,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                             "rss_mb": round(memory.rss / 2**20, 1),
                             "fds": me.num_fds(),
                             "threads": me.num_threads(),
+                            "tasks": status["system"]["tasks"],
                             "committed": status["writer"]["committed"],
                             "pending": status["writer"]["pending"],
                             "p99_ms": status["writer"]["latency_p99_ms"],
@@ -243,7 +244,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     s = samples[-1]
                     print(
                         f"{s['t_s']:7.1f}s sim {s['sim_h']:5.2f}h rss {s['rss_mb']:6.1f} MB"
-                        f" fds {s['fds']:3d} committed {s['committed']:>9}"
+                        f" fds {s['fds']:3d} tasks {s['tasks']:4d} committed {s['committed']:>9}"
                         f" p99 {s['p99_ms'] or 0:6.1f} ms backfill {s['backfill_pending']}",
                         flush=True,
                     )
@@ -326,6 +327,14 @@ def summarise(
         "threads": {"start": samples[0]["threads"], "end": samples[-1]["threads"]}
         if samples
         else {},
+        # trio tasks: a leak of tasks (per reconnect, per client) would show here first
+        "tasks": {
+            "start": samples[0]["tasks"],
+            "end": samples[-1]["tasks"],
+            "max": max(s["tasks"] for s in samples),
+        }
+        if samples
+        else {},
         "writer": status["writer"],
         "exchanges": {
             e["name"]: {
@@ -356,7 +365,7 @@ def summarise(
 
 def print_table(result: dict[str, Any]) -> None:
     s, rss, writer = result["settings"], result["rss_mb"], result["writer"]
-    fds, threads = result["fds"], result["threads"]
+    fds, threads, tasks = result["fds"], result["threads"], result["tasks"]
     rss_row = f"{rss['start']} / {rss['after_warm_up']} / {rss['end']} / {rss['max_after_warm_up']}"
     rows = [
         ("venues x symbols", f"{len(s['venues'])} x {s['symbols_per_venue']}"),
@@ -366,6 +375,10 @@ def print_table(result: dict[str, Any]) -> None:
         ("RSS flat (<= 10 %)", str(rss["flat"])),
         ("fds start / end", f"{fds.get('start')} / {fds.get('end')}"),
         ("threads start / end", f"{threads.get('start')} / {threads.get('end')}"),
+        (
+            "trio tasks start / end / max",
+            f"{tasks.get('start')} / {tasks.get('end')} / {tasks.get('max')}",
+        ),
         ("candles committed", f"{writer['committed']:,}"),
         ("commit p50 / p99", f"{writer['latency_p50_ms']:.1f} / {writer['latency_p99_ms']:.1f} ms"),
         ("database size", f"{result['db_bytes'] / 2**20:.1f} MB"),
