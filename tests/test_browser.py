@@ -36,6 +36,9 @@ ARTIFACTS = ROOT / "artifacts"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 VENUES = ("binance_futures", "bybit_futures", "okx_futures")
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+#: the chart page has drawn history; `?.`: a new window's script may not have run yet, and
+#: a predicate that throws ends the wait (and counts as a page error) instead of retrying
+CHART_DRAWN = "window.feeddChart?.loaded && window.feeddChart.bars > 0"
 #: the target for the console's main-thread busy share with 600 symbols streaming
 BUSY_TARGET = 0.20
 #: screenshots the README shows (copied to docs/screenshots/ with FEEDD_UPDATE_SCREENSHOTS=1)
@@ -346,7 +349,7 @@ def test_disconnected_banner_and_recovery(pages: Pages, feedd: LiveFeedd) -> Non
     page = pages.open("/")
     wait_live(page)
     chart = pages.open("/chart.html?exchange=binance_futures&symbol=ETHUSDT&interval=1m")
-    chart.wait_for_function("window.feeddChart.loaded && window.feeddChart.bars > 0")
+    chart.wait_for_function(CHART_DRAWN)
     feedd.stop_feedd()
     banner = page.locator('[data-field="banner"]')
     expect(banner).to_contain_text("disconnected — retrying")
@@ -382,7 +385,7 @@ def test_token_from_the_url_is_used_and_hidden(browser: Browser, tmp_path: Path)
             )
             # a new tab of the same browser remembers it; a stranger is asked for one
             chart = pages.open("/chart.html?exchange=binance_futures&symbol=BTCUSDT&interval=5m")
-            chart.wait_for_function("window.feeddChart.loaded && window.feeddChart.bars > 0")
+            chart.wait_for_function(CHART_DRAWN)
             stranger = Pages(browser, live.url)
             stranger.allow("status of 401", *OFFLINE_NOISE)
             try:
@@ -413,7 +416,7 @@ def test_narrow_window_is_usable(pages: Pages) -> None:
     screenshot(page, "console-narrow.png")
     chart = pages.open("/chart.html?exchange=okx_futures&symbol=BTCUSDT&interval=1m")
     chart.set_viewport_size({"width": 420, "height": 700})
-    chart.wait_for_function("window.feeddChart.loaded && window.feeddChart.bars > 0")
+    chart.wait_for_function(CHART_DRAWN)
     expect(chart.locator('#intervals button[data-interval="1h"]')).to_be_in_viewport()
 
 
@@ -428,7 +431,7 @@ CHANGED = """(before) => {
 
 def test_chart_draws_candles_and_updates_live(pages: Pages) -> None:
     page = pages.open("/chart.html?exchange=binance_futures&symbol=BTCUSDT&interval=1m")
-    page.wait_for_function("window.feeddChart.loaded && window.feeddChart.bars > 5")
+    page.wait_for_function("window.feeddChart?.loaded && window.feeddChart.bars > 5")
     expect(page.locator("#chart canvas").first).to_be_visible()
     expect(page.locator("#empty")).to_be_hidden()
     expect(page).to_have_title(re.compile(r"^BTCUSDT 1m · binance"))
@@ -440,7 +443,7 @@ def test_chart_draws_candles_and_updates_live(pages: Pages) -> None:
     page.locator('#intervals button[data-interval="5m"]').click()
     expect(page).to_have_url(re.compile(r"interval=5m"))
     expect(page).to_have_title(re.compile(r"^BTCUSDT 5m"))
-    page.wait_for_function("window.feeddChart.loaded && window.feeddChart.bars > 0")
+    page.wait_for_function(CHART_DRAWN)
     first = page.evaluate("window.feeddChart.lastBar")
     # the sim runs a minute per second: wait until two buckets have closed live
     page.wait_for_function(
@@ -467,7 +470,7 @@ def test_chart_draws_candles_and_updates_live(pages: Pages) -> None:
     # every interval of the switcher loads (errors would show on the page)
     for interval in ("3m", "15m", "30m", "1h", "4h", "1d", "1w", "1m"):
         page.locator(f'#intervals button[data-interval="{interval}"]').click()
-        page.wait_for_function("window.feeddChart.loaded && window.feeddChart.bars > 0")
+        page.wait_for_function(CHART_DRAWN)
         expect(page.locator("#error")).to_be_hidden()
 
 
@@ -491,7 +494,7 @@ def test_chart_buttons_open_the_chart_in_a_new_window(pages: Pages) -> None:
     expect(chart).to_have_url(
         re.compile(r"/chart\.html\?exchange=okx_futures&symbol=ETHUSDT&interval=15m$")
     )
-    chart.wait_for_function("window.feeddChart.loaded && window.feeddChart.bars > 0")
+    chart.wait_for_function(CHART_DRAWN)
     expect(chart.locator("#t-symbol")).to_have_text("ETHUSDT")
 
 
