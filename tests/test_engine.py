@@ -169,17 +169,42 @@ async def test_each_session_heals_below_its_first_candle(
     venue = FakeVenue(Script(drop_after=2.5))
     ctx, _, heals = make_context(venue)
     firsts: list[int] = []
+    from_dead: list[int | None] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(run_shard, ctx, (BTC,))
         while len(firsts) < 3:
             heal = await heals.receive()
-            assert (heal.stream, heal.since_ms) == (BTC, None)
-            assert heal.seen_ms is not None
+            assert heal.stream == BTC
+            if heal.seen_ms is None:  # from the last candle of the connection that died
+                from_dead.append(heal.since_ms)
+                continue
+            assert heal.since_ms is None
             firsts.append(heal.seen_ms)
         nursery.cancel_scope.cancel()
-    assert len(venue.connects) == 3  # one heal per session, none at connect
+    assert len(venue.connects) == 3  # one first-candle heal per session
     assert firsts == sorted(firsts)
     assert all(t % 60_000 == 0 for t in firsts)
+    # sessions are 2.5 s long within one minute: the last candle seen is the first one
+    assert from_dead == firsts[:2]
+
+
+async def test_a_dead_connection_heals_from_the_last_candle_it_saw(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Once the next session is subscribed, each stream is healed from the newest candle the
+    dead connection saw on it, before (and whether or not) the stream speaks again."""
+    await trio.sleep(150)  # the third minute: open time 120 s
+    venue = FakeVenue(Script(drop_after=2.5))
+    ctx, _, heals = make_context(venue)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_shard, ctx, (BTC,))
+        first = await heals.receive()
+        assert first == HealRequest(BTC, None, seen_ms=120_000)
+        await venue.wait_connects(2)
+        venue.script.silent = True  # the stream says nothing on the new connection
+        reconnect = await heals.receive()
+        nursery.cancel_scope.cancel()
+    assert reconnect == HealRequest(BTC, 120_000)
 
 
 def test_heal_requests_merge_to_the_widest() -> None:

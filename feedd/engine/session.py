@@ -85,6 +85,10 @@ class Session:
     def cancel(self) -> None:
         self._cancel.cancel()
 
+    def last_open_times(self) -> dict[Stream, int]:
+        """The open time of the newest candle seen on each stream that spoke."""
+        return {t.stream: t.open_time for t in self._tracked.values() if t.open_time is not None}
+
     @property
     def alive(self) -> bool:
         return self.ended_at is None

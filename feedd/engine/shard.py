@@ -2,8 +2,10 @@
 
 Reconnects use capped, jittered backoff that resets only after a healthy connection. A
 rotation (lifetime or a venue notice) is make-before-break: the new session is subscribed
-before the old one is cancelled, so no update is missed. Gaps across sessions are healed from
-REST when each stream first speaks on the new session (see Session._on_candle).
+before the old one is cancelled, so no update is missed. When a connection dies, its streams
+are healed from the last candle each saw on it as soon as the next session is subscribed,
+and again from the stored tail below the first candle each speaks on the new session (see
+Session._on_candle): that one also covers what closed while the new session was opening.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import trio
 
 from feedd.engine.backoff import Backoff
-from feedd.engine.context import ExchangeContext, stream_key
+from feedd.engine.context import ExchangeContext, HealRequest, stream_key
 from feedd.engine.session import Session, StreamsSilent
 from feedd.errors import TransportError
 from feedd.exchanges.contract import Stream
@@ -30,6 +32,8 @@ async def run_shard(
     """Keep ``streams`` subscribed until cancelled; ready at once (the venue may be down)."""
     backoff = backoff or Backoff()
     strikes: dict[Stream, int] = {}
+    #: per stream, the newest open time any dead session of this shard saw
+    last_seen: dict[Stream, int] = {}
     current: Session | None = None
     task_status.started()
     async with trio.open_nursery() as nursery:
@@ -48,6 +52,13 @@ async def run_shard(
                 if current.alive:
                     ctx.stats.rotations += 1
                     ctx.log.info("%s rotated a connection (make-before-break)", ctx.module.NAME)
+                else:
+                    # The old connection died: heal each stream from the last candle it saw
+                    # there, now, rather than only once the stream speaks again (an illiquid
+                    # or delisted symbol may not, for a long time).
+                    last_seen.update(current.last_open_times())
+                    for stream, open_time in last_seen.items():
+                        await ctx.heal_send.send(HealRequest(stream, open_time))
                 current.cancel()
             current = session
             ctx.stats.state = "running"
