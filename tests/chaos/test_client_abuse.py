@@ -51,12 +51,11 @@ VANISHING_CLIENTS = 60
 FLOOD_REQUESTS = 3000
 ABUSER = Path(__file__).with_name("abuser.py")
 #: a closed candle reaches a /ws client at most this long (p99) after the venue sent it.
-#: Measured on this 2-core machine with the abusers in their own process: 0.16-0.37 s before
-#: the abuse, 0.14-0.80 s under it over six runs (it was 0.4-1.8 s before requests in
-#: progress were capped and slow clients were cut without scanning /proc). What remains is
-#: not the web layer: the 50 ms batch interval, the writer taking one channel item per loop
-#: turn, and full garbage collections of 0.2-0.3 s while 560 connections' objects are young
-#: (issue #6 report). The bound leaves room for one such pause more than seen.
+#: Measured on this 2-core machine with the abusers in their own process: 0.20-0.21 s before
+#: the abuse, 0.22-0.25 s under it (0.4-1.8 s before requests in progress were capped, slow
+#: clients cut without scanning /proc and the writer drained its channel per wake-up). What
+#: remains is the 50 ms batch interval and full garbage collections of 0.2-0.3 s while the
+#: 560 abusive connections' objects are young. The bound leaves room for a loaded CI box.
 LATENCY_P99_S = 1.5
 CLOSE_POLICY = 1008
 #: feedd's own shutdown deadline is 10 s
