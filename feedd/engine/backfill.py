@@ -6,11 +6,11 @@ session saw, because that session's own candles may be stored before the heal lo
 nothing stored below it, the whole bootstrap window up to that candle is wanted. A window
 keeps its end once known (that candle, or the venue's clock at the first round that takes
 it), not the clock of whichever round gets to it: with many streams queued that can be
-hours later, and a window sliding with the queue would leave holes behind it. All of it in
-exchange time, never the local clock's. Within the window only the open
-times not yet stored closed are fetched, so holes left by a crash are filled too. Each round
-first asks the exchange for its clock: whether a REST row is closed is decided by exchange
-time (never the local clock), later than every heal queued before the round.
+hours later, and a window sliding with the queue would leave holes behind it. Within the
+window only the open times not yet stored closed are fetched, so holes left by a crash are
+filled too. Each round first asks the exchange for its clock: whether a REST row is closed
+is decided by exchange time (never the local clock), later than every heal queued before
+the round.
 """
 
 from __future__ import annotations
