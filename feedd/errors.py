@@ -11,6 +11,8 @@ FeeddError
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class FeeddError(Exception):
     """Base of every error feedd raises on purpose."""
@@ -52,3 +54,22 @@ class TransportError(FeeddError):
 
 class StoreError(FeeddError):
     """The database could not be read or written."""
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside ``exc``, depth first, with every exception group opened.
+
+    trio raises what a nursery's children raised inside (possibly nested) groups; code at a
+    boundary wants the errors themselves."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc
+
+
+def collapse(exc: BaseException) -> BaseException:
+    """The one exception that explains ``exc``: itself, or a group's first FeeddError leaf
+    (feedd's own errors say what went wrong), else its first leaf."""
+    found = list(leaves(exc))
+    return next((e for e in found if isinstance(e, FeeddError)), found[0])

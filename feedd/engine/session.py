@@ -17,7 +17,7 @@ from feedd.candle import Candle
 from feedd.engine.context import ExchangeContext, HealRequest, stream_key
 from feedd.engine.pacing import Pacer
 from feedd.engine.stats import StreamState
-from feedd.errors import ParseError, TransportError
+from feedd.errors import ParseError, TransportError, collapse
 from feedd.exchanges.contract import (
     ErrorEvent,
     Notice,
@@ -128,7 +128,7 @@ class Session:
             ours, rest = group.split(_SESSION_ERRORS)
             if rest is not None:
                 raise rest from None
-            self._fail(_first_leaf(ours) if ours else TransportError("ended"), started)
+            self._fail(collapse(ours) if ours else TransportError("ended"), started)
         finally:
             self.ended_at = trio.current_time()
             self.attention.set()
@@ -402,10 +402,3 @@ class Session:
 
 
 _SESSION_ERRORS = (TransportError, trio_websocket.ConnectionClosed, trio.BrokenResourceError)
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
-from feedd.errors import TransportError
+from feedd.errors import TransportError, leaves
 
 #: Frames buffered between the socket and our read loop. A deep queue keeps the library
 #: answering pings while a burst is parsed (it stops reading when the queue is full).
@@ -138,15 +138,8 @@ async def unwrapped_nursery() -> AsyncIterator[trio.Nursery]:
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if len(leaves) == 1:
+        found = list(leaves(group))
+        if len(found) == 1:
             # "from None" alone would also erase the cause the leaf was raised with.
-            raise leaves[0] from leaves[0].__cause__
+            raise found[0] from found[0].__cause__
         raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
