@@ -16,7 +16,8 @@ from e2e import running_feedd
 
 from feedd.candle import Candle, Source
 from feedd.monitor.logring import LogRing
-from feedd.web.live import CandleFilter, Client, LiveHub
+from feedd.web.filters import CandleFilter
+from feedd.web.live import Client, LiveHub
 
 BINANCE, BYBIT = "binance_futures", "bybit_futures"
 
@@ -122,8 +123,8 @@ async def test_hub_overflow_marks_only_the_slow_client() -> None:
     hub = LiveHub(_NoWriter(), LogRing(), dict)  # type: ignore[arg-type]
     slow, fast = Client(outbox=2), Client(outbox=100)
     for client in (slow, fast):
-        client.filters.add(CandleFilter())
         hub.add(client)
+        hub.filters.add(client, [CandleFilter()])
     for n in range(3):
         hub.publish([candle("BTCUSDT", n * 60_000)])
     assert slow.overflowed.is_set() and not fast.overflowed.is_set()
@@ -153,7 +154,8 @@ async def test_overflowed_client_is_closed_with_1008_others_keep_going(tmp_path:
                 await next_of(ws, "subscribed")
             with trio.fail_after(20):
                 await next_of(slow, "candles")
-                target = next(c for c in hub.clients if CandleFilter(BINANCE) in c.filters)
+                wanted = CandleFilter(BINANCE)
+                target = next(c for c in hub.clients if wanted in hub.filters.filters(c))
                 target.overflowed.set()  # what publish() does when the outbox is full
                 with pytest.raises(trio_websocket.ConnectionClosed) as closed:
                     while True:

@@ -18,6 +18,7 @@ import trio
 from feedd.candle import Candle, Source
 from feedd.monitor.logring import LogLine, LogRing
 from feedd.store.writer import Writer
+from feedd.web.filters import FilterIndex
 
 OUTBOX = 256
 #: a client that fell behind gets its queued candle messages merged up to this size
@@ -27,24 +28,6 @@ _CANDLES_TAIL = "]}"
 STATUS_EVERY_S = 1.0
 LOGS_EVERY_S = 0.25
 SeriesKey = tuple[str, str, str]
-
-
-@attrs.frozen
-class CandleFilter:
-    exchange: str | None = None
-    symbol: str | None = None
-    interval: str | None = None
-
-    def matches(self, candle: Candle) -> bool:
-        return (
-            (self.exchange is None or self.exchange == candle.exchange)
-            and (self.symbol is None or self.symbol == candle.symbol)
-            and (self.interval is None or self.interval == candle.interval)
-        )
-
-    @property
-    def everything(self) -> bool:
-        return self.exchange is None and self.symbol is None and self.interval is None
 
 
 def candle_dict(candle: Candle) -> dict[str, Any]:
@@ -74,7 +57,6 @@ class Client:
 
     def __init__(self, outbox: int = OUTBOX) -> None:
         self.outbox_send, self.outbox_recv = trio.open_memory_channel[str](outbox)
-        self.filters: set[CandleFilter] = set()
         self.status = False
         #: last log sequence sent (None: not subscribed to logs)
         self.logs_after: int | None = None
@@ -87,10 +69,6 @@ class Client:
             self.outbox_send.send_nowait(message)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.overflowed.set()
-
-    @property
-    def wants_everything(self) -> bool:
-        return any(f.everything for f in self.filters)
 
     async def next_messages(self) -> list[str]:
         """Wait for the next message, then take everything queued behind it, merged.
@@ -119,6 +97,8 @@ class LiveHub:
         self._logs = logs
         self._status = status
         self.clients: set[Client] = set()
+        #: which clients want which candles
+        self.filters = FilterIndex[Client]()
         #: newest live candle per series, for the last price in /status
         self.last: dict[SeriesKey, Candle] = {}
         #: when that candle was committed (ms), for the age of the last price
@@ -133,6 +113,7 @@ class LiveHub:
 
     def remove(self, client: Client) -> None:
         self.clients.discard(client)
+        self.filters.clear(client)
         if client.overflowed.is_set():
             self.overflows += 1
 
@@ -163,24 +144,23 @@ class LiveHub:
             if known is None or known.open_time <= candle.open_time:
                 last[key] = candle
                 seen[key] = now_ms
-        subscribers = [c for c in self.clients if c.filters]
-        if not live or not subscribers:
+        if not live or not self.filters:
             return
-        encoded = [orjson.dumps(candle_dict(c)) for c in live]
-        everything: str | None = None
-        for client in subscribers:
-            if client.wants_everything:
-                if everything is None:
-                    everything = _candles_message(encoded)
-                client.offer(everything)
-                continue
-            chosen = [
-                encoded[n]
-                for n, candle in enumerate(live)
-                if any(f.matches(candle) for f in client.filters)
-            ]
-            if chosen:
-                client.offer(_candles_message(chosen))
+        encoded: dict[int, bytes] = {}
+
+        def encode(n: int) -> bytes:
+            text = encoded.get(n)
+            if text is None:
+                text = encoded[n] = orjson.dumps(candle_dict(live[n]))
+            return text
+
+        everyone = self.filters.everyone()
+        if everyone:
+            shared = _candles_message([encode(n) for n in range(len(live))])
+            for client in everyone:
+                client.offer(shared)
+        for client, picks in self.filters.route(live).items():
+            client.offer(_candles_message([encode(n) for n in picks]))
 
     def send_logs(self, client: Client) -> None:
         if client.logs_after is None:

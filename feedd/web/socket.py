@@ -2,6 +2,9 @@
 
 Three tasks per client: one reads requests, one writes the outbox, one watches for the
 server closing or the outbox overflowing, and closes the socket with the right code.
+What one client may ask is bounded: message size, messages per second, symbols per message
+and candle filters per connection (``feedd.web.filters``); the excess is answered with an
+error and changes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from quart import Blueprint, websocket
 
 from feedd.web import params
 from feedd.web.errors import ApiError
-from feedd.web.live import CandleFilter, Client
+from feedd.web.filters import CandleFilter, TooManyFilters
+from feedd.web.live import Client
 from feedd.web.peer import shut_down_peer
 from feedd.web.state import AppState
 from feedd.web.state import current_state as state
@@ -27,6 +31,11 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 TOPICS = ("candles", "status", "logs")
 CLOSE_TIMEOUT_S = 1.0
+#: client messages per second, sustained; a burst of up to ``MESSAGE_BURST`` passes
+MESSAGES_PER_S = 20.0
+MESSAGE_BURST = 40
+#: symbols one candle subscription may list
+MAX_SYMBOLS_PER_MESSAGE = 100
 
 
 @live.websocket("/ws")
@@ -108,11 +117,34 @@ async def _write(client: Client) -> None:
             await websocket.send(text)
 
 
+class _MessageBudget:
+    """A token bucket: what a client's messages may cost the event loop per second."""
+
+    def __init__(self, rate: float = MESSAGES_PER_S, burst: int = MESSAGE_BURST) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens = float(burst)
+        self.at = trio.current_time()
+
+    def take(self) -> bool:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 async def _read(app_state: AppState, client: Client) -> None:
     """Handle requests until the client goes away."""
+    budget = _MessageBudget()
     while True:
         raw = await websocket.receive()
         try:
+            if not budget.take():
+                # Answered, not applied: a flood still fills the client's own outbox and
+                # ends with 1008, never with work for the loop.
+                raise ApiError(429, f"too many messages: at most {MESSAGES_PER_S:g} per second")
             request = _decode(raw)
             reply = _handle(app_state, client, request)
         except ApiError as exc:
@@ -138,7 +170,9 @@ def _decode(raw: str | bytes) -> dict[str, Any]:
     return request
 
 
-def _filter(request: dict[str, Any]) -> CandleFilter:
+def _filters(request: dict[str, Any]) -> list[CandleFilter]:
+    """The candle filters a request names: one, or one per entry of ``symbols``."""
+
     def field(name: str, check: Any) -> str | None:
         value = request.get(name)
         if value is None:
@@ -147,11 +181,26 @@ def _filter(request: dict[str, Any]) -> CandleFilter:
             raise ApiError(400, f"{name} must be a string", name)
         return str(check(value))
 
-    return CandleFilter(
-        field("exchange", params.exchange_name),
-        field("symbol", params.symbol),
-        field("interval", params.interval),
-    )
+    exchange = field("exchange", params.exchange_name)
+    interval = field("interval", params.interval)
+    symbols = request.get("symbols")
+    if symbols is None:
+        return [CandleFilter(exchange, field("symbol", params.symbol), interval)]
+    if "symbol" in request:
+        raise ApiError(400, "give symbol or symbols, not both", "symbols")
+    if not isinstance(symbols, list) or not symbols:
+        raise ApiError(400, "symbols must be a non-empty array of strings", "symbols")
+    if len(symbols) > MAX_SYMBOLS_PER_MESSAGE:
+        raise ApiError(400, f"at most {MAX_SYMBOLS_PER_MESSAGE} symbols per message", "symbols")
+    out = []
+    for index, symbol in enumerate(symbols):
+        if not isinstance(symbol, str):
+            raise ApiError(400, "symbols must be strings", f"symbols[{index}]")
+        try:
+            out.append(CandleFilter(exchange, params.symbol(symbol), interval))
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.message, f"symbols[{index}]") from None
+    return out
 
 
 def _handle(app_state: AppState, client: Client, request: dict[str, Any]) -> dict[str, Any]:
@@ -165,20 +214,26 @@ def _handle(app_state: AppState, client: Client, request: dict[str, Any]) -> dic
         raise ApiError(400, f"topic must be one of {', '.join(TOPICS)}", "topic")
     reply: dict[str, Any] = {"type": f"{op}d", "topic": topic}
     if topic == "candles":
-        wanted = _filter(request)
+        wanted = _filters(request)
+        index = app_state.hub.filters
         if op == "subscribe":
-            client.filters.add(wanted)
-        elif wanted.everything:
-            client.filters.clear()
+            try:
+                index.add(client, wanted)
+            except TooManyFilters as exc:
+                raise ApiError(400, str(exc), "topic") from None
+        elif len(wanted) == 1 and wanted[0].everything:
+            index.clear(client)
         else:
-            client.filters.discard(wanted)
+            index.discard(client, wanted)
+        first = wanted[0]
         reply.update(
             {
                 k: v
                 for k, v in (
-                    ("exchange", wanted.exchange),
-                    ("symbol", wanted.symbol),
-                    ("interval", wanted.interval),
+                    ("exchange", first.exchange),
+                    ("symbol", first.symbol if "symbols" not in request else None),
+                    ("symbols", [f.symbol for f in wanted] if "symbols" in request else None),
+                    ("interval", first.interval),
                 )
                 if v is not None
             }
