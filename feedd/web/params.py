@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from feedd import exchanges
-from feedd.config import SYMBOL_PATTERN
 from feedd.intervals import is_interval
+from feedd.symbols import RULE, is_symbol
 from feedd.web.errors import ApiError
 
 MAX_LIMIT = 5000
@@ -21,8 +21,8 @@ def exchange_name(value: str) -> str:
 
 
 def symbol(value: str) -> str:
-    if not SYMBOL_PATTERN.fullmatch(value):
-        raise ApiError(400, f"malformed symbol {value[:40]!r} (expected e.g. BTCUSDT)", "symbol")
+    if not is_symbol(value):
+        raise ApiError(400, f"malformed symbol {value[:40]!r} ({RULE})", "symbol")
     return value
 
 
