@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from feedd import config
+from feedd.ctl import text
 from feedd.ctl.client import api_path
 from feedd.errors import ConfigError
 from feedd.symbols import MAX_BASE_CHARS, is_symbol
@@ -105,3 +106,11 @@ def test_feedctl_paths_encode_each_segment() -> None:
     assert api_path("ohlcv", "x", "BTC/USDT?a=1#f%", "1m") == (
         "/ohlcv/x/BTC%2FUSDT%3Fa%3D1%23f%25/1m"
     )
+
+
+def test_feedctl_tables_align_wide_characters() -> None:
+    table = text.table(["SYMBOL", "LISTED"], [["BTCUSDT", "yes"], ["币安人生USDT", "yes"]])
+    lines = table.splitlines()
+    # Each Han character takes two terminal columns: the LISTED column lines up.
+    assert [text.width(line[: line.rindex("yes")]) for line in lines[1:]] == [14, 14]
+    assert lines[2] == "币安人生USDT  yes"
