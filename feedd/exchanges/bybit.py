@@ -68,8 +68,8 @@ INSTRUMENTS_PAGE_LIMIT = 1000
 #: the 403 "access too frequent" ban lasts at least 10 minutes (section 2.6)
 IP_BAN_RETRY_S = 600.0
 _RATE_LIMIT_CODES = frozenset({10006})
-#: longest native symbol in a topic we read (dated futures: ``BTCUSDT-27MAR26`` is no topic
-#: of ours); topics carry the symbol uppercase (Bybit refuses a lowercase one)
+#: longest symbol in a topic we read; topics carry it uppercase (Bybit refuses a lowercase
+#: one), in any script (``feedd.symbols.is_name``)
 _SYMBOL_MAX_CHARS = 40
 
 

@@ -150,7 +150,7 @@ def parse_frame(text: str) -> list[Event]:
     channel = f.text(f.field(arg, "channel"), "channel")
     if not channel.startswith("candle"):
         return [Ignored(f"channel {channel[:40]}")]  # e.g. tickers, trades
-    stream = parse_arg(f.field(arg, "channel"), f.field(arg, "instId"))
+    stream = parse_arg(channel, f.field(arg, "instId"))
     rows = f.array(f.field(message, "data"), "data")
     return [_candle(stream, f.array(row, "data[]"), Source.WS) for row in rows]
 
