@@ -20,8 +20,9 @@ import orjson
 from feedd import exchanges
 from feedd.errors import ConfigError
 from feedd.intervals import is_interval
+from feedd.symbols import RULE as SYMBOL_RULE
+from feedd.symbols import is_symbol
 
-SYMBOL_PATTERN = re.compile(r"[A-Z0-9]{1,24}USDT")
 _URL_PATTERN = re.compile(r"(wss?|https?)://[^\s/?#]+(/[^\s?#]*)?")
 _HOST_PATTERN = re.compile(r"[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]{2,45}\]?")
 _MAX_SYMBOLS = 5000
@@ -177,11 +178,8 @@ def _symbols(value: object, path: str) -> tuple[str, ...]:
         raise ConfigError(path, f"at most {_MAX_SYMBOLS} symbols per exchange")
     seen: dict[str, None] = {}
     for index, symbol in enumerate(value):
-        if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
-            raise ConfigError(
-                f"{path}[{index}]",
-                f'malformed symbol {symbol!r} (expected upper-case BASEUSDT, e.g. "BTCUSDT")',
-            )
+        if not is_symbol(symbol):
+            raise ConfigError(f"{path}[{index}]", f"malformed symbol {symbol!r} ({SYMBOL_RULE})")
         seen[symbol] = None  # keeps order, drops repeats
     return tuple(seen)
 

@@ -18,13 +18,14 @@ import trio
 
 from feedd import config as config_module
 from feedd import exchanges
-from feedd.config import SYMBOL_PATTERN, Config
+from feedd.config import Config
 from feedd.engine.instruments import fetch_instruments
 from feedd.engine.rest import RestClient
 from feedd.engine.stats import ExchangeStats
 from feedd.engine.supervisor import Supervisor
 from feedd.errors import ConfigError, FeeddError, StoreError, TransportError
 from feedd.store.writer import Writer
+from feedd.symbols import is_symbol
 
 log = logging.getLogger("feedd.control")
 
@@ -163,7 +164,7 @@ class Controller:
     async def _check_listed(self, exchange: str, symbols: Sequence[str], field: str) -> None:
         """Refuse symbols the venue does not list, when its list can be had."""
         for index, symbol in enumerate(symbols):
-            if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
+            if not is_symbol(symbol):
                 raise ConfigError(
                     f"{field}[{index}]", f"malformed symbol {symbol!r} (expected e.g. BTCUSDT)"
                 )

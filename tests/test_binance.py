@@ -10,7 +10,7 @@ import pytest
 from feedd.candle import Candle
 from feedd.errors import ExchangeError, ParseError, RateLimited
 from feedd.exchanges import binance
-from feedd.exchanges.contract import Stream, SubscribeAck, SubscribeRejected
+from feedd.exchanges.contract import Ignored, Stream, SubscribeAck, SubscribeRejected
 
 FIXTURES = Path(__file__).parent / "fixtures" / "binance"
 BTC_1M = Stream("BTCUSDT", "1m")
@@ -79,6 +79,40 @@ def test_trap10_stream_names_are_lowercase() -> None:
         "params": ["btcusdt@kline_1m", "ethusdt@kline_1M"],
         "id": 5,
     }
+
+
+def test_symbols_that_are_not_ascii() -> None:
+    """Binance lists ``币安人生USDT``: lowercasing leaves the Han base as it is, and the kline
+    payload names the symbol as listed."""
+    han = Stream("币安人生USDT", "1m")
+    [request] = binance.subscribe_requests([han, BTC_1M], 1)
+    assert orjson.loads(request.frame)["params"] == ["币安人生usdt@kline_1m", "btcusdt@kline_1m"]
+    [candle] = binance.parse_frame(fixture("ws_candle_unicode.json"))
+    assert isinstance(candle, Candle) and candle.symbol == "币安人生USDT" and candle.closed
+    assert (candle.open, candle.volume, candle.trades) == ("0.1512300", "1284113", 185)
+    [rest] = binance.kline_requests(han, 1772462040000, 1772462040000, 1772462130000)
+    assert rest.query().startswith("symbol=%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT&interval=1m")
+    info = {
+        "symbols": [
+            {
+                "symbol": "币安人生USDT",
+                "contractType": "PERPETUAL",
+                "quoteAsset": "USDT",
+                "status": "TRADING",
+            }
+        ]
+    }
+    page = binance.parse_instruments(200, orjson.dumps(info))
+    assert page.symbols == ("币安人生USDT",)
+
+
+def test_other_events_are_ignored_not_errors() -> None:
+    assert binance.parse_frame(fixture("ws_agg_trade.json")) == [Ignored("event aggTrade")]
+    assert binance.parse_frame(fixture("ws_list_subscriptions.json")) == [
+        Ignored("reply to another request")
+    ]
+    with pytest.raises(ParseError):
+        binance.parse_frame('{"e": 5}')  # an event that is no event name is garbage
 
 
 def test_trap13_limits() -> None:

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
+import trio
+import trio.testing
 
 from feedd.candle import Candle
+from feedd.engine.instruments import fetch_instruments
+from feedd.engine.rest import RestClient
+from feedd.engine.stats import ExchangeStats
 from feedd.errors import ExchangeError, ParseError, RateLimited
 from feedd.exchanges import bybit
-from feedd.exchanges.contract import ErrorEvent, Pong, Stream, SubscribeAck, SubscribeRejected
+from feedd.exchanges.contract import (
+    ErrorEvent,
+    Ignored,
+    Pong,
+    Stream,
+    SubscribeAck,
+    SubscribeRejected,
+)
+from feedd.sim import SimSettings, open_simulator
+from feedd.sim.instruments import bybit_instruments
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bybit"
 BTC_1M = Stream("BTCUSDT", "1m")
@@ -163,8 +179,17 @@ def test_every_data_item_is_a_candle_with_base_and_quote_volume() -> None:
     assert (first.closed, second.closed) == (True, False)
 
 
-def test_non_kline_topics_are_ignored() -> None:
-    assert bybit.parse_frame('{"topic":"system.status","data":[],"ts":1772462100006}') == []
+def test_other_topics_and_replies_are_ignored_not_errors() -> None:
+    status = '{"topic":"system.status","data":[],"ts":1772462100006}'
+    assert bybit.parse_frame(status) == [Ignored("topic system.status")]
+    trade = fixture("ws_public_trade.json")
+    assert bybit.parse_frame(trade) == [Ignored("topic publicTrade.BTCUSDT")]
+    unsubscribed = fixture("ws_unsubscribe_ack.json")
+    assert bybit.parse_frame(unsubscribed) == [Ignored("reply to op unsubscribe")]
+    # The linear ack of the docs carries no req_id: still an ack.
+    assert bybit.parse_frame(fixture("ws_ack_no_req_id.json")) == [SubscribeAck(None)]
+    with pytest.raises(ParseError):
+        bybit.parse_frame('{"topic":7,"data":[]}')  # garbage stays garbage
 
 
 # ----------------------------------------------------------------------------- trap 11: paging
@@ -216,3 +241,45 @@ def test_time_prefers_time_then_time_nano() -> None:
     assert bybit.parse_time(200, orjson.dumps(body)) == 1688639403423
     del body["time"]
     assert bybit.parse_time(200, orjson.dumps(body)) == 1688639403423
+
+
+# ------------------------------------------------------------------------- the cursor on the wire
+
+#: nextPageCursor as Bybit sends it (PROTOCOLS.md section 7): already percent-encoded
+CURSOR = "first%3DBIOUSDT%26last%3DBIOUSDT"
+
+
+def test_cursor_goes_back_as_given() -> None:
+    """Encoding it again would send ``first%253D…``, which names no page."""
+    request = bybit.instruments_request(CURSOR)
+    assert request.query() == f"category=linear&limit=1000&cursor={CURSOR}"
+    assert bybit.instruments_request(None).query() == "category=linear&limit=1000"
+
+
+async def test_cursor_pages_through_the_simulator_over_http() -> None:
+    """The engine's fetch_instruments against the simulated venue on loopback: the sim's
+    cursors look like Bybit's and it reads the query string as a server does."""
+    settings = SimSettings(venues=(bybit.NAME,), universe_size=1500)
+    async with open_simulator(settings) as sim, httpx.AsyncClient() as client:
+        venue = sim.venues[bybit.NAME]
+        stats = ExchangeStats(bybit.NAME)
+        rest = RestClient(bybit, venue.rest_url, client, stats, logging.getLogger("test"))
+        with trio.fail_after(30):
+            listed = await fetch_instruments(bybit, rest)
+        assert stats.rest_requests == 2  # 1500 symbols and a few others: two pages of 1000
+        expected = {
+            row["symbol"]
+            for row in bybit_instruments(venue.market, 1500)
+            if row["contractType"] == "LinearPerpetual" and row["settleCoin"] == "USDT"
+        }
+        assert listed == expected and len(listed) == 1500
+        # The cursor the sim handed out has Bybit's shape.
+        first = await client.get(venue.rest_url + "/v5/market/instruments-info?category=linear")
+        cursor = first.json()["result"]["nextPageCursor"]
+        assert cursor.startswith("first%3D") and "%26last%3D" in cursor
+        # Encoded twice (what httpx's params= does to it), it names no page.
+        twice = await client.get(
+            venue.rest_url + "/v5/market/instruments-info",
+            params={"category": "linear", "cursor": cursor},
+        )
+        assert twice.json()["retCode"] == 10001

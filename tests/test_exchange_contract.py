@@ -27,6 +27,7 @@ from feedd.exchanges.common import batched, parse_guard
 from feedd.exchanges.contract import (
     ErrorEvent,
     ExchangeModule,
+    Ignored,
     InstrumentsPage,
     Notice,
     Pong,
@@ -72,6 +73,8 @@ class Case:
     time_ms: int
     #: (fixture, symbols, next cursor) per instruments page, in paging order
     instruments: list[tuple[str, tuple[str, ...], str | None]]
+    #: well-formed frames of channels feedd never asks for, or replies it has no use for
+    ignored: tuple[str, ...]
 
 
 def _params(request: RestRequest) -> dict[str, str]:
@@ -124,6 +127,7 @@ CASES: dict[str, Case] = {
         rate_limited_status=429,
         time_ms=1772462130000,
         instruments=[("rest_instruments.json", ("BTCUSDT", "ETHUSDT", "1000PEPEUSDT"), None)],
+        ignored=("ws_agg_trade.json", "ws_list_subscriptions.json"),
     ),
     "bybit_futures": Case(
         directory="bybit",
@@ -155,6 +159,7 @@ CASES: dict[str, Case] = {
             ),
             ("rest_instruments_2.json", ("ETHUSDT",), None),
         ],
+        ignored=("ws_public_trade.json", "ws_unsubscribe_ack.json"),
     ),
     "okx_futures": Case(
         directory="okx",
@@ -182,6 +187,7 @@ CASES: dict[str, Case] = {
         rate_limited_status=200,
         time_ms=1597026383085,
         instruments=[("rest_instruments.json", ("BTCUSDT", "ETHUSDT", "1000PEPEUSDT"), None)],
+        ignored=("ws_tickers.json", "ws_ack_tickers.json", "ws_unsubscribe_ack.json"),
     ),
 }
 
@@ -196,7 +202,7 @@ def venue(request: pytest.FixtureRequest) -> tuple[ExchangeModule, Case]:
 def assert_valid(module: ExchangeModule, events: object) -> None:
     """What the engine may rely on for anything parse_frame returns."""
     assert isinstance(events, list)
-    kinds = (Candle, SubscribeAck, SubscribeRejected, Pong, ServerPing, Notice, ErrorEvent)
+    kinds = (Candle, SubscribeAck, SubscribeRejected, Pong, ServerPing, Notice, ErrorEvent, Ignored)
     for event in events:
         assert isinstance(event, kinds)
         if isinstance(event, Candle):
@@ -243,7 +249,9 @@ def test_limits_and_heartbeat(venue: tuple[ExchangeModule, Case]) -> None:
         assert module.ping_frame(7) is None
 
 
-@pytest.mark.parametrize("symbol", ["BTCUSDT", "ETHUSDT", "1000PEPEUSDT", "1INCHUSDT"])
+@pytest.mark.parametrize(
+    "symbol", ["BTCUSDT", "ETHUSDT", "1000PEPEUSDT", "1INCHUSDT", "币安人生USDT"]
+)
 def test_symbol_round_trip(venue: tuple[ExchangeModule, Case], symbol: str) -> None:
     module, _ = venue
     native = module.to_native(symbol)
@@ -317,6 +325,16 @@ def test_ack_matches_our_request_id(venue: tuple[ExchangeModule, Case]) -> None:
 def test_rejection(venue: tuple[ExchangeModule, Case]) -> None:
     module, case = venue
     assert module.parse_frame(fixture(case.directory, "ws_rejected.json")) == [case.rejected]
+
+
+def test_other_channels_are_ignored_not_parse_errors(venue: tuple[ExchangeModule, Case]) -> None:
+    """So that ``parse_errors`` counts only frames that are wrong."""
+    module, case = venue
+    assert case.ignored
+    for name in case.ignored:
+        events = module.parse_frame(fixture(case.directory, name))
+        assert len(events) == 1 and isinstance(events[0], Ignored), name
+        assert events[0].reason, name
 
 
 def test_pong(venue: tuple[ExchangeModule, Case]) -> None:
@@ -578,6 +596,23 @@ def test_instruments_filter_and_paging(venue: tuple[ExchangeModule, Case]) -> No
         assert page == InstrumentsPage(symbols, next_cursor)
         cursor = page.next_cursor
     assert cursor is None  # the last page ends the walk
+
+
+def test_rest_query_encoding() -> None:
+    """Values go out percent-encoded as UTF-8; a value the venue gave encoded goes back as is."""
+    request = RestRequest(
+        "/x",
+        (("symbol", "币安人生USDT"), ("q", "a&b=c d/%"), ("cursor", "first%3DA%26last%3DB")),
+        encoded=frozenset({"cursor"}),
+    )
+    assert request.query() == (
+        "symbol=%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT&q=a%26b%3Dc%20d%2F%25"
+        "&cursor=first%3DA%26last%3DB"
+    )
+    # An "encoded" value is still made safe: a stray %, &, # or space cannot split the query.
+    odd = RestRequest("/x", (("cursor", "50% a&b#c"),), encoded=frozenset({"cursor"}))
+    assert odd.query() == "cursor=50%25%20a%26b%23c"
+    assert RestRequest("/x").query() == ""
 
 
 def test_used_weight_tolerates_odd_headers(venue: tuple[ExchangeModule, Case]) -> None:

@@ -14,6 +14,7 @@ from feedd.errors import ExchangeError, ParseError, RateLimited
 from feedd.exchanges import okx
 from feedd.exchanges.contract import (
     ErrorEvent,
+    Ignored,
     Notice,
     Pong,
     ServerPing,
@@ -177,12 +178,29 @@ def test_trap9_one_ack_per_arg() -> None:
     assert acks == [[SubscribeAck("sub1", BTC_1M)], [SubscribeAck("sub1", eth)]]
 
 
+def test_ack_without_id_names_its_stream() -> None:
+    """Acks echo ``id`` only when the server supports it (2022 captures have none): the arg
+    then says which stream was subscribed."""
+    assert okx.parse_frame(fixture("ws_ack_no_id.json")) == [SubscribeAck(None, BTC_1M)]
+
+
+def test_other_channels_and_events_are_ignored() -> None:
+    assert okx.parse_frame(fixture("ws_ack_tickers.json")) == [Ignored("ack for channel tickers")]
+    assert okx.parse_frame(fixture("ws_tickers.json")) == [Ignored("channel tickers")]
+    assert okx.parse_frame(fixture("ws_unsubscribe_ack.json")) == [Ignored("event unsubscribe")]
+    # A candle channel we never use is no channel of another kind: still an error.
+    daily = load("ws_ack_no_id.json") | {"arg": {"channel": "candle1D", "instId": "BTC-USDT-SWAP"}}
+    with pytest.raises(ParseError):
+        okx.parse_frame(orjson.dumps(daily).decode())
+
+
 # ----------------------------------------------------------------------------- trap 10: symbols
 
 
 def test_trap10_symbols() -> None:
     assert okx.to_native("BTCUSDT") == "BTC-USDT-SWAP"
     assert okx.from_native("1000PEPE-USDT-SWAP") == "1000PEPEUSDT"
+    assert okx.to_native("币安人生USDT") == "币安人生-USDT-SWAP"  # should OKX list one
     for bad in ("BTC-USDT", "BTC-USD-SWAP", "BTC-USDT-SWAP-X", "", "-USDT-SWAP", "btc-usdt-swap"):
         with pytest.raises(ParseError):
             okx.from_native(bad)

@@ -23,6 +23,7 @@ from feedd.sim import SimSettings, Simulator, open_simulator
 from feedd.sim.__main__ import build_parser, parse_fault, settings_from
 from feedd.sim.clock import DEFAULT_START_MS
 from feedd.sim.market import Market
+from feedd.sim.symbols import UNICODE_SYMBOL
 from feedd.sim.venue import TruthCandle
 
 T0 = DEFAULT_START_MS
@@ -166,6 +167,34 @@ async def test_binance_raw_path_streams_and_list(
         assert five["stream"] == "ethusdt@kline_5m" and five["data"]["k"]["i"] == "5m"
         k = five["data"]["k"]
         assert sim.truth(BN, "ETHUSDT", "5m", k["t"], k["t"]) == [binance_truth(k)]
+
+
+async def test_binance_streams_a_symbol_that_is_not_ascii(
+    clock: trio.testing.MockClock, sim: Simulator
+) -> None:
+    """The stream name lowercases the symbol (a Han name has no case); the payload and REST
+    use the listed name."""
+    name = UNICODE_SYMBOL.lower() + "@kline_1m"
+    assert name == "币安人生usdt@kline_1m"
+    async with trio_websocket.open_websocket_url(ws_url(sim, BN, "/market/stream")) as ws:
+        upper = [UNICODE_SYMBOL + "@kline_1m"]  # not a stream name: Binance's are lowercase
+        await ws.send_message(orjson.dumps({"method": "SUBSCRIBE", "params": upper, "id": 1}))
+        assert (await recv(ws))["error"]["code"] == 2
+        await ws.send_message(orjson.dumps({"method": "SUBSCRIBE", "params": [name], "id": 2}))
+        assert await recv(ws) == {"result": None, "id": 2}
+        final, _ = await recv_until(ws, lambda m: m["data"]["k"]["x"])
+    assert final["stream"] == name and final["data"]["s"] == final["data"]["k"]["s"]
+    k = final["data"]["k"]
+    assert k["s"] == UNICODE_SYMBOL
+    assert sim.truth(BN, UNICODE_SYMBOL, "1m", k["t"], k["t"]) == [binance_truth(k)]
+    async with httpx.AsyncClient() as http:
+        params = {"symbol": UNICODE_SYMBOL, "interval": "1m", "startTime": k["t"], "limit": 1}
+        [row] = (await http.get(rest(sim, BN, "/fapi/v1/klines"), params=params)).json()
+        assert row[0] == k["t"] and row[1:6] == [k["o"], k["h"], k["l"], k["c"], k["v"]]
+        # Bybit does not list it: its REST refuses the symbol.
+        params = {"category": "linear", "symbol": UNICODE_SYMBOL, "interval": "1"}
+        refused = (await http.get(rest(sim, BY, "/v5/market/kline"), params=params)).json()
+        assert refused["retCode"] == 10001
 
 
 async def test_binance_legacy_root_acks_but_sends_no_klines(
@@ -340,7 +369,8 @@ async def test_binance_rest_time_info_and_weight(clock: trio.testing.MockClock) 
             and s["quoteAsset"] == "USDT"
             and s["status"] == "TRADING"
         ]
-        assert len(tradable) == 600 and len(info["symbols"]) > 600 and "BTCUSDT" in tradable
+        assert len(tradable) == 601 and len(info["symbols"]) > 601 and "BTCUSDT" in tradable
+        assert tradable[600] == UNICODE_SYMBOL  # Binance lists non-ASCII names too
         params = {"symbol": "BTCUSDT", "interval": "1m", "limit": 1000}  # weight 5
         r = await http.get(rest(sim, BN, "/fapi/v1/klines"), params=params)
         assert r.headers["x-mbx-used-weight-1m"] == "7"
@@ -473,8 +503,10 @@ async def test_bybit_instruments_paging(
     url = rest(sim, BY, "/v5/market/instruments-info")
     cursor, pages, tradable = "", 0, []
     while True:
-        params = {"category": "linear", **({"cursor": cursor} if cursor else {})}
-        result = (await http.get(url, params=params)).json()["result"]
+        # The cursor arrives percent-encoded and goes back as given, as Bybit's client does.
+        query = "?category=linear" + (f"&cursor={cursor}" if cursor else "")
+        result = (await http.get(url + query)).json()["result"]
+        assert not cursor or (cursor.startswith("first%3D") and "%26last%3D" in cursor)
         pages += 1
         assert len(result["list"]) <= 500
         tradable += [

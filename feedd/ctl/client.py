@@ -7,6 +7,7 @@ be reached at all, so ``main`` prints one line and never a traceback.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -100,6 +101,12 @@ class Client:
         if response.status_code >= 400:
             raise refusal(response.status_code, response.content)
         return response
+
+
+def api_path(*segments: str) -> str:
+    """``/ohlcv/<exchange>/<symbol>/<interval>`` with each segment percent-encoded (UTF-8), so
+    a symbol such as ``币安人生USDT`` arrives intact and a ``/`` or ``?`` in one stays in it."""
+    return "".join("/" + quote(segment, safe="") for segment in segments)
 
 
 def decode(response: httpx.Response) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from feedd.ctl import text
-from feedd.ctl.client import BadInput, Client, decode
+from feedd.ctl.client import BadInput, Client, api_path, decode
 
 
 def emit(body: bytes | str) -> None:
@@ -148,7 +148,7 @@ def exchanges(client: Client, args: argparse.Namespace) -> None:
 
 
 def symbols_list(client: Client, args: argparse.Namespace) -> None:
-    response = client.get_raw(f"/exchangeSymbols/{args.exchange}")
+    response = client.get_raw(api_path("exchangeSymbols", args.exchange))
     if args.json:
         return emit(response.content)
     doc: dict[str, Any] = decode(response)
@@ -226,7 +226,8 @@ def ohlcv(client: Client, args: argparse.Namespace) -> None:
     for name in ("since", "until", "limit"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
-    response = client.get_raw(f"/ohlcv/{args.exchange}/{args.symbol}/{args.interval}", params)
+    path = api_path("ohlcv", args.exchange, args.symbol, args.interval)
+    response = client.get_raw(path, params)
     if args.csv or args.json:
         return emit(response.content)
     candles: list[dict[str, Any]] = decode(response)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from collections.abc import Sequence
 from decimal import Decimal
 
@@ -10,18 +11,25 @@ from decimal import Decimal
 NONE = "-"
 
 
+def width(cell: str) -> int:
+    """Terminal columns: a Han or other wide character (``币安人生USDT``) takes two."""
+    if cell.isascii():
+        return len(cell)
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in cell)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
     """Columns padded to their widest cell; indexes in ``right`` are right-aligned (numbers)."""
-    widths = [len(h) for h in headers]
+    widths = [width(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
+            widths[i] = max(widths[i], width(cell))
 
     def line(cells: Sequence[str]) -> str:
-        padded = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(cells)
-        ]
+        padded = []
+        for i, cell in enumerate(cells):
+            pad = " " * (widths[i] - width(cell))
+            padded.append(pad + cell if i in right else cell + pad)
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(headers), *(line(row) for row in rows)])

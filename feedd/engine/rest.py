@@ -54,10 +54,10 @@ class RestClient:
         caller pauses (``call`` does)."""
         await self._pacer.acquire(min(request.weight, self._pacer.burst))
         self.stats.rest_requests += 1
+        url = self.base_url + request.path
+        query = request.query()  # encoded by the request itself: httpx would re-encode a cursor
         try:
-            response = await self.client.get(
-                self.base_url + request.path, params=list(request.params), timeout=TIMEOUT_S
-            )
+            response = await self.client.get(f"{url}?{query}" if query else url, timeout=TIMEOUT_S)
         except httpx.HTTPError as exc:
             raise TransportError(f"{self.module.NAME} {request.path}: {exc!r}") from None
         used = self.module.used_weight(response.headers)

@@ -20,6 +20,7 @@ from feedd.engine.stats import StreamState
 from feedd.errors import ParseError, TransportError, collapse
 from feedd.exchanges.contract import (
     ErrorEvent,
+    Ignored,
     Notice,
     Pong,
     ServerPing,
@@ -288,6 +289,8 @@ class Session:
                 await self._on_rejected(event)
             elif isinstance(event, Pong):
                 pass
+            elif isinstance(event, Ignored):
+                stats.ignored_frames += 1
             elif isinstance(event, ServerPing):
                 await self._send(event.reply)
             elif isinstance(event, Notice):

@@ -30,6 +30,8 @@ class ExchangeStats:
     messages: int = 0
     candles: int = 0
     parse_errors: int = 0
+    #: well-formed frames feedd has no use for (other channels, unsubscribe acks)
+    ignored_frames: int = 0
     exchange_errors: int = 0
     reconnects: int = 0
     rotations: int = 0

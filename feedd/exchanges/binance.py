@@ -15,6 +15,7 @@ from feedd.exchanges import fields as f
 from feedd.exchanges.common import page_windows
 from feedd.exchanges.contract import (
     Event,
+    Ignored,
     InstrumentsPage,
     Limits,
     RestRequest,
@@ -70,6 +71,8 @@ def from_native(native: str) -> str:
 
 
 def stream_name(stream: Stream) -> str:
+    """``btcusdt@kline_1m``: the symbol lowercased, which leaves a Han name (``币安人生usdt``) as
+    it is; the kline payload names the symbol in its listed (upper) case."""
     return f"{stream.symbol.lower()}@kline_{INTERVALS[stream.interval]}"
 
 
@@ -108,7 +111,7 @@ def parse_frame(text: str) -> list[Event]:
     if event == "kline":
         return [_kline(message)]
     if event is not None:
-        return []  # other market events are not ours to handle
+        return [Ignored(f"event {f.text(event, 'e')[:40]}")]  # e.g. aggTrade, markPriceUpdate
     if "error" in message:
         error = f.obj(message["error"], "error")
         return [_rejected(message.get("id"), error.get("code"), error.get("msg"))]
@@ -118,7 +121,7 @@ def parse_frame(text: str) -> list[Event]:
     if "result" in message and "id" in message:
         if message["result"] is None:
             return [SubscribeAck(_request_id(message["id"]))]
-        return []  # LIST_SUBSCRIPTIONS / GET_PROPERTY answers
+        return [Ignored("reply to another request")]  # LIST_SUBSCRIPTIONS, GET_PROPERTY
     raise ParseError(f"unrecognised frame: {text[:120]!r}")
 
 

@@ -5,7 +5,6 @@ Protocol facts: ../shared/PROTOCOLS.md section 2 (and the traps of section 4).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from feedd.exchanges.common import batched, ohlcv_candle, page_windows, parse_gu
 from feedd.exchanges.contract import (
     ErrorEvent,
     Event,
+    Ignored,
     InstrumentsPage,
     Limits,
     Pong,
@@ -26,6 +26,7 @@ from feedd.exchanges.contract import (
     SubscribeRequest,
 )
 from feedd.intervals import close_time
+from feedd.symbols import is_name
 
 NAME = "bybit_futures"
 DEFAULT_WS_URL = "wss://stream.bybit.com"
@@ -67,8 +68,9 @@ INSTRUMENTS_PAGE_LIMIT = 1000
 #: the 403 "access too frequent" ban lasts at least 10 minutes (section 2.6)
 IP_BAN_RETRY_S = 600.0
 _RATE_LIMIT_CODES = frozenset({10006})
-#: topics carry the symbol uppercase (a lowercase one is refused by Bybit)
-_SYMBOL = re.compile(r"[0-9A-Z]{1,40}")
+#: longest symbol in a topic we read; topics carry it uppercase (Bybit refuses a lowercase
+#: one), in any script (``feedd.symbols.is_name``)
+_SYMBOL_MAX_CHARS = 40
 
 
 # ----------------------------------------------------------------------------- symbols
@@ -90,7 +92,11 @@ def parse_topic(name: str) -> Stream:
     """``kline.1.BTCUSDT`` -> Stream("BTCUSDT", "1m"); ParseError for anything else."""
     kind, _, rest = name.partition(".")
     native_interval, _, symbol = rest.partition(".")
-    if kind != "kline" or native_interval not in _CANONICAL or not _SYMBOL.fullmatch(symbol):
+    if (
+        kind != "kline"
+        or native_interval not in _CANONICAL
+        or not is_name(symbol, _SYMBOL_MAX_CHARS)
+    ):
         raise ParseError(f"not a kline topic: {name[:80]!r}")
     return Stream(from_native(symbol), _CANONICAL[native_interval])
 
@@ -127,7 +133,7 @@ def parse_frame(text: str) -> list[Event]:
     if "topic" in message:
         name = f.text(message["topic"], "topic")
         if not name.startswith("kline."):
-            return []  # e.g. system.status: not ours to handle
+            return [Ignored(f"topic {name[:60]}")]  # e.g. publicTrade.BTCUSDT, system.status
         stream = parse_topic(name)
         return [_kline(stream, item) for item in f.array(f.field(message, "data"), "data")]
     if "op" not in message and "success" not in message:
@@ -147,7 +153,7 @@ def parse_frame(text: str) -> list[Event]:
         return [_subscribe_failed(request_id, ret_msg)]
     if not success:
         return [ErrorEvent(_error_kind(ret_msg), ret_msg)]
-    return []  # unsubscribe acks and other successful replies
+    return [Ignored(f"reply to op {str(op)[:20]}")]  # unsubscribe acks and other successful replies
 
 
 def _subscribe_failed(request_id: str | None, ret_msg: str) -> Event:
@@ -241,7 +247,9 @@ def instruments_request(cursor: str | None) -> RestRequest:
     params = [("category", "linear"), ("limit", str(INSTRUMENTS_PAGE_LIMIT))]
     if cursor:
         params.append(("cursor", cursor))
-    return RestRequest("/v5/market/instruments-info", tuple(params))
+    # nextPageCursor arrives percent-encoded (``first%3DBIOUSDT%26last%3DBIOUSDT``) and goes
+    # back as given, as Bybit's own client sends it (PROTOCOLS.md section 7).
+    return RestRequest("/v5/market/instruments-info", tuple(params), encoded=frozenset({"cursor"}))
 
 
 @parse_guard

@@ -8,8 +8,10 @@ module against :class:`ExchangeModule`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Protocol
+from urllib.parse import quote
 
 import attrs
 
@@ -59,6 +61,28 @@ class RestRequest:
     params: tuple[tuple[str, str], ...] = ()
     #: request weight against the venue's per-minute budget
     weight: int = 1
+    #: names of params whose values came from the venue already percent-encoded (Bybit's
+    #: ``nextPageCursor``): they go back as given, since encoding them again changes them
+    encoded: frozenset[str] = frozenset()
+
+    def query(self) -> str:
+        """The query string as sent: values percent-encoded as UTF-8, except ``encoded`` ones."""
+        return "&".join(
+            quote(name, safe="")
+            + "="
+            + (_as_given(value) if name in self.encoded else quote(value, safe=""))
+            for name, value in self.params
+        )
+
+
+#: a ``%`` that starts no escape
+_NOT_AN_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _as_given(value: str) -> str:
+    """An already-encoded value: unchanged when well formed; a stray ``%`` or a character a
+    query may not carry raw (``&``, ``#``, space, non-ASCII) is escaped, escapes are kept."""
+    return quote(_NOT_AN_ESCAPE.sub("%25", value), safe="%")
 
 
 # ----------------------------------------------------------------------------- frame events
@@ -115,7 +139,17 @@ class ErrorEvent:
     message: str
 
 
-Event = Candle | SubscribeAck | SubscribeRejected | Pong | ServerPing | Notice | ErrorEvent
+@attrs.frozen(slots=True)
+class Ignored:
+    """A well-formed frame feedd has no use for: another channel's push or ack, an unsubscribe
+    ack. Counted apart from parse errors, which then mean that something is wrong."""
+
+    reason: str
+
+
+Event = (
+    Candle | SubscribeAck | SubscribeRejected | Pong | ServerPing | Notice | ErrorEvent | Ignored
+)
 
 
 @attrs.frozen(slots=True)

@@ -16,6 +16,7 @@ from feedd.exchanges.common import batched, ohlcv_candle, page_window, parse_gua
 from feedd.exchanges.contract import (
     ErrorEvent,
     Event,
+    Ignored,
     InstrumentsPage,
     Limits,
     Notice,
@@ -28,6 +29,7 @@ from feedd.exchanges.contract import (
     SubscribeRequest,
 )
 from feedd.intervals import INTERVAL_MS, floor_open
+from feedd.symbols import is_name
 
 NAME = "okx_futures"
 DEFAULT_WS_URL = "wss://ws.okx.com:8443"
@@ -69,9 +71,10 @@ HISTORY_PAGE_LIMIT = 100  # sources disagree (100 vs 300): ask for the safe one 
 RECENT_BARS = 1_400
 _RATE_LIMIT_CODES = frozenset({"50011"})
 _NATIVE_SUFFIX = "-USDT-SWAP"
-_BASE = re.compile(r"[0-9A-Z]{1,30}")
+_BASE_MAX_CHARS = 30
 # 60018 names the channel and instrument: "…channel:candle1m,instId:BTC-USDT-SWAP doesn't…"
-_NAMED_ARG = re.compile(r"channel:(candle[0-9A-Za-z]+),\s*instId:([0-9A-Za-z-]+)")
+# (\w: a base may be letters of any script)
+_NAMED_ARG = re.compile(r"channel:(candle[0-9A-Za-z]+),\s*instId:([\w-]+)")
 
 
 # ----------------------------------------------------------------------------- symbols
@@ -80,7 +83,7 @@ _NAMED_ARG = re.compile(r"channel:(candle[0-9A-Za-z]+),\s*instId:([0-9A-Za-z-]+)
 def to_native(symbol: str) -> str:
     """``BTCUSDT`` -> ``BTC-USDT-SWAP``; ParseError for a symbol that is not a USDT pair."""
     base = symbol.removesuffix("USDT")
-    if base == symbol or not _BASE.fullmatch(base):
+    if base == symbol or not is_name(base, _BASE_MAX_CHARS):
         raise ParseError(f"not a USDT symbol: {symbol[:40]!r}")
     return base + _NATIVE_SUFFIX
 
@@ -88,7 +91,7 @@ def to_native(symbol: str) -> str:
 def from_native(native: str) -> str:
     """``BTC-USDT-SWAP`` -> ``BTCUSDT``; ParseError for anything but a USDT swap."""
     base = native.removesuffix(_NATIVE_SUFFIX)
-    if base == native or not _BASE.fullmatch(base):
+    if base == native or not is_name(base, _BASE_MAX_CHARS):
         raise ParseError(f"not a USDT swap: {native[:40]!r}")
     return base + "USDT"
 
@@ -144,9 +147,10 @@ def parse_frame(text: str) -> list[Event]:
     if "event" in message:
         return _event(message)
     arg = f.obj(f.field(message, "arg"), "arg")
-    if not str(arg.get("channel", "")).startswith("candle"):
-        return []  # another channel's push: not ours to handle
-    stream = parse_arg(f.field(arg, "channel"), f.field(arg, "instId"))
+    channel = f.text(f.field(arg, "channel"), "channel")
+    if not channel.startswith("candle"):
+        return [Ignored(f"channel {channel[:40]}")]  # e.g. tickers, trades
+    stream = parse_arg(channel, f.field(arg, "instId"))
     rows = f.array(f.field(message, "data"), "data")
     return [_candle(stream, f.array(row, "data[]"), Source.WS) for row in rows]
 
@@ -157,8 +161,12 @@ def _event(message: dict[str, Any]) -> list[Event]:
     request_id = None if request_id is None else f.text(request_id, "id")
     if event == "subscribe":
         arg = f.obj(f.field(message, "arg"), "arg")
-        stream = parse_arg(f.field(arg, "channel"), f.field(arg, "instId"))
-        return [SubscribeAck(request_id, stream)]  # OKX acks each arg on its own
+        channel = f.text(f.field(arg, "channel"), "channel")
+        if not channel.startswith("candle"):
+            return [Ignored(f"ack for channel {channel[:40]}")]  # never ours to ask for
+        # One ack per arg; it echoes ``id`` only when the request had one and the server
+        # supports it (captures from 2022 have none), so the arg identifies the stream.
+        return [SubscribeAck(request_id, parse_arg(channel, f.field(arg, "instId")))]
     if event in ("error", "notice"):
         code = f.text(f.field(message, "code"), "code")
         msg = f.text(message.get("msg", ""), "msg")
@@ -171,7 +179,8 @@ def _event(message: dict[str, Any]) -> list[Event]:
         if request_id is not None or streams:
             return [SubscribeRejected(request_id, streams, code, msg)]
         return [ErrorEvent(code, msg)]
-    return []  # unsubscribe acks, channel-conn-count and other informational events
+    # unsubscribe acks, channel-conn-count and other informational events
+    return [Ignored(f"event {event[:40]}")]
 
 
 def _named_streams(msg: str) -> list[Stream]:

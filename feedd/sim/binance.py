@@ -16,7 +16,8 @@ from feedd.sim.binance_rest import BinanceRest
 from feedd.sim.market import Bar
 from feedd.sim.session import Session, Sub
 
-_STREAM = re.compile(r"([a-z0-9]+)@kline_(1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1M)")
+# The symbol lowercased: ``btcusdt``, or a Han name as listed (``币安人生usdt``, no case).
+_STREAM = re.compile(r"([^\W_]+)@kline_(1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1M)")
 _KLINE = (
     '{"e":"kline","E":%d,"s":"%s","k":{"t":%d,"T":%d,"s":"%s","i":"%s","f":%d,"L":%d,'
     '"o":"%s","c":"%s","h":"%s","l":"%s","v":"%s","n":%d,"x":%s,"q":"%s","V":"%s","Q":"%s",'
@@ -57,7 +58,11 @@ class BinanceVenue(BinanceRest):
         if match is None:
             return None
         symbol = match.group(1).upper()
-        if not self.market.listed(symbol) or symbol in self.faults.rejected:
+        if (
+            symbol.lower() != match.group(1)  # an upper-case stream name is not one
+            or not self.market.listed(symbol)
+            or symbol in self.faults.rejected
+        ):
             return None
         return Sub(name, symbol, match.group(2))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import attrs
 import orjson
@@ -189,7 +190,8 @@ class BybitVenue(Venue):
         symbol = query.get("symbol") or ""
         if not symbol:
             raise BadParam("symbol", "missing")
-        if not self.market.listed(symbol):
+        # Bybit lists no symbol outside [A-Z0-9] (the simulated Binance lists a Han one).
+        if not self.market.listed(symbol) or not symbol.isascii():
             return self._envelope({}, 10001, "Not supported symbols")
         native = query.get("interval") or ""
         if native not in _CANONICAL:
@@ -218,22 +220,21 @@ class BybitVenue(Venue):
         if query.get("category") != "linear":
             return self._envelope({}, 10001, "params error: category is required (linear)")
         limit = limit_param(query, "limit", 500, 1000)
-        cursor = query.get("cursor") or "page:0"
-        if not re.fullmatch(r"page:\d+", cursor):
-            return self._envelope({}, 10001, "params error: invalid cursor")
-        offset = int(cursor.split(":")[1])
         rows = bybit_instruments(self.market, self.settings.universe_size)
         if query.get("symbol"):
             rows = [r for r in rows if r["symbol"] == query["symbol"]]
         if query.get("status", "Trading") != "Trading":
             rows = []
+        offset = _cursor_offset(query.get("cursor") or "", rows)
+        if offset is None:
+            return self._envelope({}, 10001, "params error: invalid cursor")
         page = rows[offset : offset + limit]
         more = offset + limit < len(rows)
         return self._envelope(
             {
                 "category": "linear",
                 "list": page,
-                "nextPageCursor": f"page:{offset + limit}" if more else "",
+                "nextPageCursor": _cursor(page) if more else "",
             }
         )
 
@@ -247,3 +248,25 @@ class BybitVenue(Venue):
 
     def bad_param_response(self, exc: BadParam) -> Response:
         return self._envelope({}, 10001, f"params error: {exc.name} {exc.problem}")
+
+
+def _cursor(page: list[dict[str, Any]]) -> str:
+    """Bybit's cursor names the page's first and last symbols, percent-encoded in the JSON
+    (``first%3DBTCUSDT%26last%3DETHUSDT``): a client sends it back as given."""
+    return quote(f"first={page[0]['symbol']}&last={page[-1]['symbol']}", safe="")
+
+
+def _cursor_offset(cursor: str, rows: list[dict[str, Any]]) -> int | None:
+    """Where the page after ``cursor`` starts; None for a cursor Bybit never gave.
+
+    The query string was decoded once, like any server does, so a cursor sent as given reads
+    ``first=…&last=…`` here; one encoded twice still reads ``first%3D…`` and is refused.
+    """
+    if not cursor:
+        return 0
+    fields = dict(part.split("=", 1) for part in cursor.split("&") if "=" in part)
+    last = fields.get("last")
+    for index, row in enumerate(rows):
+        if row["symbol"] == last and "first" in fields:
+            return index + 1
+    return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from feedd.sim.market import Market
-from feedd.sim.symbols import SymbolSpec, fmt, universe
+from feedd.sim.symbols import UNICODE_SYMBOL, SymbolSpec, fmt, universe
 
 LAUNCH_MS = 1_569_398_400_000  # 2019-09-25, when Binance USD-M opened
 NEVER_MS = 4_133_404_800_000  # Binance's "no delivery date"
@@ -72,6 +72,8 @@ def binance_symbols(market: Market, size: int) -> list[dict[str, Any]]:
         }
 
     rows = [row(s, "PERPETUAL", "TRADING") for s in listed_symbols(market, size)]
+    if market.listed(UNICODE_SYMBOL):
+        rows.append(row(UNICODE_SYMBOL, "PERPETUAL", "TRADING"))
     rows += [row(s, "PERPETUAL", "SETTLING") for s in sorted(market.unlisted)]
     rows += [
         row("BTCUSDT_260327", "CURRENT_QUARTER", "TRADING"),

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Iterable
 
 import attrs
 
 from feedd.intervals import HOUR_MS, MINUTE_MS, close_time
 from feedd.sim.symbols import SymbolSpec, spec_for
+from feedd.symbols import is_symbol
 
-SYMBOL_RE = re.compile(r"[A-Z0-9]+USDT")
 #: at most this many trades in one minute; trade ids are minute_index * this + i
 MAX_TRADES_PER_MINUTE = 20
 _CACHE_LIMIT = 200_000
@@ -83,7 +82,7 @@ def _hash64(*parts: object) -> int:
 
 
 class Market:
-    """Deterministic trades and candles for any ``[A-Z0-9]+USDT`` symbol."""
+    """Deterministic trades and candles for any canonical symbol (``feedd.symbols``)."""
 
     def __init__(self, seed: int, unlisted: Iterable[str] = (), history_start_ms: int = 0) -> None:
         self.seed = seed
@@ -96,7 +95,7 @@ class Market:
         self._hours: dict[tuple[str, int], Bar] = {}
 
     def listed(self, symbol: str) -> bool:
-        return SYMBOL_RE.fullmatch(symbol) is not None and symbol not in self.unlisted
+        return is_symbol(symbol) and symbol not in self.unlisted
 
     def list_symbol(self, symbol: str) -> None:
         """List ``symbol`` from now on (instrument lists and subscriptions accept it)."""

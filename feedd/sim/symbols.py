@@ -1,7 +1,7 @@
 """Per-symbol constants (base price, decimals, lot size) and the listed universe of symbols.
 
 BTCUSDT and ETHUSDT look like the real ones; every other symbol is derived from a hash so
-any ``[A-Z0-9]+USDT`` name trades at a stable, plausible price.
+any canonical name (``feedd.symbols``) trades at a stable, plausible price.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ MAJORS = [
     "AAVE",
 ]
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: Binance lists perpetuals whose base is not ASCII (PROTOCOLS.md section 7); the simulated
+#: Binance lists this one besides the universe, so a collector has to cope with it
+UNICODE_SYMBOL = "币安人生USDT"
 
 
 @attrs.frozen(slots=True)

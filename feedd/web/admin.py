@@ -7,8 +7,8 @@ from typing import Any
 from quart import Blueprint, Response
 
 from feedd import config as config_module
-from feedd.config import SYMBOL_PATTERN
 from feedd.control import Applied
+from feedd.symbols import is_symbol
 from feedd.web import body, params
 from feedd.web.errors import ApiError, json_response
 from feedd.web.state import current_state as state
@@ -70,7 +70,7 @@ async def get_exchange_symbols(exchange: str) -> Response:
     return json_response(
         {
             "exchange": exchange,
-            "listed": sorted(s for s in listing.symbols if SYMBOL_PATTERN.fullmatch(s)),
+            "listed": sorted(s for s in listing.symbols if is_symbol(s)),
             "configured": list(configured.symbols) if configured else [],
             "fetched_at": listing.fetched_at_ms,
         }

@@ -44,7 +44,7 @@ async def ohlcv(exchange: str, symbol: str, interval: str) -> Response:
     return Response(
         csv_lines(candles),
         content_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": params.attachment(filename)},
     )
 
 

@@ -22,6 +22,7 @@ _COUNTERS = {
     "rotations": "planned connection rotations",
     "gaps_healed": "gaps filled over REST after a reconnect or a missed close",
     "parse_errors": "frames that did not parse",
+    "ignored_frames": "well-formed frames of no use to feedd (other channels, unsubscribe acks)",
     "exchange_errors": "error messages from the exchange",
     "rest_requests": "REST requests sent",
     "rest_candles": "closed candles fetched over REST",

@@ -1,12 +1,14 @@
-"""Validation of path and query parameters shared by the routes."""
+"""Validation of path and query parameters shared by the routes, and the download name that
+echoes them back."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import quote
 
 from feedd import exchanges
-from feedd.config import SYMBOL_PATTERN
 from feedd.intervals import is_interval
+from feedd.symbols import RULE, is_symbol
 from feedd.web.errors import ApiError
 
 MAX_LIMIT = 5000
@@ -21,8 +23,8 @@ def exchange_name(value: str) -> str:
 
 
 def symbol(value: str) -> str:
-    if not SYMBOL_PATTERN.fullmatch(value):
-        raise ApiError(400, f"malformed symbol {value[:40]!r} (expected e.g. BTCUSDT)", "symbol")
+    if not is_symbol(value):
+        raise ApiError(400, f"malformed symbol {value[:40]!r} ({RULE})", "symbol")
     return value
 
 
@@ -42,3 +44,12 @@ def bounded_int(args: Mapping[str, str], name: str, low: int, high: int) -> int 
     if not low <= value <= high:
         raise ApiError(400, f"{name} must be between {low} and {high}", name)
     return value
+
+
+def attachment(filename: str) -> str:
+    """A Content-Disposition for ``filename`` (RFC 6266): header values are ASCII, so a name
+    with e.g. a Han symbol goes in ``filename*`` as UTF-8, with an ASCII stand-in before it."""
+    fallback = "".join(ch if ch.isascii() and ch not in '"\\' else "_" for ch in filename)
+    if fallback == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -355,6 +355,15 @@ export function exchangeLabel(name) {
   return name.replace(/_futures$/, "");
 }
 
+// A canonical symbol, as feedd/symbols.py has it: letters and digits of any script (Unicode
+// L*/N*, none lowercase), then USDT. Binance lists e.g. 币安人生USDT. The server decides; this
+// only spares a round trip and catches typos.
+const SYMBOL = /^(?!.*\p{Lowercase})[\p{Lu}\p{Lm}\p{Lo}\p{Nd}\p{Nl}\p{No}]{1,24}USDT$/u;
+
+export function isSymbol(text) {
+  return SYMBOL.test(text);
+}
+
 export function chartUrl(exchange, symbol, interval) {
   const q = new URLSearchParams({ exchange, symbol, interval });
   return "/chart.html?" + q.toString();

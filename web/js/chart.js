@@ -18,6 +18,7 @@ import {
   fmtTime,
   LiveSocket,
   INTERVALS,
+  isSymbol,
 } from "./api.js";
 
 const SWITCHER = ["1m", "3m", "5m", "15m", "30m", "1h", "4h", "1d", "1w"];
@@ -361,7 +362,7 @@ function connectionState(state, detail) {
 function main() {
   renderSwitcher();
   renderTitle();
-  if (!exchange || !/^[A-Z0-9]+$/.test(symbol) || !INTERVALS.includes(interval)) {
+  if (!exchange || !isSymbol(symbol) || !INTERVALS.includes(interval)) {
     showError(
       "This page needs ?exchange=&symbol=&interval=, e.g. " +
         "chart.html?exchange=binance_futures&symbol=BTCUSDT&interval=1m",

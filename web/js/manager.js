@@ -1,7 +1,7 @@
 // The symbols manager (a tab per exchange: search the venue's tradable symbols, add/remove,
 // SAVE, ENABLE/DISABLE) and the confirmation dialog for dangerous actions.
 
-import { api, ApiError, exchangeColour, exchangeLabel } from "./api.js";
+import { api, ApiError, exchangeColour, exchangeLabel, isSymbol } from "./api.js";
 import { status } from "./store.js";
 import { writeLocal } from "./terminal.js";
 
@@ -180,8 +180,8 @@ export const SymbolsManager = {
       const s = symbol.trim().toUpperCase();
       t.error = "";
       if (!s) return;
-      if (!/^[A-Z0-9]{2,30}$/.test(s)) {
-        t.error = `"${symbol}" is not a symbol name (expected e.g. BTCUSDT)`;
+      if (!isSymbol(s)) {
+        t.error = `"${symbol}" is not a symbol name (expected e.g. BTCUSDT or 币安人生USDT)`;
         return;
       }
       if (t.listed && t.listed.length && !t.listed.includes(s)) {
