@@ -25,8 +25,8 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
     fi
     export DEBIAN_FRONTEND=noninteractive
     # A fresh machine may have no package lists yet: update only when the install needs it.
-    $SUDO apt-get install -y -q prometheus ||
-        { $SUDO apt-get update -q && $SUDO apt-get install -y -q prometheus; } ||
+    $SUDO apt-get install -y -q --no-install-recommends prometheus ||
+        { $SUDO apt-get update -q && $SUDO apt-get install -y -q --no-install-recommends prometheus; } ||
         fail "apt-get could not install prometheus"
 fi
 

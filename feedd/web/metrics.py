@@ -254,7 +254,7 @@ class FeeddCollector(Collector):
             "discovery) or 'other'; rate() of it is the share of one core, 0-1.",
             labels=["group"],
         )
-        # The monitor owns the task-CPU instrument; it exposes it only to its own sampler.
+        # The monitor is the instrument's only holder (service.py hands it over at start).
         busy = self.state.monitor._cpu.busy
         for group, seconds in sorted(busy.items()):
             family.add_metric([group], seconds)
