@@ -27,6 +27,7 @@ sim: $(STAMP)
 ## lint, type-check and run the whole test suite (installs Chromium for the browser tests)
 test: $(STAMP)
 	scripts/browser_setup.sh $(BIN)/python
+	scripts/prometheus_setup.sh
 	$(BIN)/ruff check feedd tests scripts
 	$(BIN)/mypy
 	$(BIN)/pytest

@@ -18,6 +18,7 @@ import trio
 
 from feedd.candle import Candle
 from feedd.errors import StoreError
+from feedd.monitor.histogram import Histogram
 from feedd.store.database import Database
 from feedd.store.state import Key, Pending, WriterCounters, WriterStats, fold
 
@@ -60,6 +61,8 @@ class Writer:
         #: held around every use of the database so wipe() slots in between commits
         self._db_lock = trio.Lock()
         self._counters = WriterCounters()
+        #: seconds per successful commit, for /metrics
+        self.commit_seconds = Histogram()
         self._listeners: set[trio.MemorySendChannel[Sequence[Candle]]] = set()
         self._wake = trio.Event()
         self._room = trio.Event()
@@ -177,7 +180,9 @@ class Writer:
             candles = list(self._inflight.values())
             await self._in_thread(db.write, candles)
         c = self._counters
-        c.latencies.append(trio.current_time() - start)
+        elapsed = trio.current_time() - start
+        c.latencies.append(elapsed)
+        self.commit_seconds.observe(elapsed)
         if not c.healthy:
             log.info("store healthy again; committed %d held candles", len(candles))
         c.healthy, c.last_error = True, None

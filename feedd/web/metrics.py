@@ -1,33 +1,179 @@
-"""``/metrics`` in Prometheus text format, collected from live counters at scrape time."""
+"""``/metrics`` in Prometheus text format: feedd's counters, gauges and histograms read from
+live state at scrape time, next to the client library's ``process_*`` and ``python_*`` ones.
+
+Counters stay counters (rates and shares are ``rate()``'s job), times are timestamps in
+seconds since the epoch rather than ages, and every metric is listed in docs/API.md.
+"""
 
 from __future__ import annotations
 
+import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Literal
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+import attrs
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from feedd.intervals import close_time
+from feedd import __version__
+from feedd.engine.stats import StreamState
+from feedd.monitor.histogram import Histogram
+from feedd.store.state import WriterStats
 from feedd.web.state import AppState
 
+#: the text format generate_latest writes (the library's CONTENT_TYPE_LATEST names a newer one)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: ExchangeStats counters exported as ``feedd_exchange_<name>_total``
-_COUNTERS = {
-    "messages": "WebSocket messages received",
-    "candles": "candle updates parsed from WebSocket messages",
-    "reconnects": "WebSocket reconnects after a failure",
-    "rotations": "planned connection rotations",
-    "gaps_healed": "gaps filled over REST after a reconnect or a missed close",
-    "parse_errors": "frames that did not parse",
-    "ignored_frames": "well-formed frames of no use to feedd (other channels, unsubscribe acks)",
-    "exchange_errors": "error messages from the exchange",
-    "rest_requests": "REST requests sent",
-    "rest_candles": "closed candles fetched over REST",
-    "rest_rate_limited": "REST answers asking to slow down (429/418 or a limit code in the body)",
+EXCHANGE = ["exchange"]
+SERIES = ["exchange", "symbol", "interval"]
+
+#: ExchangeStats counters, exported as ``feedd_exchange_<attribute>_total{exchange}``
+EXCHANGE_COUNTERS: dict[str, str] = {
+    "messages": "WebSocket messages received.",
+    "candles": "Candle updates parsed from WebSocket messages.",
+    "reconnects": "WebSocket reconnects after a failure.",
+    "rotations": "Planned connection rotations (before the venue's forced disconnect).",
+    "gaps_healed": "Gaps filled over REST after a reconnect or a missed close.",
+    "parse_errors": "Frames that did not parse.",
+    "ignored_frames": "Well-formed frames of no use to feedd (other channels, unsubscribe acks).",
+    "exchange_errors": "Error messages from the exchange.",
+    "rest_requests": "REST requests sent.",
+    "rest_candles": "Closed candles fetched over REST.",
+    "rest_rate_limited": "REST answers asking to slow down (429/418 or a limit code in a body).",
 }
+
+#: ExchangeStats gauges, exported as ``feedd_exchange_<attribute>{exchange}``
+EXCHANGE_GAUGES: dict[str, str] = {
+    "connections": "Open WebSocket connections.",
+    "streams_subscribed": "Streams the exchange acknowledged.",
+    "rest_weight_used": "REST weight used in the venue's current window, as the venue reports it.",
+    "backfill_pending": "Streams waiting for a REST backfill.",
+}
+
+
+@attrs.frozen
+class Scrape:
+    """What one scrape reads, taken once: the state and the snapshots that cost to make."""
+
+    state: AppState
+    writer: WriterStats
+    system: dict[str, object]
+
+
+@attrs.frozen
+class Scalar:
+    """One process-wide figure: ``read`` returns None when it is not known (not exported)."""
+
+    kind: Literal["counter", "gauge"]
+    #: a counter's name without ``_total`` (the exposition adds it)
+    name: str
+    help: str
+    read: Callable[[Scrape], float | None]
+
+
+def counter(name: str, help: str, read: Callable[[Scrape], float | None]) -> Scalar:
+    return Scalar("counter", name, help, read)
+
+
+def gauge(name: str, help: str, read: Callable[[Scrape], float | None]) -> Scalar:
+    return Scalar("gauge", name, help, read)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+#: Process-wide counters and gauges, one line each.
+SCALARS: tuple[Scalar, ...] = (
+    counter(
+        "feedd_writer_received_candles",
+        "Candles taken off the ingest channel (before coalescing updates of the same candle).",
+        lambda s: s.writer.received,
+    ),
+    counter(
+        "feedd_writer_committed_candles",
+        "Candles committed to the store (after coalescing).",
+        lambda s: s.writer.committed,
+    ),
+    counter("feedd_writer_commits", "Successful commits (batches).", lambda s: s.writer.batches),
+    counter(
+        "feedd_writer_commit_failures",
+        "Failed commit attempts (each is retried with backoff).",
+        lambda s: s.writer.retries,
+    ),
+    counter(
+        "feedd_writer_rejected_candles",
+        "Candles the store's codec refused (logged and dropped).",
+        lambda s: s.writer.rejected,
+    ),
+    counter(
+        "feedd_writer_pruned_candles",
+        "Candles deleted by retention (max_records).",
+        lambda s: s.writer.pruned,
+    ),
+    counter(
+        "feedd_writer_listener_overflows",
+        "Committed batches a full commit listener (live hub) could not take.",
+        lambda s: s.writer.listener_overflow,
+    ),
+    gauge(
+        "feedd_writer_queue_depth",
+        "Candles held in memory for the next commit (or its retries).",
+        lambda s: s.writer.pending,
+    ),
+    gauge(
+        "feedd_writer_queue_capacity",
+        "Candles the writer holds at most before ingest waits (backpressure).",
+        lambda s: s.state.writer.settings.max_held,
+    ),
+    gauge(
+        "feedd_writer_healthy",
+        "1 while commits succeed, 0 after a failed commit until the next success.",
+        lambda s: 1.0 if s.writer.healthy else 0.0,
+    ),
+    gauge(
+        "feedd_database_size_bytes",
+        "Size of the database on disk (with its WAL).",
+        lambda s: _number(s.system.get("db_size")),
+    ),
+    gauge(
+        "feedd_database_disk_free_bytes",
+        "Free space on the filesystem holding the database.",
+        lambda s: _number(s.system.get("disk_free")),
+    ),
+    gauge(
+        "feedd_event_loop_tasks",
+        "Live trio tasks (a count that keeps growing is a leak).",
+        lambda s: _number(s.system.get("tasks")),
+    ),
+    gauge("feedd_ws_clients", "Connected /ws clients.", lambda s: len(s.state.hub.clients)),
+    counter(
+        "feedd_ws_client_overflows",
+        "/ws clients closed because they did not keep up.",
+        lambda s: s.state.hub.overflows,
+    ),
+)
+
+
+def histogram_family(name: str, help: str, histogram: Histogram) -> HistogramMetricFamily:
+    buckets = [(_le(bound), float(count)) for bound, count in histogram.cumulative()]
+    return HistogramMetricFamily(name, help, buckets=buckets, sum_value=histogram.sum)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class FeeddCollector(Collector):
@@ -36,128 +182,134 @@ class FeeddCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         state = self.state
-        label = ["exchange"]
+        scrape = Scrape(state, state.writer.stats, dict(state.monitor.system))
+        yield _build_info()
+        for scalar in SCALARS:
+            value = scalar.read(scrape)
+            family = CounterMetricFamily if scalar.kind == "counter" else GaugeMetricFamily
+            if value is not None:
+                yield family(scalar.name, scalar.help, value=value)
+        yield histogram_family(
+            "feedd_writer_batch_latency_seconds",
+            "Time to commit one batch, from taking the store lock to the commit's end.",
+            state.writer.commit_seconds,
+        )
+        yield from self._exchanges()
+        yield self._event_loop_busy()
+        yield self._last_closed()
+
+    def _exchanges(self) -> Iterator[Metric]:
+        state = self.state
         counters = {
-            name: CounterMetricFamily(f"feedd_exchange_{name}", doc, labels=label)
-            for name, doc in _COUNTERS.items()
+            key: CounterMetricFamily(f"feedd_exchange_{key}", doc, labels=EXCHANGE)
+            for key, doc in EXCHANGE_COUNTERS.items()
         }
         gauges = {
-            "enabled": GaugeMetricFamily(
-                "feedd_exchange_enabled", "1 when collecting", labels=label
-            ),
-            "connections": GaugeMetricFamily(
-                "feedd_exchange_connections", "open WebSocket connections", labels=label
-            ),
-            "streams_subscribed": GaugeMetricFamily(
-                "feedd_exchange_streams_subscribed", "streams acknowledged", labels=label
-            ),
-            "rest_weight_used": GaugeMetricFamily(
-                "feedd_exchange_rest_weight_used",
-                "REST weight used, as the venue reports it",
-                labels=label,
-            ),
-            "backfill_pending": GaugeMetricFamily(
-                "feedd_exchange_backfill_pending", "streams waiting for a backfill", labels=label
-            ),
-            "messages_per_s": GaugeMetricFamily(
-                "feedd_exchange_messages_per_second", "ingest rate (last second)", labels=label
-            ),
-            "candles_per_s": GaugeMetricFamily(
-                "feedd_exchange_candles_per_second", "candle updates per second", labels=label
-            ),
-            "cpu_percent": GaugeMetricFamily(
-                "feedd_exchange_cpu_percent", "event-loop CPU spent on this exchange", labels=label
-            ),
+            key: GaugeMetricFamily(f"feedd_exchange_{key}", doc, labels=EXCHANGE)
+            for key, doc in EXCHANGE_GAUGES.items()
         }
-        age = GaugeMetricFamily(
-            "feedd_exchange_last_message_age_seconds", "seconds since the last frame", labels=label
+        enabled = GaugeMetricFamily(
+            "feedd_exchange_enabled",
+            "1 when the exchange is enabled in the config.",
+            labels=EXCHANGE,
         )
+        streams = GaugeMetricFamily(
+            "feedd_exchange_streams",
+            "Configured streams (symbol x interval) by state: pending, live, silent, rejected, "
+            "unlisted.",
+            labels=["exchange", "state"],
+        )
+        last_message = GaugeMetricFamily(
+            "feedd_exchange_last_message_timestamp_seconds",
+            "When the last WebSocket frame of any connection arrived (seconds since the epoch).",
+            labels=EXCHANGE,
+        )
+        now = time.time()
         for name, settings in sorted(state.config.exchanges.items()):
-            gauges["enabled"].add_metric([name], 1.0 if settings.enabled else 0.0)
+            enabled.add_metric([name], 1.0 if settings.enabled else 0.0)
             stats = state.supervisor.stats.get(name)
             if stats is None:
                 continue
-            for key, family in counters.items():
-                family.add_metric([name], getattr(stats, key))
-            for key in (
-                "connections",
-                "streams_subscribed",
-                "rest_weight_used",
-                "backfill_pending",
-            ):
-                gauges[key].add_metric([name], getattr(stats, key))
-            rates = state.monitor.rates.get(name)
-            if rates is not None:
-                gauges["messages_per_s"].add_metric([name], rates.messages_per_s)
-                gauges["candles_per_s"].add_metric([name], rates.candles_per_s)
-                gauges["cpu_percent"].add_metric([name], rates.cpu_percent)
-            message_age = stats.last_message_age()
-            if message_age is not None:
-                age.add_metric([name], message_age)
+            for key, total in counters.items():
+                total.add_metric([name], getattr(stats, key))
+            for key, level in gauges.items():
+                level.add_metric([name], getattr(stats, key))
+            by_state = dict.fromkeys(StreamState, 0)
+            for stream_state in stats.stream_states.values():
+                by_state[stream_state] += 1
+            for stream_state, count in by_state.items():
+                streams.add_metric([name, str(stream_state)], count)
+            age = stats.last_message_age()
+            if age is not None:
+                last_message.add_metric([name], round(now - age, 3))
+        yield enabled
         yield from counters.values()
         yield from gauges.values()
-        yield age
-        yield self._freshness()
-        yield from self._writer()
-        yield from self._process()
+        yield streams
+        yield last_message
 
-    def _freshness(self) -> Metric:
-        family = GaugeMetricFamily(
-            "feedd_candle_freshness_seconds",
-            "age of the newest closed candle per series (since its close time)",
-            labels=["exchange", "symbol", "interval"],
+    def _event_loop_busy(self) -> Metric:
+        family = CounterMetricFamily(
+            "feedd_event_loop_busy_seconds",
+            "Event-loop time spent in task steps, by exchange (its connections, backfill and "
+            "discovery) or 'other'; rate() of it is the share of one core, 0-1.",
+            labels=["group"],
         )
-        now_ms = time.time() * 1000
-        for (exchange, symbol, interval), open_time in sorted(self.state.hub.last_closed.items()):
-            closed_at = close_time(interval, open_time)
-            family.add_metric([exchange, symbol, interval], max(0.0, (now_ms - closed_at) / 1000))
+        # The monitor is the instrument's only holder (service.py hands it over at start).
+        busy = self.state.monitor._cpu.busy
+        for group, seconds in sorted(busy.items()):
+            family.add_metric([group], seconds)
         return family
 
-    def _writer(self) -> Iterator[Metric]:
-        stats = self.state.writer.stats
-        yield CounterMetricFamily(
-            "feedd_writer_received", "candles taken off the ingest channel", value=stats.received
+    def _last_closed(self) -> Metric:
+        family = GaugeMetricFamily(
+            "feedd_last_closed_candle_timestamp_seconds",
+            "Open time of the newest closed candle committed per collected series, live or "
+            "backfilled (seconds since the epoch).",
+            labels=SERIES,
         )
-        yield CounterMetricFamily(
-            "feedd_writer_committed", "candles committed to SQLite", value=stats.committed
-        )
-        yield CounterMetricFamily("feedd_writer_batches", "commits", value=stats.batches)
-        yield CounterMetricFamily(
-            "feedd_writer_retries", "failed commit attempts", value=stats.retries
-        )
-        yield GaugeMetricFamily(
-            "feedd_writer_queue_depth", "candles held for the next commit", value=stats.pending
-        )
-        yield GaugeMetricFamily(
-            "feedd_writer_healthy", "1 while commits succeed", value=1.0 if stats.healthy else 0.0
-        )
-        latency = GaugeMetricFamily(
-            "feedd_writer_batch_latency_seconds",
-            "commit latency over recent batches",
-            labels=["quantile"],
-        )
-        for quantile, value in (("0.5", stats.latency_p50_ms), ("0.99", stats.latency_p99_ms)):
-            if value is not None:
-                latency.add_metric([quantile], value / 1000)
-        yield latency
+        config = self.state.config
+        collected = {
+            (name, symbol, interval)
+            for name, settings in config.exchanges.items()
+            if settings.enabled
+            for symbol in settings.symbols
+            for interval in config.intervals
+        }
+        # Series no longer collected (a symbol removed, a venue disabled) must not read as stale.
+        for key, open_time in sorted(self.state.hub.last_closed.items()):
+            if key in collected:
+                family.add_metric(list(key), open_time / 1000)
+        return family
 
-    def _process(self) -> Iterator[Metric]:
-        system = self.state.monitor.system
-        yield GaugeMetricFamily(
-            "feedd_process_rss_bytes", "resident memory", value=system.get("process_rss", 0)
-        )
-        yield GaugeMetricFamily(
-            "feedd_database_bytes", "database size on disk", value=system.get("db_size", 0)
-        )
-        yield GaugeMetricFamily(
-            "feedd_uptime_seconds", "seconds since start", value=time.time() - self.state.started_at
-        )
-        yield GaugeMetricFamily(
-            "feedd_ws_clients", "connected /ws clients", value=len(self.state.hub.clients)
-        )
+
+def _build_info() -> Metric:
+    family = GaugeMetricFamily(
+        "feedd_build_info",
+        "Always 1; the labels say which feedd and which Python run.",
+        labels=["version", "python"],
+    )
+    family.add_metric([__version__, platform.python_version()], 1.0)
+    return family
+
+
+#: process_* (CPU seconds, memory, fds, start time) and python_info, made once and kept out of
+#: the library's global registry
+_STANDARD: tuple[Collector, ...] = (
+    ProcessCollector(registry=None),
+    PlatformCollector(registry=None),
+)
+
+
+def registry_for(state: AppState) -> CollectorRegistry:
+    """A registry of feedd's collector plus the library's process and platform collectors
+    (its default registry is process-global; ours lives and dies with the app)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FeeddCollector(state))
+    for standard in _STANDARD:
+        registry.register(standard)
+    return registry
 
 
 def render(state: AppState) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FeeddCollector(state))
-    return generate_latest(registry)
+    return generate_latest(registry_for(state))
