@@ -3,10 +3,12 @@
 Every change is validated whole, saved atomically (when feedd runs from a file), then
 applied by the supervisor, which restarts only the exchanges whose settings changed. A
 change that fails validation leaves both the file and the running service untouched.
+Changes are carried out by the controller's own task (``run``), never by the caller's.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -18,6 +20,7 @@ import trio
 
 from feedd import config as config_module
 from feedd import exchanges
+from feedd.changes import ChangeQueue
 from feedd.config import SYMBOL_PATTERN, Config
 from feedd.engine.instruments import fetch_instruments
 from feedd.engine.rest import RestClient
@@ -73,13 +76,29 @@ class Controller:
         self.supervisor = supervisor
         self.writer = writer
         self._http = http
-        self._lock = trio.Lock()
+        self._changes = ChangeQueue()
         self._listings: dict[str, Listing] = {}
+
+    async def run(
+        self,
+        stop: trio.Event | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Carry out changes until ``stop`` is set; every change method needs this task.
+
+        From ``stop`` on, a change in progress is interrupted and callers are answered that
+        feedd is shutting down (ingest stops right after: finishing it would be moot)."""
+        await self._changes.run(stop, task_status=task_status)
+
+    @property
+    def pending(self) -> int:
+        """Changes handed over and not carried out yet (queued or in progress)."""
+        return self._changes.pending
 
     async def replace(self, new: Config, warnings: Sequence[str] = ()) -> Applied:
         """Save ``new`` and run it; only exchanges whose settings changed restart."""
-        async with self._lock:
-            return await self._replace(new, tuple(warnings))
+        return await self._changes.submit(functools.partial(self._replace, new, tuple(warnings)))
 
     async def set_symbols(
         self,
@@ -90,13 +109,17 @@ class Controller:
         remove: Iterable[str] = (),
     ) -> tuple[tuple[str, ...], Applied]:
         """Replace an exchange's symbols, or add/remove some; returns the new list."""
-        async with self._lock:
+        self._exchange(exchange)
+        given = None if symbols is None else tuple(symbols)
+        added, removed = tuple(add), set(remove)
+        # Asked before the hand-over: a slow venue must not hold up the changes queued after.
+        await self._check_listed(exchange, given or (), "symbols")
+        await self._check_listed(exchange, added, "add")
+
+        async def change() -> tuple[tuple[str, ...], Applied]:
             current = self._exchange(exchange)
-            base = current.symbols if symbols is None else tuple(symbols)
-            await self._check_listed(exchange, base if symbols is not None else (), "symbols")
-            await self._check_listed(exchange, tuple(add), "add")
-            removed = set(remove)
-            new_symbols = tuple(dict.fromkeys(s for s in (*base, *add) if s not in removed))
+            base = current.symbols if given is None else given
+            new_symbols = tuple(dict.fromkeys(s for s in (*base, *added) if s not in removed))
             data = self.config.to_json()
             data["exchanges"].setdefault(exchange, {"enabled": current.enabled})
             data["exchanges"][exchange]["symbols"] = list(new_symbols)
@@ -104,9 +127,14 @@ class Controller:
             applied = await self._replace(loaded.config, loaded.warnings)
             return loaded.config.exchanges[exchange].symbols, applied
 
+        return await self._changes.submit(change)
+
     async def toggle(self, exchange: str, enabled: bool | None = None) -> tuple[bool, Applied]:
         """Enable or disable an exchange (``None``: flip); returns the new state."""
-        async with self._lock:
+        self._exchange(exchange)
+
+        async def change() -> tuple[bool, Applied]:
+            # Read when carried out: flips queued together each see the one before.
             current = self._exchange(exchange)
             target = (not current.enabled) if enabled is None else enabled
             data = self.config.to_json()
@@ -115,25 +143,15 @@ class Controller:
             loaded = config_module.parse(data)
             return target, await self._replace(loaded.config, loaded.warnings)
 
+        return await self._changes.submit(change)
+
     async def restart(self) -> Applied:
         """Re-read the config file and restart every exchange from it."""
-        async with self._lock:
-            warnings: tuple[str, ...] = ()
-            if self.config_path is None:
-                new = self.config
-            else:
-                loaded = config_module.load(self.config_path)
-                new, warnings = loaded.config, loaded.warnings
-            restarted = await self.supervisor.apply(new, restart_all=True)
-            self.config = new
-            log.info("ingest restarted: %s", ", ".join(restarted) or "nothing enabled")
-            return Applied(tuple(restarted), self._startup_changes(new), warnings)
+        return await self._changes.submit(self._restart)
 
     async def delete_database(self) -> None:
         """Delete every stored candle while ingest runs; the writer pauses for it."""
-        async with self._lock:
-            log.warning("deleting every stored candle (requested over the API)")
-            await self.writer.wipe()
+        await self._changes.submit(self._delete_database)
 
     async def listing(self, exchange: str) -> Listing:
         """The venue's tradable symbols: from the running discovery, or fetched now."""
@@ -178,10 +196,30 @@ class Controller:
             if symbol not in listed:
                 raise ConfigError(f"{field}[{index}]", f"{exchange} does not list {symbol}")
 
+    async def _restart(self) -> Applied:
+        warnings: tuple[str, ...] = ()
+        if self.config_path is None:
+            new = self.config
+        else:
+            loaded = config_module.load(self.config_path)
+            new, warnings = loaded.config, loaded.warnings
+        restarted = await self.supervisor.apply(new, restart_all=True)
+        self.config = new
+        log.info("ingest restarted: %s", ", ".join(restarted) or "nothing enabled")
+        return Applied(tuple(restarted), self._startup_changes(new), warnings)
+
+    async def _delete_database(self) -> None:
+        log.warning("deleting every stored candle (requested over the API)")
+        await self.writer.wipe()
+
     async def _replace(self, new: Config, warnings: tuple[str, ...]) -> Applied:
         if self.config_path is not None:
             try:
-                await trio.to_thread.run_sync(config_module.save, self.config_path, new)
+                # Abandoned only when the service stops (nothing else cancels this task): a
+                # hung disk must not hold up the shutdown.
+                await trio.to_thread.run_sync(
+                    config_module.save, self.config_path, new, abandon_on_cancel=True
+                )
             except OSError as exc:
                 raise StoreError(
                     f"cannot save the config file {self.config_path}: {exc.strerror or exc}"

@@ -96,6 +96,8 @@ async def run_service(
             await root.start(run_writer)
             supervisor = Supervisor(candles_send, reader, http, cpu)
             controller = Controller(config, config_path, supervisor, writer, http)
+            # Changes run in the controller's task, not a request's: see feedd/changes.py.
+            await root.start(controller.run, stop)
             started_at = time.time()
             monitor = Monitor(database, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))
