@@ -44,6 +44,9 @@ STARTUP_KEYS = (
 #: an instrument list fetched on demand (for an exchange not running) stays fresh this long
 LISTING_TTL_S = 600.0
 LISTING_TIMEOUT_S = 10.0
+#: after a failed fetch the failure is the answer this long: an unreachable venue would
+#: otherwise hold a request slot for LISTING_TIMEOUT_S at every request
+LISTING_FAILURE_TTL_S = 30.0
 
 
 @attrs.frozen
@@ -57,6 +60,15 @@ class Applied:
 class Listing:
     symbols: frozenset[str]
     fetched_at_ms: int
+
+
+@attrs.frozen
+class _Failure:
+    message: str
+    #: the REST base asked: a changed rest_url is asked at once
+    base: str
+    #: trio.current_time() after which the venue is asked again
+    until: float
 
 
 class Controller:
@@ -78,6 +90,9 @@ class Controller:
         self._http = http
         self._changes = ChangeQueue()
         self._listings: dict[str, Listing] = {}
+        self._failures: dict[str, _Failure] = {}
+        #: one fetch per venue at a time: requests arriving meanwhile take its answer
+        self._fetching: dict[str, trio.Lock] = {}
 
     async def run(
         self,
@@ -154,22 +169,41 @@ class Controller:
         await self._changes.submit(self._delete_database)
 
     async def listing(self, exchange: str) -> Listing:
-        """The venue's tradable symbols: from the running discovery, or fetched now."""
+        """The venue's tradable symbols: from the running discovery, or fetched now.
+
+        A failed fetch is the answer (TransportError etc.) for ``LISTING_FAILURE_TTL_S``;
+        requests arriving during a fetch wait for it rather than start their own."""
         stats = self.supervisor.stats.get(exchange)
         if stats is not None and stats.listed is not None and stats.listed_at_ms is not None:
             return Listing(stats.listed, stats.listed_at_ms)
+        async with self._fetching.setdefault(exchange, trio.Lock()):
+            return await self._fetch_listing(exchange)
+
+    async def _fetch_listing(self, exchange: str) -> Listing:
         cached = self._listings.get(exchange)
         if cached is not None and time.time() * 1000 - cached.fetched_at_ms < LISTING_TTL_S * 1000:
             return cached
         module = exchanges.get(exchange)
         settings = self.config.exchanges.get(exchange)
         base = (settings.rest_url if settings else None) or module.DEFAULT_REST_URL
+        failure = self._failures.get(exchange)
+        now = trio.current_time()
+        if failure is not None and failure.base == base and now < failure.until:
+            raise TransportError(f"{failure.message} (asked again in {failure.until - now:.0f} s)")
         rest = RestClient(module, base, self._http, ExchangeStats(exchange), log)
-        with trio.move_on_after(LISTING_TIMEOUT_S):
-            listing = Listing(await fetch_instruments(module, rest), int(time.time() * 1000))
-            self._listings[exchange] = listing
-            return listing
-        raise TransportError(f"{exchange} did not send its instrument list in time")
+        try:
+            with trio.move_on_after(LISTING_TIMEOUT_S):
+                listing = Listing(await fetch_instruments(module, rest), int(time.time() * 1000))
+                self._listings[exchange] = listing
+                self._failures.pop(exchange, None)
+                return listing
+            raise TransportError(
+                f"{exchange} did not send its instrument list within {LISTING_TIMEOUT_S:g} s"
+            )
+        except FeeddError as exc:
+            until = trio.current_time() + LISTING_FAILURE_TTL_S
+            self._failures[exchange] = _Failure(str(exc), base, until)
+            raise
 
     def _exchange(self, exchange: str) -> config_module.ExchangeConfig:
         if exchange not in exchanges.REGISTRY:

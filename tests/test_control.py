@@ -1,27 +1,31 @@
 """A configuration change is never half-applied, whatever its caller does: cancelled at any
-point of the change, disconnected by the dozen, or cut off by a shutdown."""
+point of the change, disconnected by the dozen, or cut off by a shutdown; and a venue that
+does not answer its instrument list is answered from a cached failure."""
 
 from __future__ import annotations
 
 import functools
 import json
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
+import httpx
 import pytest
 import trio
 import trio.testing
 from e2e import running_feedd, wait_on_commits
 from test_reconfig import settled, supervised_tasks
 
-from feedd import config
+from feedd import config, control
 from feedd.changes import ChangeQueue
 from feedd.engine.supervisor import Supervisor, plans
 from feedd.errors import ConfigError, FeeddError
 from feedd.monitor.system import count_tasks
-from feedd.service import Service
+from feedd.service import Service, run_service
 from feedd.web.app import GRACEFUL_TIMEOUT_S
 
 BINANCE, OKX = "binance_futures", "okx_futures"
@@ -284,6 +288,59 @@ async def test_fifty_clients_that_disconnect_mid_change_leave_it_whole(
         assert connections() == baseline[1]
         # every trio task of the run (what /status samples as system.tasks)
         assert count_tasks() == baseline[2]
+
+
+@asynccontextmanager
+async def black_hole() -> AsyncIterator[tuple[str, list[trio.SocketStream]]]:
+    """A loopback HTTP 'venue' that accepts connections and never answers."""
+    accepted: list[trio.SocketStream] = []
+
+    async def hold(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        async with stream:
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, hold, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        yield f"http://127.0.0.1:{port}", accepted
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unreachable_venue_listing_is_answered_from_a_cached_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "LISTING_TIMEOUT_S", 1.0)
+    async with black_hole() as (url, accepted):
+        cfg = config.parse(
+            {"exchanges": {OKX: {"enabled": False, "rest_url": url}}, "port": 0}
+        ).config
+        async with trio.open_nursery() as nursery:
+            service: Service = await nursery.start(run_service, cfg, tmp_path / "ohlcv.db")
+            async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+                start = trio.current_time()
+                first = await client.get(f"/exchangeSymbols/{OKX}")
+                took = trio.current_time() - start
+                assert first.status_code == 503, first.text
+                assert "instrument list" in first.json()["error"]
+                assert took >= 1.0 and accepted
+                tried = len(accepted)
+                # the next requests take the cached failure: fast, and the venue is not asked
+                start = trio.current_time()
+                for _ in range(5):
+                    again = await client.get(f"/exchangeSymbols/{OKX}")
+                    assert again.status_code == 503
+                assert trio.current_time() - start < 1.0
+                assert len(accepted) == tried
+                assert "asked again in" in again.json()["error"]
+                # once the failure is stale, the venue is asked again
+                failures = service.state.controller._failures
+                failures[OKX] = attrs.evolve(failures[OKX], until=trio.current_time())
+                stale = await client.get(f"/exchangeSymbols/{OKX}")
+                assert stale.status_code == 503 and len(accepted) > tried
+            service.stop.set()
 
 
 async def test_the_queue_runs_changes_in_order_and_drops_those_never_handed_over() -> None:
