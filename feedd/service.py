@@ -96,8 +96,6 @@ async def run_service(
             await root.start(run_writer)
             supervisor = Supervisor(candles_send, reader, http, cpu)
             controller = Controller(config, config_path, supervisor, writer, http)
-            # Changes run in the controller's task, not a request's: see feedd/changes.py.
-            await root.start(controller.run, stop)
             started_at = time.time()
             monitor = Monitor(database, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))
@@ -134,6 +132,9 @@ async def run_service(
                         await supervisor.run(config, task_status=task_status)
 
             await root.start(run_ingest)
+            # Changes run in the controller's task, not a request's (see feedd/changes.py);
+            # started once ingest runs, so a change sent earlier waits in the queue for it.
+            await root.start(controller.run, stop)
             log.info("feedd serving on %s; database %s", url, database)
             task_status.started(Service(url, state, stop))
 
