@@ -132,6 +132,9 @@ async def run_service(
                         await supervisor.run(config, task_status=task_status)
 
             await root.start(run_ingest)
+            # Changes run in the controller's task, not a request's (see feedd/changes.py);
+            # started once ingest runs, so a change sent earlier waits in the queue for it.
+            await root.start(controller.run, stop)
             log.info("feedd serving on %s; database %s", url, database)
             task_status.started(Service(url, state, stop))
 
