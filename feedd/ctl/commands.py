@@ -15,6 +15,9 @@ import orjson
 from feedd.ctl import text
 from feedd.ctl.client import BadInput, Client, decode
 
+#: candles per page when --limit is not given, as the server's default
+DEFAULT_LIMIT = 1000
+
 
 def emit(body: bytes | str) -> None:
     """The server's answer as it came, for ``--json``, ``--csv`` and scripts."""
@@ -226,6 +229,8 @@ def ohlcv(client: Client, args: argparse.Namespace) -> None:
     for name in ("since", "until", "limit"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
+    # A CSV without a limit is the whole range (an export): this command shows one page.
+    params.setdefault("limit", DEFAULT_LIMIT)
     response = client.get_raw(f"/ohlcv/{args.exchange}/{args.symbol}/{args.interval}", params)
     if args.csv or args.json:
         return emit(response.content)

@@ -13,7 +13,7 @@ import re
 from urllib.parse import urlsplit
 
 from feedd import __version__
-from feedd.ctl import commands, tail
+from feedd.ctl import commands, export, tail
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 #: restarts of several exchanges take seconds; the wait bounds a hung server, not a slow one
@@ -234,6 +234,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ohlcv.add_argument("--csv", action="store_true", help="print the server's CSV")
     ohlcv.set_defaults(run=commands.ohlcv, parser=ohlcv)
+
+    dump = add(
+        sub,
+        "export",
+        "any range of one series into a CSV, NDJSON or Parquet file",
+        "Download every candle of one series in [--since, --until] into FILE, streamed "
+        "(GET /ohlcv/... with format=), with a progress bar on a terminal. FILE appears only "
+        "once complete (FILE.part meanwhile). Higher intervals not collected are resampled "
+        "from 1m. CSV and NDJSON carry the exact decimal text the venue sent.",
+    )
+    dump.add_argument("exchange", help="e.g. binance_futures")
+    dump.add_argument("symbol", type=symbol, help="e.g. BTCUSDT")
+    dump.add_argument("interval", type=export.interval_name, help="e.g. 1m, 1h, 1d")
+    dump.add_argument(
+        "--since", type=moment, metavar="TIME", required=True, help="first open time (inclusive)"
+    )
+    dump.add_argument(
+        "--until", type=moment, metavar="TIME", help="last open time (inclusive; default: now)"
+    )
+    dump.add_argument(
+        "--format", choices=("csv", "ndjson", "parquet"), default="csv", help="default: csv"
+    )
+    dump.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
+    dump.set_defaults(run=export.export)
 
     live = add(
         sub,

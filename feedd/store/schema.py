@@ -1,6 +1,7 @@
 """Opening SQLite connections for feedd and creating its schema (idempotent).
 
-Prices and volumes are codec INTEGERs; ``flags`` bit 0 = closed, bit 1 = came from REST.
+Prices and volumes are codec INTEGERs; ``flags`` bit 0 = closed, bit 1 = came from REST. The
+view ``ohlcv`` shows them as REAL numbers with their series' names, for other tools.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from feedd.errors import StoreError
+from feedd.store.codec import sql_decode
 
 SCHEMA_VERSION = 1
 
@@ -43,7 +45,20 @@ CREATE TABLE IF NOT EXISTS candles (
     flags INTEGER NOT NULL,
     PRIMARY KEY (series, open_time)
 ) WITHOUT ROWID;
-"""
+CREATE VIEW IF NOT EXISTS ohlcv AS
+SELECT series.exchange, series.symbol, series.interval, candles.open_time,
+    strftime('%Y-%m-%dT%H:%M:%SZ', candles.open_time / 1000, 'unixepoch') AS time,
+    {open} AS open, {high} AS high, {low} AS low, {close} AS close,
+    {volume} AS volume, {quote_volume} AS quote_volume, candles.trades,
+    candles.flags & 1 AS closed,
+    CASE WHEN candles.flags & 2 THEN 'rest' ELSE 'ws' END AS source
+FROM candles JOIN series ON series.id = candles.series;
+""".format(
+    **{
+        name: sql_decode(f"candles.{name}", portable=True)
+        for name in ("open", "high", "low", "close", "volume", "quote_volume")
+    }
+)
 
 
 def connect_writer(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connection:

@@ -280,11 +280,18 @@ def document() -> Schema:
         "paths": {
             "/ohlcv/{exchange}/{symbol}/{interval}": {
                 "get": operation(
-                    "Candles oldest first; intervals not collected are resampled from 1m",
+                    "Candles oldest first; intervals not collected are resampled from 1m. "
+                    "JSON: one page of at most 5000, a full page carries a Link header to the "
+                    'next (rel="next" from since, rel="prev" from the newest). csv, ndjson, '
+                    "parquet: the whole range [since, until] streamed (limit optional)",
                     None,
                     ok_content={
                         "application/json": {"schema": {"type": "array", "items": ref("Candle")}},
                         "text/csv": {"schema": STRING},
+                        "application/x-ndjson": {"schema": STRING},
+                        "application/vnd.apache.parquet": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
                     },
                     parameters=[
                         path_param("exchange", EXCHANGE),
@@ -294,10 +301,15 @@ def document() -> Schema:
                         query_param("until", TIME, "last open time (ms), inclusive"),
                         query_param(
                             "limit",
-                            {"type": "integer", "minimum": 1, "maximum": 5000},
-                            "at most this many (default 1000)",
+                            {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
+                            "at most this many: JSON 1-5000 (default 1000); streamed formats "
+                            "any (default: the whole range); without since, the newest",
                         ),
-                        query_param("format", {"enum": ["json", "csv"]}, "json (default) or csv"),
+                        query_param(
+                            "format",
+                            {"enum": ["json", "csv", "ndjson", "parquet"]},
+                            "json (default), or a streamed csv, ndjson or parquet file",
+                        ),
                     ],
                     errors=("400", "401", "403", "404", "503"),
                 )
