@@ -13,7 +13,7 @@ import re
 from urllib.parse import urlsplit
 
 from feedd import __version__
-from feedd.ctl import commands, export, tail
+from feedd.ctl import commands, export, history, tail
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 #: restarts of several exchanges take seconds; the wait bounds a hung server, not a slow one
@@ -258,6 +258,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dump.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
     dump.set_defaults(run=export.export)
+
+    covered = add(
+        sub,
+        "coverage",
+        "first and last candle, count and holes of each series",
+        "Show, per stored series, the first and last closed candle, how many are stored and "
+        "which open times are missing between them (GET /coverage). For one series "
+        "(EXCHANGE SYMBOL) also where its candles came from (live WebSocket or REST).",
+    )
+    covered.add_argument("exchange", nargs="?", help="only this exchange")
+    covered.add_argument("symbol", nargs="?", type=symbol, help="only this symbol")
+    covered.add_argument("--interval", type=export.interval_name, help="only this interval")
+    covered.add_argument(
+        "--missing-only", action="store_true", help="only series with holes, holes listed"
+    )
+    covered.set_defaults(run=history.coverage)
 
     live = add(
         sub,

@@ -17,6 +17,7 @@ import orjson
 import trio
 
 from feedd.errors import StoreError
+from feedd.store import coverage as cov
 from feedd.store import resample as rs
 from feedd.store.codec import sql_decode
 from feedd.store.export import Export, ExportRequest
@@ -221,6 +222,27 @@ class Reader:
             return _page(body, [r.open_time for r in rows])
 
         return await self._run(query, _EMPTY_PAGE)
+
+    async def coverage(
+        self, exchange: str | None = None, symbol: str | None = None, interval: str | None = None
+    ) -> list[cov.SeriesCoverage]:
+        """First and last closed candle, count and holes of every matching series, from the
+        runs the writer keeps (no candle is read)."""
+        return await self._run(lambda c: cov.read(c, exchange, symbol, interval), [])
+
+    async def sources(self, exchange: str, symbol: str, interval: str) -> dict[str, int]:
+        """Closed candles of one series by where they came from (reads the series' rows)."""
+
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                f"SELECT flags & {FLAG_REST}, count(*) FROM candles WHERE series = {_SERIES_ID}"
+                f" AND flags & {FLAG_CLOSED} GROUP BY 1",
+                (exchange, symbol, interval),
+            ).fetchall()
+            found = {"rest" if flag else "ws": int(n) for flag, n in rows}
+            return {"ws": found.get("ws", 0), "rest": found.get("rest", 0)}
+
+        return await self._run(query, {"ws": 0, "rest": 0})
 
     async def export(self, request: ExportRequest) -> AsyncIterator[bytes]:
         """``request``'s file a chunk at a time, each read and encoded in a worker thread on a

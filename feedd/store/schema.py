@@ -6,13 +6,17 @@ view ``ohlcv`` shows them as REAL numbers with their series' names, for other to
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
 from feedd.errors import StoreError
+from feedd.store import coverage
 from feedd.store.codec import sql_decode
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("feedd.store")
+
+SCHEMA_VERSION = 2
 
 FLAG_CLOSED = 1
 FLAG_REST = 2
@@ -110,11 +114,17 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         for statement in _DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        conn.execute(coverage.DDL)
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+        elif row[0] == 1:
+            # Version 2 keeps the runs of closed candles (coverage): built once from the rows.
+            read = coverage.rebuild(conn)
+            log.info("database upgraded to schema 2: coverage built from %d candles", read)
+            conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
         elif row[0] != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"database schema version {row[0]} is not the supported {SCHEMA_VERSION}"

@@ -4,8 +4,10 @@ health."""
 from __future__ import annotations
 
 import time
+from typing import Any
 from urllib.parse import quote, urlencode
 
+import attrs
 from quart import Blueprint, Response, request
 
 from feedd.store.export import FORMATS, MEDIA_TYPES, ExportRequest
@@ -78,6 +80,36 @@ def page_link(page: JsonPage, since: int | None, until: int | None, limit: int) 
         query["until"] = page.first_open_time - 1
         rel = "prev"
     return f'<{quote(request.path)}?{urlencode(query)}>; rel="{rel}"'
+
+
+@api.get("/coverage")
+async def coverage() -> Response:
+    """Per series: first and last closed candle, count, holes; sources for one series."""
+    args = request.args
+    exchange = params.exchange_name(args["exchange"]) if "exchange" in args else None
+    symbol = params.symbol(args["symbol"]) if "symbol" in args else None
+    interval = params.interval(args["interval"]) if "interval" in args else None
+    missing_only = params.boolean(args, "missing_only")
+    reader = state().reader
+    found = await reader.coverage(exchange, symbol, interval)
+    series = []
+    for item in found:
+        if missing_only and not item.missing:
+            continue
+        doc: dict[str, Any] = {
+            "exchange": item.exchange,
+            "symbol": item.symbol,
+            "interval": item.interval,
+            "first_open_time": item.first_open_time,
+            "last_open_time": item.last_open_time,
+            "candles": item.candles,
+            "missing_candles": item.missing_candles,
+            "missing": [attrs.asdict(hole) for hole in item.missing],
+        }
+        if exchange is not None and symbol is not None:
+            doc["sources"] = await reader.sources(item.exchange, item.symbol, item.interval)
+        series.append(doc)
+    return json_response({"series": series})
 
 
 @api.get("/health")

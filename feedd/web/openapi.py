@@ -314,6 +314,58 @@ def document() -> Schema:
                     errors=("400", "401", "403", "404", "503"),
                 )
             },
+            "/coverage": {
+                "get": operation(
+                    "Per stored series: first and last closed candle, how many are stored, "
+                    "the holes between them; with exchange and symbol, also the sources",
+                    obj(
+                        ["series"],
+                        series={
+                            "type": "array",
+                            "items": obj(
+                                [
+                                    "exchange",
+                                    "symbol",
+                                    "interval",
+                                    "first_open_time",
+                                    "last_open_time",
+                                    "candles",
+                                    "missing_candles",
+                                    "missing",
+                                ],
+                                exchange=STRING,
+                                symbol=STRING,
+                                interval=STRING,
+                                first_open_time=INTEGER,
+                                last_open_time=INTEGER,
+                                candles=INTEGER,
+                                missing_candles=INTEGER,
+                                missing={
+                                    "type": "array",
+                                    "items": obj(
+                                        ["start", "end", "candles"],
+                                        start=INTEGER,
+                                        end=INTEGER,
+                                        candles=INTEGER,
+                                    ),
+                                },
+                                sources=obj(["ws", "rest"], ws=INTEGER, rest=INTEGER),
+                            ),
+                        },
+                    ),
+                    parameters=[
+                        query_param("exchange", EXCHANGE, "only this exchange"),
+                        query_param("symbol", SYMBOL, "only this symbol"),
+                        query_param("interval", INTERVAL, "only this interval"),
+                        query_param(
+                            "missing_only",
+                            {"enum": ["true", "false", "1", "0", ""]},
+                            "only series with holes",
+                        ),
+                    ],
+                    errors=("400", "401", "403", "404", "503"),
+                )
+            },
             "/health": {
                 "get": operation(
                     "ok (200) or degraded (503)",

@@ -42,3 +42,16 @@ def bounded_int(args: Mapping[str, str], name: str, low: int, high: int) -> int 
     if not low <= value <= high:
         raise ApiError(400, f"{name} must be between {low} and {high}", name)
     return value
+
+
+def boolean(args: Mapping[str, str], name: str) -> bool:
+    """A query flag: absent or ``false``/``0`` is False, present empty or ``true``/``1`` True."""
+    raw = args.get(name)
+    if raw is None:
+        return False
+    value = raw.lower()
+    if value in ("", "1", "true"):
+        return True
+    if value in ("0", "false"):
+        return False
+    raise ApiError(400, f"{name} must be true or false", name)
