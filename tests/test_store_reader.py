@@ -66,7 +66,7 @@ async def test_candles_limit_since_until(path: Path) -> None:
 async def test_json_forms_match_rows(path: Path) -> None:
     reader = Reader(path)
     rows = await reader.candles("binance_futures", "BTCUSDT", "1m", None, None, 50)
-    blob = await reader.candles_json("binance_futures", "BTCUSDT", "1m", None, None, 50)
+    blob = (await reader.candles_json("binance_futures", "BTCUSDT", "1m", None, None, 50)).body
     reader.close()
     dicts = orjson.loads(blob)
     assert dicts == [attrs.asdict(r) for r in rows]
@@ -82,7 +82,8 @@ async def test_resample_json_matches_rows(path: Path) -> None:
     reader = Reader(path)
     for interval in ("5m", "1h", "1m"):
         rows = await reader.resample("binance_futures", "BTCUSDT", interval, None, None, 20)
-        blob = await reader.resample_json("binance_futures", "BTCUSDT", interval, None, None, 20)
+        page = await reader.resample_json("binance_futures", "BTCUSDT", interval, None, None, 20)
+        blob = page.body
         assert rows and orjson.loads(blob) == [attrs.asdict(r) for r in rows], interval
     reader.close()
 
@@ -104,7 +105,7 @@ async def test_last_closed_and_series(path: Path) -> None:
 async def test_missing_database_reads_empty(tmp_path: Path) -> None:
     reader = Reader(tmp_path / "none.db")
     assert await reader.candles("x", "y", "1m", None, None, 10) == []
-    assert await reader.candles_json("x", "y", "1m", None, None, 10) == b"[]"
+    assert (await reader.candles_json("x", "y", "1m", None, None, 10)).body == b"[]"
     assert await reader.resample("x", "y", "1h", None, None, 10) == []
     assert await reader.last_closed_open_time("x", "y", "1m") is None
     assert await reader.series() == []

@@ -6,6 +6,8 @@ be reached at all, so ``main`` prints one line and never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -86,9 +88,26 @@ class Client:
     def post(self, path: str, body: object) -> Any:
         return decode(self.post_raw(path, body))
 
+    @contextlib.contextmanager
+    def stream(self, path: str, params: dict[str, Any] | None = None) -> Iterator[Iterator[bytes]]:
+        """A GET whose body is read a piece at a time (an export of any size)."""
+        with self._errors(), self._http.stream("GET", path, params=params) as response:
+            if response.status_code >= 400:
+                raise refusal(response.status_code, response.read())
+            yield response.iter_bytes()
+
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
+        with self._errors():
             response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise refusal(response.status_code, response.content)
+        return response
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """httpx's failures as Unreachable, with the reason in one line."""
+        try:
+            yield
         except httpx.ConnectTimeout:
             raise Unreachable(f"cannot reach {self.base_url}: connect timed out") from None
         except httpx.TimeoutException:
@@ -98,9 +117,6 @@ class Client:
             ) from None
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach {self.base_url}: {describe(exc)}") from None
-        if response.status_code >= 400:
-            raise refusal(response.status_code, response.content)
-        return response
 
 
 def api_path(*segments: str) -> str:

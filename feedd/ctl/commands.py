@@ -15,6 +15,9 @@ import orjson
 from feedd.ctl import text
 from feedd.ctl.client import BadInput, Client, api_path, decode
 
+#: candles per page when --limit is not given, as the server's default
+DEFAULT_LIMIT = 1000
+
 
 def emit(body: bytes | str) -> None:
     """The server's answer as it came, for ``--json``, ``--csv`` and scripts."""
@@ -226,6 +229,8 @@ def ohlcv(client: Client, args: argparse.Namespace) -> None:
     for name in ("since", "until", "limit"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
+    # A CSV without a limit is the whole range (an export): this command shows one page.
+    params.setdefault("limit", DEFAULT_LIMIT)
     path = api_path("ohlcv", args.exchange, args.symbol, args.interval)
     response = client.get_raw(path, params)
     if args.csv or args.json:

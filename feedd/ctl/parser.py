@@ -13,7 +13,7 @@ import re
 from urllib.parse import urlsplit
 
 from feedd import __version__
-from feedd.ctl import commands, tail
+from feedd.ctl import commands, export, history, tail
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 #: restarts of several exchanges take seconds; the wait bounds a hung server, not a slow one
@@ -234,6 +234,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ohlcv.add_argument("--csv", action="store_true", help="print the server's CSV")
     ohlcv.set_defaults(run=commands.ohlcv, parser=ohlcv)
+
+    dump = add(
+        sub,
+        "export",
+        "any range of one series into a CSV, NDJSON or Parquet file",
+        "Download every candle of one series in [--since, --until] into FILE, streamed "
+        "(GET /ohlcv/... with format=), with a progress bar on a terminal. FILE appears only "
+        "once complete (FILE.part meanwhile). Higher intervals not collected are resampled "
+        "from 1m. CSV and NDJSON carry the exact decimal text the venue sent.",
+    )
+    dump.add_argument("exchange", help="e.g. binance_futures")
+    dump.add_argument("symbol", type=symbol, help="e.g. BTCUSDT")
+    dump.add_argument("interval", type=export.interval_name, help="e.g. 1m, 1h, 1d")
+    dump.add_argument(
+        "--since", type=moment, metavar="TIME", required=True, help="first open time (inclusive)"
+    )
+    dump.add_argument(
+        "--until", type=moment, metavar="TIME", help="last open time (inclusive; default: now)"
+    )
+    dump.add_argument(
+        "--format", choices=("csv", "ndjson", "parquet"), default="csv", help="default: csv"
+    )
+    dump.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
+    dump.set_defaults(run=export.export)
+
+    covered = add(
+        sub,
+        "coverage",
+        "first and last candle, count and holes of each series",
+        "Show, per stored series, the first and last closed candle, how many are stored and "
+        "which open times are missing between them (GET /coverage). For one series "
+        "(EXCHANGE SYMBOL) also where its candles came from (live WebSocket or REST).",
+    )
+    covered.add_argument("exchange", nargs="?", help="only this exchange")
+    covered.add_argument("symbol", nargs="?", type=symbol, help="only this symbol")
+    covered.add_argument("--interval", type=export.interval_name, help="only this interval")
+    covered.add_argument(
+        "--missing-only", action="store_true", help="only series with holes, holes listed"
+    )
+    covered.set_defaults(run=history.coverage)
 
     live = add(
         sub,

@@ -13,12 +13,15 @@ from pathlib import Path
 from feedd.candle import Candle, Source
 from feedd.errors import StoreError
 from feedd.intervals import INTERVAL_MS
+from feedd.store import coverage
 from feedd.store.codec import encode
 from feedd.store.schema import FLAG_CLOSED, FLAG_REST, connect_writer, store_error
 
 log = logging.getLogger("feedd.store")
 
 SeriesKey = tuple[str, str, str]
+#: series, open time, the six values, trades, flags
+Row = tuple[int, int, int, int, int, int, int, int, int | None, int]
 
 # A closed row only yields to another closed row: a late forming update (a WS frame racing a
 # REST backfill) must never reopen a finished candle.
@@ -67,6 +70,7 @@ class Database:
             try:
                 rows = self._rows(candles, new_ids)
                 changed = self._conn.executemany(_UPSERT, rows).rowcount
+                self._record_closed(rows)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -78,9 +82,7 @@ class Database:
         self._dirty.update(row[0] for row in rows)
         return changed
 
-    def _rows(
-        self, candles: Sequence[Candle], new_ids: dict[SeriesKey, int]
-    ) -> list[tuple[int, int, int, int, int, int, int, int, int | None, int]]:
+    def _rows(self, candles: Sequence[Candle], new_ids: dict[SeriesKey, int]) -> list[Row]:
         ids = self._ids
         rows = []
         for c in candles:
@@ -97,6 +99,24 @@ class Database:
                 continue
             rows.append(row)
         return rows
+
+    def _record_closed(self, rows: Sequence[Row]) -> None:
+        """Keep the coverage runs in step with the closed candles just stored."""
+        closed: dict[int, list[int]] = {}
+        for row in rows:
+            if row[9] & FLAG_CLOSED:
+                closed.setdefault(row[0], []).append(row[1])
+        for sid, times in closed.items():
+            coverage.add_closed(self._conn, sid, self._interval(sid), times)
+
+    def _interval(self, sid: int) -> str:
+        interval = self._intervals.get(sid)
+        if interval is None:
+            (interval,) = self._conn.execute(
+                "SELECT interval FROM series WHERE id = ?", (sid,)
+            ).fetchone()
+            self._intervals[sid] = interval
+        return interval
 
     def _mint(self, key: SeriesKey, new_ids: dict[SeriesKey, int]) -> int:
         self._conn.execute(
@@ -149,6 +169,7 @@ class Database:
         cur = self._conn.execute(
             "DELETE FROM candles WHERE series = ? AND open_time <= ?", (sid, row[0])
         )
+        coverage.trim(self._conn, sid, self._interval(sid), row[0])
         return cur.rowcount
 
     def wipe(self) -> None:
@@ -157,6 +178,7 @@ class Database:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.execute("DELETE FROM candles")
+                self._conn.execute("DELETE FROM runs")
                 self._conn.execute("DELETE FROM series")
                 self._conn.execute("COMMIT")
             except BaseException:

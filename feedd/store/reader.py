@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,8 +17,10 @@ import orjson
 import trio
 
 from feedd.errors import StoreError
+from feedd.store import coverage as cov
 from feedd.store import resample as rs
 from feedd.store.codec import sql_decode
+from feedd.store.export import Export, ExportRequest
 from feedd.store.schema import FLAG_CLOSED, FLAG_REST, connect_reader, store_error
 
 T = TypeVar("T")
@@ -58,6 +60,19 @@ class SeriesInfo:
 
 
 Row = tuple[Any, ...]
+
+
+@attrs.frozen
+class JsonPage:
+    """A page of candles serialised as a JSON array, with what a cursor needs."""
+
+    body: bytes
+    count: int
+    first_open_time: int | None = None
+    last_open_time: int | None = None
+
+
+_EMPTY_PAGE = JsonPage(b"[]", 0)
 
 
 def _to_dict(row: Row) -> dict[str, Any]:
@@ -103,15 +118,15 @@ class Reader:
         since: int | None = None,
         until: int | None = None,
         limit: int = 1000,
-    ) -> bytes:
+    ) -> JsonPage:
         """``candles`` as JSON objects (CandleRow's field names), serialised in the worker
         thread to keep the event loop free."""
 
-        def query(conn: sqlite3.Connection) -> bytes:
+        def query(conn: sqlite3.Connection) -> JsonPage:
             rows = _candles_query(conn, (exchange, symbol, interval), since, until, limit)
-            return orjson.dumps([_to_dict(r) for r in rows])
+            return _page(orjson.dumps([_to_dict(r) for r in rows]), [r[0] for r in rows])
 
-        return await self._run(query, b"[]")
+        return await self._run(query, _EMPTY_PAGE)
 
     async def _candle_rows(
         self,
@@ -196,16 +211,63 @@ class Reader:
         since: int | None = None,
         until: int | None = None,
         limit: int = 1000,
-    ) -> bytes:
+    ) -> JsonPage:
         """``resample`` as JSON, serialised in the worker thread like ``candles_json``."""
         if interval == rs.BASE_INTERVAL:
             return await self.candles_json(exchange, symbol, interval, since, until, limit)
 
-        def query(conn: sqlite3.Connection) -> bytes:
+        def query(conn: sqlite3.Connection) -> JsonPage:
             rows = _resample_query(conn, exchange, symbol, interval, since, until, limit)
-            return orjson.dumps([attrs.asdict(row) for row in rows])
+            body = orjson.dumps([attrs.asdict(row) for row in rows])
+            return _page(body, [r.open_time for r in rows])
 
-        return await self._run(query, b"[]")
+        return await self._run(query, _EMPTY_PAGE)
+
+    async def coverage(
+        self, exchange: str | None = None, symbol: str | None = None, interval: str | None = None
+    ) -> list[cov.SeriesCoverage]:
+        """First and last closed candle, count and holes of every matching series, from the
+        runs the writer keeps (no candle is read)."""
+        return await self._run(lambda c: cov.read(c, exchange, symbol, interval), [])
+
+    async def sources(self, exchange: str, symbol: str, interval: str) -> dict[str, int]:
+        """Closed candles of one series by where they came from (reads the series' rows)."""
+
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                f"SELECT flags & {FLAG_REST}, count(*) FROM candles WHERE series = {_SERIES_ID}"
+                f" AND flags & {FLAG_CLOSED} GROUP BY 1",
+                (exchange, symbol, interval),
+            ).fetchall()
+            found = {"rest" if flag else "ws": int(n) for flag, n in rows}
+            return {"ws": found.get("ws", 0), "rest": found.get("rest", 0)}
+
+        return await self._run(query, {"ws": 0, "rest": 0})
+
+    async def export(self, request: ExportRequest) -> AsyncIterator[bytes]:
+        """``request``'s file a chunk at a time, each read and encoded in a worker thread on a
+        connection of its own (see ``feedd.store.export``): memory stays constant."""
+
+        def connect() -> sqlite3.Connection:
+            if not self.path.exists():
+                return sqlite3.connect(":memory:", check_same_thread=False)
+            return connect_reader(self.path)
+
+        def step(job: Export) -> bytes | None:
+            try:
+                return job.next_chunk()
+            except sqlite3.Error as exc:
+                raise store_error(exc, "cannot read", self.path) from exc
+
+        job = Export(connect, request)
+        try:
+            while (
+                chunk := await trio.to_thread.run_sync(step, job, limiter=self._limiter)
+            ) is not None:
+                if chunk:
+                    yield chunk
+        finally:
+            job.close()
 
     def close(self) -> None:
         with self._lock:
@@ -250,6 +312,12 @@ def database_bytes(path: Path) -> int:
         with contextlib.suppress(OSError):
             total += path.with_name(path.name + suffix).stat().st_size
     return total
+
+
+def _page(body: bytes, open_times: list[int]) -> JsonPage:
+    if not open_times:
+        return JsonPage(body, 0)
+    return JsonPage(body, len(open_times), open_times[0], open_times[-1])
 
 
 def _source(flags: int) -> str:

@@ -1,16 +1,22 @@
 """Opening SQLite connections for feedd and creating its schema (idempotent).
 
-Prices and volumes are codec INTEGERs; ``flags`` bit 0 = closed, bit 1 = came from REST.
+Prices and volumes are codec INTEGERs; ``flags`` bit 0 = closed, bit 1 = came from REST. The
+view ``ohlcv`` shows them as REAL numbers with their series' names, for other tools.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
 from feedd.errors import StoreError
+from feedd.store import coverage
+from feedd.store.codec import sql_decode
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("feedd.store")
+
+SCHEMA_VERSION = 2
 
 FLAG_CLOSED = 1
 FLAG_REST = 2
@@ -43,7 +49,20 @@ CREATE TABLE IF NOT EXISTS candles (
     flags INTEGER NOT NULL,
     PRIMARY KEY (series, open_time)
 ) WITHOUT ROWID;
-"""
+CREATE VIEW IF NOT EXISTS ohlcv AS
+SELECT series.exchange, series.symbol, series.interval, candles.open_time,
+    strftime('%Y-%m-%dT%H:%M:%SZ', candles.open_time / 1000, 'unixepoch') AS time,
+    {open} AS open, {high} AS high, {low} AS low, {close} AS close,
+    {volume} AS volume, {quote_volume} AS quote_volume, candles.trades,
+    candles.flags & 1 AS closed,
+    CASE WHEN candles.flags & 2 THEN 'rest' ELSE 'ws' END AS source
+FROM candles JOIN series ON series.id = candles.series;
+""".format(
+    **{
+        name: sql_decode(f"candles.{name}", portable=True)
+        for name in ("open", "high", "low", "close", "volume", "quote_volume")
+    }
+)
 
 
 def connect_writer(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connection:
@@ -95,11 +114,17 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         for statement in _DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        conn.execute(coverage.DDL)
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
+        elif row[0] == 1:
+            # Version 2 keeps the runs of closed candles (coverage): built once from the rows.
+            read = coverage.rebuild(conn)
+            log.info("database upgraded to schema 2: coverage built from %d candles", read)
+            conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
         elif row[0] != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"database schema version {row[0]} is not the supported {SCHEMA_VERSION}"

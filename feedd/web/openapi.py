@@ -107,6 +107,7 @@ SCHEMAS: dict[str, Schema] = {
         rotations=INTEGER,
         gaps_healed=INTEGER,
         parse_errors=INTEGER,
+        ignored_frames=INTEGER,
         exchange_errors=INTEGER,
         rest_requests=INTEGER,
         rest_weight_used=INTEGER,
@@ -255,7 +256,8 @@ def query_param(name: str, schema: Schema, description: str) -> Schema:
 
 
 EXCHANGE: Schema = {"enum": sorted(exchanges.REGISTRY)}
-SYMBOL: Schema = {"type": "string", "pattern": "^[A-Z0-9]{1,24}USDT$"}
+#: letters and digits of any script (not lower case), then USDT: see feedd.symbols
+SYMBOL: Schema = {"type": "string", "minLength": 5, "maxLength": 28, "pattern": "USDT$"}
 INTERVAL: Schema = {"enum": list(INTERVAL_MS)}
 TIME: Schema = {"type": "integer", "minimum": 0, "maximum": 10**14}
 
@@ -280,11 +282,18 @@ def document() -> Schema:
         "paths": {
             "/ohlcv/{exchange}/{symbol}/{interval}": {
                 "get": operation(
-                    "Candles oldest first; intervals not collected are resampled from 1m",
+                    "Candles oldest first; intervals not collected are resampled from 1m. "
+                    "JSON: one page of at most 5000, a full page carries a Link header to the "
+                    'next (rel="next" from since, rel="prev" from the newest). csv, ndjson, '
+                    "parquet: the whole range [since, until] streamed (limit optional)",
                     None,
                     ok_content={
                         "application/json": {"schema": {"type": "array", "items": ref("Candle")}},
                         "text/csv": {"schema": STRING},
+                        "application/x-ndjson": {"schema": STRING},
+                        "application/vnd.apache.parquet": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
                     },
                     parameters=[
                         path_param("exchange", EXCHANGE),
@@ -294,10 +303,67 @@ def document() -> Schema:
                         query_param("until", TIME, "last open time (ms), inclusive"),
                         query_param(
                             "limit",
-                            {"type": "integer", "minimum": 1, "maximum": 5000},
-                            "at most this many (default 1000)",
+                            {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
+                            "at most this many: JSON 1-5000 (default 1000); streamed formats "
+                            "any (default: the whole range); without since, the newest",
                         ),
-                        query_param("format", {"enum": ["json", "csv"]}, "json (default) or csv"),
+                        query_param(
+                            "format",
+                            {"enum": ["json", "csv", "ndjson", "parquet"]},
+                            "json (default), or a streamed csv, ndjson or parquet file",
+                        ),
+                    ],
+                    errors=("400", "401", "403", "404", "503"),
+                )
+            },
+            "/coverage": {
+                "get": operation(
+                    "Per stored series: first and last closed candle, how many are stored, "
+                    "the holes between them; with exchange and symbol, also the sources",
+                    obj(
+                        ["series"],
+                        series={
+                            "type": "array",
+                            "items": obj(
+                                [
+                                    "exchange",
+                                    "symbol",
+                                    "interval",
+                                    "first_open_time",
+                                    "last_open_time",
+                                    "candles",
+                                    "missing_candles",
+                                    "missing",
+                                ],
+                                exchange=STRING,
+                                symbol=STRING,
+                                interval=STRING,
+                                first_open_time=INTEGER,
+                                last_open_time=INTEGER,
+                                candles=INTEGER,
+                                missing_candles=INTEGER,
+                                missing={
+                                    "type": "array",
+                                    "items": obj(
+                                        ["start", "end", "candles"],
+                                        start=INTEGER,
+                                        end=INTEGER,
+                                        candles=INTEGER,
+                                    ),
+                                },
+                                sources=obj(["ws", "rest"], ws=INTEGER, rest=INTEGER),
+                            ),
+                        },
+                    ),
+                    parameters=[
+                        query_param("exchange", EXCHANGE, "only this exchange"),
+                        query_param("symbol", SYMBOL, "only this symbol"),
+                        query_param("interval", INTERVAL, "only this interval"),
+                        query_param(
+                            "missing_only",
+                            {"enum": ["true", "false", "1", "0", ""]},
+                            "only series with holes",
+                        ),
                     ],
                     errors=("400", "401", "403", "404", "503"),
                 )

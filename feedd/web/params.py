@@ -53,3 +53,16 @@ def attachment(filename: str) -> str:
     if fallback == filename:
         return f'attachment; filename="{filename}"'
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def boolean(args: Mapping[str, str], name: str) -> bool:
+    """A query flag: absent or ``false``/``0`` is False, present empty or ``true``/``1`` True."""
+    raw = args.get(name)
+    if raw is None:
+        return False
+    value = raw.lower()
+    if value in ("", "1", "true"):
+        return True
+    if value in ("0", "false"):
+        return False
+    raise ApiError(400, f"{name} must be true or false", name)

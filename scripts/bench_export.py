@@ -1,0 +1,124 @@
+"""Benchmark streamed exports through the real HTTP API: a year of 1m candles (525,600) as
+CSV, NDJSON and Parquet, and 1h resampled from it; peak RSS growth of feedd while exporting.
+
+Fills a temporary database (the same random walk as bench_api), starts feedd with every
+exchange disabled, and downloads each export over loopback with a streaming client. The
+reference, measured in the same run: a bare ``sqlite3`` read of the same rows into Python
+tuples (``fetchall``), which stores nothing and encodes nothing.
+
+Usage: .venv/bin/python scripts/bench_export.py [--minutes 525600] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import trio
+from bench_api import EXCHANGE, SYMBOL, fill
+
+from feedd import config as feedd_config
+from feedd import exchanges
+from feedd.service import Service, run_service
+
+
+class PeakRss:
+    """The process's resident memory sampled every 5 ms in a thread, from a baseline."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.base = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.base) / 1e6
+
+
+def bare_read(db_path: Path) -> float:
+    """Seconds for sqlite3 to hand every stored row to Python (the reference)."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    start = time.perf_counter()
+    conn.execute(
+        "SELECT open_time, open, high, low, close, volume, quote_volume, trades, flags"
+        " FROM candles ORDER BY series, open_time"
+    ).fetchall()
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+async def download(client: httpx.AsyncClient, path: str) -> tuple[float, int]:
+    start = time.perf_counter()
+    size = 0
+    async with client.stream("GET", path) as response:
+        response.raise_for_status()
+        async for piece in response.aiter_raw():
+            size += len(piece)
+    return time.perf_counter() - start, size
+
+
+async def bench(db_path: Path, minutes: int, repeat: int) -> None:
+    loaded = feedd_config.parse(
+        {
+            "exchanges": {name: {"enabled": False, "symbols": []} for name in exchanges.REGISTRY},
+            "port": 0,
+        }
+    )
+    base = f"/ohlcv/{EXCHANGE}/{SYMBOL}"
+    cases = [(fmt, "1m", minutes) for fmt in ("csv", "ndjson", "parquet")]
+    cases.append(("csv", "1h", -(-minutes // 60)))
+    async with trio.open_nursery() as nursery:
+        service: Service = await nursery.start(run_service, loaded.config, db_path)
+        try:
+            async with httpx.AsyncClient(base_url=service.url, timeout=120) as client:
+                for fmt, interval, rows in cases:
+                    path = f"{base}/{interval}?format={fmt}"
+                    for _ in range(repeat):
+                        reference = await trio.to_thread.run_sync(bare_read, db_path)
+                        with PeakRss() as rss:
+                            seconds, size = await download(client, path)
+                        print(
+                            f"{interval} {fmt:8s} {rows:,} rows {size / 1e6:6.1f} MB  "
+                            f"{seconds:5.2f} s  {rows / seconds:9,.0f} rows/s  "
+                            f"RSS +{rss.growth_mb:5.1f} MB  | bare sqlite3 read "
+                            f"{reference:5.2f} s: feedd takes {seconds / reference:4.2f}x"
+                        )
+        finally:
+            service.stop.set()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=int, default=525_600, help="1m candles stored")
+    parser.add_argument("--repeat", type=int, default=3, help="downloads per case")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        db_path = Path(tmp) / "bench.db"
+        start = time.perf_counter()
+        fill(db_path, args.minutes)
+        print(f"stored {args.minutes:,} 1m candles in {time.perf_counter() - start:.1f} s")
+        trio.run(bench, db_path, args.minutes, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
