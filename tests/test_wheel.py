@@ -91,24 +91,29 @@ def test_constraints_pin_every_requirement() -> None:
 # ----------------------------------------------------------------------------- the wheel
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The wheel, and what its build printed. Built from a copy: setuptools writes build/ and
-    feedd.egg-info into the source tree. ~4 s (pip fetches setuptools for the build)."""
-    work = tmp_path_factory.mktemp("wheel")
-    source = work / "source"
+def build_wheel(folder: Path) -> tuple[Path, str]:
+    """A wheel of the checkout in ``folder``, and what its build printed. Built from a copy:
+    setuptools writes build/ and feedd.egg-info into the tree it builds. ~4 s."""
+    source = folder / "source"
     shutil.copytree(REPO, source, ignore=CLUTTER, symlinks=True)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--verbose",
-         "--build-constraint", str(CONSTRAINTS), "--wheel-dir", str(work / "dist"), str(source)],
+         "--build-constraint", str(CONSTRAINTS), "--wheel-dir", str(folder / "dist"),
+         str(source)],
         capture_output=True,
         text=True,
         timeout=300,
     )  # fmt: skip
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-6000:]
-    (path,) = (work / "dist").glob("feedd-*.whl")
+    shutil.rmtree(source)
+    (path,) = (folder / "dist").glob("feedd-*.whl")
     return path, log
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def test_build_prints_no_warning(wheel: tuple[Path, str]) -> None:
