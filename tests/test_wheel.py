@@ -160,7 +160,8 @@ def venv(wheel: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> P
 
 def clean_env() -> dict[str, str]:
     """This environment without what would point the venv at the checkout or change feedd."""
-    drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "FEEDD_WEB_DIR", "FEEDD_CONFIG"}
+    drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "FEEDD_WEB_DIR", "FEEDD_CONFIG",
+            "FEEDD_API_TOKEN", "CREDENTIALS_DIRECTORY"}  # fmt: skip
     return {name: value for name, value in os.environ.items() if name not in drop}
 
 
