@@ -15,15 +15,18 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
-## rewrite constraints.txt with the newest releases pyproject.toml allows (then run make test)
+## rewrite constraints.txt: the newest releases pyproject.toml allows for its dependencies, dev
+## tools and build backend, installed into a fresh venv (feedd itself is not). Then make test.
 constraints:
 	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(PYTHON) -m venv "$$tmp/venv"; \
-	"$$tmp/venv/bin/pip" install --quiet --upgrade pip setuptools; \
-	"$$tmp/venv/bin/pip" install --quiet '.[dev]'; \
+	"$$tmp/venv/bin/python" -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
+	  p = d["project"]; print(*p["dependencies"], *p["optional-dependencies"]["dev"], \
+	  *d["build-system"]["requires"], sep="\n")' > "$$tmp/requirements.txt"; \
+	"$$tmp/venv/bin/pip" install --quiet --upgrade pip -r "$$tmp/requirements.txt"; \
 	{ echo "# Exact versions for make, CI and scripts/install-service.sh (pip install -c)."; \
 	  echo "# Made by 'make constraints' ($$($(PYTHON) --version)) from pyproject.toml's ranges: rerun it, don't edit."; \
-	  "$$tmp/venv/bin/pip" freeze --all --exclude feedd; } > $(CONSTRAINTS).new; \
+	  "$$tmp/venv/bin/pip" freeze --all; } > $(CONSTRAINTS).new; \
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 ## run feedd with the repository's config.json
