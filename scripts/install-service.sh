@@ -152,7 +152,7 @@ EOF
     # The new code judges the config: an upgrade that would reject it changes nothing.
     say "checking $config"
     "$release/bin/feedd" check-config "$config" \
-        || die "$config is not valid for this release; fix it and run again (nothing changed)"
+        || die "$config is not valid for this release; fix it and run again (the service was not changed)"
 
     # The switch: one rename, so PREFIX/.venv is always a whole release.
     local previous='' legacy=''
