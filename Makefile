@@ -3,14 +3,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Exact versions of everything installed (dependencies, dev tools, pip and the build backend):
+# this venv, CI and scripts/install-service.sh all install with it. `make constraints` renews it.
+CONSTRAINTS := constraints.txt
 
-.PHONY: run demo sim test lint typecheck bench clean
+.PHONY: run demo sim test lint typecheck bench clean constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --upgrade -c $(CONSTRAINTS) pip
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
+
+## rewrite constraints.txt: the newest releases pyproject.toml allows for its dependencies, dev
+## tools and build backend, installed into a fresh venv (feedd itself is not). Then make test.
+constraints:
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
+	  p = d["project"]; print(*p["dependencies"], *p["optional-dependencies"]["dev"], \
+	  *d["build-system"]["requires"], sep="\n")' > "$$tmp/requirements.txt"; \
+	"$$tmp/venv/bin/pip" install --quiet --upgrade pip -r "$$tmp/requirements.txt"; \
+	{ echo "# Exact versions for make, CI and scripts/install-service.sh (pip install -c)."; \
+	  echo "# Made by 'make constraints' ($$($(PYTHON) --version)) from pyproject.toml's ranges: rerun it, don't edit."; \
+	  "$$tmp/venv/bin/pip" freeze --all; } > $(CONSTRAINTS).new; \
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 ## run feedd with the repository's config.json
 run: $(STAMP)

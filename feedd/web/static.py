@@ -1,4 +1,4 @@
-"""The dashboard's static files from ``web/``: ``/`` is the console, others by their path."""
+"""The dashboard's static files (``web/``, packaged as ``feedd.webroot``): ``/`` is the console."""
 
 from __future__ import annotations
 
@@ -12,8 +12,24 @@ from feedd.web.errors import ApiError
 
 static = Blueprint("static", __name__)
 
-#: the repository's web/ folder; FEEDD_WEB_DIR points elsewhere (packaged installs)
-WEB_DIR = Path(os.environ.get("FEEDD_WEB_DIR") or Path(__file__).resolve().parents[2] / "web")
+
+def find_web_dir() -> Path:
+    """$FEEDD_WEB_DIR if set (to serve a modified dashboard), else the copy an installed wheel
+    carries (web/ is packaged as feedd.webroot), else the checkout's web/ (editable install)."""
+    override = os.environ.get("FEEDD_WEB_DIR")
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parents[1]
+    # An editable install maps feedd.webroot onto web/ too, but a data-only package is not
+    # importable through setuptools' editable finder: look for the files, not the module.
+    installed, checkout = package / "webroot", package.parent / "web"
+    if installed.is_dir() or not checkout.is_dir():
+        return installed
+    return checkout
+
+
+#: where the dashboard's files are served from
+WEB_DIR = find_web_dir()
 
 
 @static.get("/")
