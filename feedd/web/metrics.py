@@ -124,6 +124,14 @@ class FeeddCollector(Collector):
         yield CounterMetricFamily(
             "feedd_writer_retries", "failed commit attempts", value=stats.retries
         )
+        yield CounterMetricFamily(
+            "feedd_writer_dropped", "held candles lost at shutdown", value=stats.dropped
+        )
+        yield CounterMetricFamily(
+            "feedd_writer_recreated",
+            "database files found deleted and made anew",
+            value=stats.recreated,
+        )
         yield GaugeMetricFamily(
             "feedd_writer_queue_depth", "candles held for the next commit", value=stats.pending
         )

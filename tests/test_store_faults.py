@@ -1,0 +1,200 @@
+"""Storage faults that used to end silently: a database SQLite opened read-only (never
+reopened, shutdown past its deadline) and database files deleted while feedd runs (commits
+went on into the unlinked file). Real files throughout.
+
+Read-only is made with ``chattr +i`` on the database (and its WAL if there is one): as root,
+permission bits stop nothing, while an immutable file refuses to be opened for writing even
+to root, so SQLite falls back to opening it read-only exactly as it does for a feedd user
+facing a file it may not write. Not the ``-shm`` file: SQLite maps it, and writing to an
+immutable mapping is a SIGBUS (see tests/chaos/test_storage_faults.py). Tests needing chattr
+are skipped where it is not permitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from test_store_writer import T0, candle, settings, stored
+
+from feedd.candle import Candle
+from feedd.store.database import Database
+from feedd.store.reader import Reader
+from feedd.store.writer import Writer
+
+Send = trio.MemorySendChannel[Sequence[Candle]]
+SUFFIXES = ("", "-wal", "-shm")
+
+
+def chattr(flag: str, *paths: Path) -> None:
+    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def lock_files(tmp_path: Path) -> Iterator[list[Path]]:
+    """Files the test made immutable (with ``make_read_only``), made writable again after."""
+    probe = tmp_path / "probe"
+    probe.touch()
+    try:
+        chattr("+i", probe)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("chattr +i is not permitted here (needs CAP_LINUX_IMMUTABLE, ext4/xfs)")
+    chattr("-i", probe)
+    locked: list[Path] = []
+    yield locked
+    for path in locked:
+        if path.exists():
+            chattr("-i", path)
+
+
+def make_read_only(locked: list[Path], db: Path) -> None:
+    """The database and its WAL immutable (not -shm, see the module docstring)."""
+    paths = [p for p in (db, db.with_name(db.name + "-wal")) if p.exists()]
+    chattr("+i", *paths)
+    locked.extend(paths)
+
+
+def make_writable(locked: list[Path]) -> None:
+    chattr("-i", *locked)
+    locked.clear()
+
+
+def delete_database(db: Path) -> None:
+    for suffix in SUFFIXES:
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+
+
+async def test_database_opened_read_only_is_reopened_once_writable(
+    tmp_path: Path, lock_files: list[Path]
+) -> None:
+    db = tmp_path / "w.db"
+    Database.open(db).close()
+    make_read_only(lock_files, db)
+    writer = Writer(settings(tmp_path, max_batch=2, max_held=6))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](0)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run, recv)
+            # SQLite opened the immutable file read-only without a word: say so at once.
+            assert not writer.stats.healthy
+            assert "read-only" in str(writer.stats.last_error)
+            await send.send([candle(0), candle(1), candle(2)])
+            await send.send([candle(3), candle(4), candle(5)])
+            retries = writer.stats.retries
+            await writer.wait_committed(lambda: writer.stats.retries >= retries + 3)
+            # Held, bounded: at max_held the writer stops taking more and ingest waits.
+            assert writer.stats.pending == 6 == writer.stats.held_limit
+            with pytest.raises(trio.WouldBlock):
+                send.send_nowait([candle(6)])
+            assert stored(db) == {}
+            make_writable(lock_files)
+            await writer.wait_committed(lambda: writer.stats.committed == 6)
+            assert writer.stats.healthy and writer.stats.last_error is None
+            await send.send([candle(6)])
+            await send.aclose()
+    assert sorted(t for _, t in stored(db)) == [T0 + i * 60_000 for i in range(7)]
+    assert writer.stats.dropped == 0
+
+
+async def test_shutdown_with_a_read_only_store_ends_in_time_and_counts_the_loss(
+    tmp_path: Path, lock_files: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Even with the collector full (waiting for room) when ingest stops."""
+    db = tmp_path / "w.db"
+    Database.open(db).close()
+    make_read_only(lock_files, db)
+    writer = Writer(settings(tmp_path, max_batch=2, max_held=4, final_commit_timeout_s=0.5))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](0)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run, recv)
+            await send.send([candle(i) for i in range(4)])
+            await writer.wait_committed(lambda: writer.stats.retries >= 2)
+            with pytest.raises(trio.WouldBlock):
+                send.send_nowait([candle(4)])
+            closed_at = trio.current_time()
+            await send.aclose()
+        took = trio.current_time() - closed_at
+    # 0.5 s of retries after the end of ingest, plus the full collector's poll (0.25 s).
+    assert took < 3
+    assert writer.stats.dropped == 4
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("could not commit 4 candles before shutdown" in m for m in errors), errors
+
+
+async def test_cancelled_with_a_read_only_store_counts_the_loss(
+    tmp_path: Path, lock_files: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "w.db"
+    Database.open(db).close()
+    make_read_only(lock_files, db)
+    writer = Writer(settings(tmp_path, final_commit_timeout_s=0.5))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](0)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run, recv)
+            await send.send([candle(i) for i in range(3)])
+            await writer.wait_committed(lambda: writer.stats.retries >= 1)
+            nursery.cancel_scope.cancel()
+    assert writer.stats.dropped == 3
+    assert any("could not commit 3 candles" in r.getMessage() for r in caplog.records)
+
+
+async def test_deleted_database_is_recreated_as_a_new_generation(tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    writer = Writer(settings(tmp_path))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](0)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run, recv)
+            await send.send([candle(i) for i in range(3)])
+            await writer.wait_committed(lambda: writer.stats.committed == 3)
+            assert (writer.generation, writer.stats.recreated) == (0, 0)
+            delete_database(db)
+            await send.send([candle(10)])
+            # The next batch notices the file gone, makes it anew and commits into it.
+            assert await writer.wait_recreated(0) == 1
+            await writer.wait_committed(lambda: writer.stats.committed == 4)
+            assert stored(db) == {("BTCUSDT", T0 + 10 * 60_000): ("1.5", 1)}
+            assert writer.stats.recreated == 1 and writer.stats.healthy
+            await send.aclose()
+    assert stored(db) == {("BTCUSDT", T0 + 10 * 60_000): ("1.5", 1)}
+
+
+async def test_reader_follows_a_recreated_database(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    old = Database.open(db)
+    old.write([candle(i) for i in range(3)])
+    reader = Reader(db)
+    try:
+        assert len(await reader.candles("okx_futures", "BTCUSDT", "1m")) == 3
+        delete_database(db)
+        assert await reader.candles("okx_futures", "BTCUSDT", "1m") == []
+        new = Database.open(db)
+        new.write([candle(7)])
+        rows = await reader.candles("okx_futures", "BTCUSDT", "1m")
+        assert [r.open_time for r in rows] == [T0 + 7 * 60_000]
+        new.close()
+    finally:
+        reader.close()
+        old.close()
+
+
+def test_open_reports_a_read_only_file_and_a_created_one(
+    tmp_path: Path, lock_files: list[Path]
+) -> None:
+    db = tmp_path / "t.db"
+    first = Database.open(db)
+    assert (first.created, first.writable) == (True, True)
+    first.close()
+    make_read_only(lock_files, db)
+    again = Database.open(db)
+    try:
+        assert (again.created, again.writable) == (False, False)
+    finally:
+        again.close(checkpoint=False)
