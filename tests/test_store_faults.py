@@ -17,18 +17,29 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio.testing
+from chaos.harness import FeeddProcess, config_doc, poll_until, write_config
+from e2e import compare, running_feedd, wait_for_truth, wait_on_commits
 from test_store_writer import T0, candle, settings, stored
 
 from feedd.candle import Candle
+from feedd.intervals import MINUTE_MS, floor_open
+from feedd.service import SHUTDOWN_TIMEOUT_S, Service
+from feedd.sim.app import Simulator, open_simulator
+from feedd.sim.settings import SimSettings
 from feedd.store.database import Database
 from feedd.store.reader import Reader
 from feedd.store.writer import Writer
 
 Send = trio.MemorySendChannel[Sequence[Candle]]
 SUFFIXES = ("", "-wal", "-shm")
+VENUES = ("binance_futures", "bybit_futures", "okx_futures")
+SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+PLAN = {name: SYMBOLS for name in VENUES}
+BOOTSTRAP = 10
 
 
 def chattr(flag: str, *paths: Path) -> None:
@@ -198,3 +209,117 @@ def test_open_reports_a_read_only_file_and_a_created_one(
         assert (again.created, again.writable) == (False, False)
     finally:
         again.close(checkpoint=False)
+
+
+# --- feedd against the simulator --------------------------------------------------------------
+
+
+async def wait_health(client: httpx.AsyncClient, service: Service, ok: bool) -> None:
+    """Wait (on commit attempts) for the writer's health, then check /health agrees."""
+    writer = service.state.writer
+    await writer.wait_committed(lambda: writer.stats.healthy == ok)
+    response = await client.get("/health")
+    assert response.status_code == (200 if ok else 503), response.text
+
+
+async def wait_truth(service: Service, sim: Simulator, db: Path, start: int, end: int) -> None:
+    for name in VENUES:
+        await wait_for_truth(service, sim, db, name, SYMBOLS, start, end)
+
+
+def differences(sim: Simulator, db: Path, start: int, end: int) -> list[str]:
+    return [p for name in VENUES for p in compare(sim, db, name, SYMBOLS, start, end)]
+
+
+def window_start(now_ms: int, spare: int) -> int:
+    """The first open time of the bootstrap window of a round at ``now_ms``, less ``spare``
+    minutes for rounds that take their clock a little later."""
+    return floor_open("1m", now_ms) - (BOOTSTRAP - spare) * MINUTE_MS
+
+
+async def test_feedd_on_a_read_only_database_commits_once_writable(
+    tmp_path: Path, lock_files: list[Path]
+) -> None:
+    """Started on a database it may only read: 503 while it holds what ingest brings, and once
+    the operator makes the file writable, 200 and the store equal to the truth."""
+    db = tmp_path / "ohlcv.db"
+    Database.open(db).close()
+    make_read_only(lock_files, db)
+    async with running_feedd(tmp_path, PLAN, bootstrap_load=BOOTSTRAP) as (sim, service, client):
+        start = window_start(sim.now_ms(), 1)
+        writer = service.state.writer
+        with trio.fail_after(60):
+            await wait_health(client, service, False)
+            assert "read-only" in str(writer.stats.last_error)
+            # Past a minute's close, so that live candles are held as well as the bootstrap.
+            await sim.sleep_until_ms(floor_open("1m", sim.now_ms()) + MINUTE_MS + 30_000)
+            await writer.wait_committed(lambda: writer.stats.pending >= BOOTSTRAP * 6)
+            assert stored(db) == {}
+            make_writable(lock_files)
+            await wait_health(client, service, True)
+            end = floor_open("1m", sim.now_ms()) + 2 * MINUTE_MS
+            await sim.sleep_until_ms(end + MINUTE_MS)
+            await wait_truth(service, sim, db, start, end)
+        assert writer.stats.dropped == 0
+    assert differences(sim, db, start, end) == []
+
+
+async def test_sigterm_with_a_read_only_store_ends_in_time_and_says_what_it_lost(
+    tmp_path: Path, lock_files: list[Path]
+) -> None:
+    db = tmp_path / "ohlcv.db"
+    Database.open(db).close()
+    make_read_only(lock_files, db)
+    async with open_simulator(SimSettings(venues=VENUES)) as sim:
+        config = write_config(tmp_path / "config.json", config_doc(sim, PLAN, bootstrap_load=5))
+        feedd = FeeddProcess(config, tmp_path / "feedd.log")
+        try:
+            await feedd.start()
+            async with httpx.AsyncClient(base_url=feedd.url, timeout=5) as client:
+
+                async def holding() -> bool:
+                    response = await client.get("/health")
+                    return response.status_code == 503 and response.json()["store"]["pending"] > 0
+
+                await poll_until(holding, 30, "feedd to hold candles it cannot commit")
+            stopped_at = trio.current_time()
+            assert await feedd.stop() == 0
+            took = trio.current_time() - stopped_at
+        finally:
+            await feedd.aclose()
+    log = feedd.log_text()
+    assert "writer did not finish" not in log
+    lost = [line for line in log.splitlines() if "could not commit" in line]
+    assert len(lost) == 1 and " ERROR " in lost[0] and "before shutdown" in lost[0], lost
+    # The writer gives up 5 s after ingest stopped; the whole shutdown is allowed 10 s.
+    assert took < SHUTDOWN_TIMEOUT_S, took
+
+
+async def test_deleted_database_is_recreated_and_healed_from_rest(tmp_path: Path) -> None:
+    """The files deleted under a running feedd: noticed at the next commit, reported, made
+    anew, and every stream backfilled again so the bootstrap window equals the truth."""
+    db = tmp_path / "ohlcv.db"
+    async with running_feedd(tmp_path, PLAN, bootstrap_load=BOOTSTRAP) as (sim, service, client):
+        writer = service.state.writer
+        first = window_start(sim.now_ms(), 1)
+        with trio.fail_after(90):
+            await wait_truth(service, sim, db, first, first + 3 * MINUTE_MS)
+            delete_database(db)
+            deleted_at = sim.now_ms()
+            # Today's writer went on committing into the unlinked file: the path stayed empty.
+            await wait_on_commits(service, db.exists)
+            health = await client.get("/health")
+            assert health.status_code == 200
+            assert health.json()["store"]["recreated"] == 1
+            status = (await client.get("/status")).json()
+            assert status["writer"]["recreated"] == 1
+            metrics = (await client.get("/metrics")).text
+            assert "feedd_writer_recreated_total 1.0" in metrics
+            # The heal's window: the bootstrap as of the recreation (its round may take its
+            # clock a few sim minutes later on a busy machine, hence the spare minutes).
+            start = window_start(deleted_at, 4)
+            end = floor_open("1m", sim.now_ms()) + 2 * MINUTE_MS
+            await sim.sleep_until_ms(end + MINUTE_MS)
+            await wait_truth(service, sim, db, start, end)
+        assert writer.stats.recreated == 1
+    assert differences(sim, db, start, end) == []
