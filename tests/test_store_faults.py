@@ -115,27 +115,30 @@ async def test_database_opened_read_only_is_reopened_once_writable(
 async def test_shutdown_with_a_read_only_store_ends_in_time_and_counts_the_loss(
     tmp_path: Path, lock_files: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Even with the collector full (waiting for room) when ingest stops."""
+    """Even with the collector full (waiting for room) and the channel backed up when ingest
+    stops: what ingest left in the channel is taken at once and counted too."""
     db = tmp_path / "w.db"
     Database.open(db).close()
     make_read_only(lock_files, db)
     writer = Writer(settings(tmp_path, max_batch=2, max_held=4, final_commit_timeout_s=0.5))
-    send, recv = trio.open_memory_channel[Sequence[Candle]](0)
+    send, recv = trio.open_memory_channel[Sequence[Candle]](32)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run, recv)
             await send.send([candle(i) for i in range(4)])
             await writer.wait_committed(lambda: writer.stats.retries >= 2)
-            with pytest.raises(trio.WouldBlock):
-                send.send_nowait([candle(4)])
+            for i in range(4, 24):
+                send.send_nowait([candle(i)])
+            await trio.testing.wait_all_tasks_blocked()
+            assert writer.stats.pending == 4 and recv.statistics().current_buffer_used == 20
             closed_at = trio.current_time()
             await send.aclose()
         took = trio.current_time() - closed_at
-    # 0.5 s of retries after the end of ingest, plus the full collector's poll (0.25 s).
+    # 0.5 s of retries after the end of ingest, plus one poll of the full collector (0.25 s).
     assert took < 3
-    assert writer.stats.dropped == 4
+    assert writer.stats.dropped == 24
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert any("could not commit 4 candles before shutdown" in m for m in errors), errors
+    assert any("could not commit 24 candles before shutdown" in m for m in errors), errors
 
 
 async def test_cancelled_with_a_read_only_store_counts_the_loss(

@@ -79,8 +79,6 @@ class DatabaseHandle:
                     " (file or directory permissions, an immutable file, a read-only mount)"
                 )
             self._db = db
-            if self.generation:
-                log.info("database %s open again", self.path)
         return db
 
     def _adopt(self, db: Database) -> None:

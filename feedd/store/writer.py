@@ -141,14 +141,12 @@ class Writer:
                 if self._held >= max_held and not self._said_full:
                     self._said_full = True
                     log.warning("holding %d candles, the limit: ingest waits", self._held)
-                while self._held >= max_held:
+                # Once ingest has stopped, take what it left in the channel (bounded by the
+                # channel) so that shutdown never waits for room.
+                while self._held >= max_held and candles_recv.statistics().open_send_channels:
                     self._room = trio.Event()
                     with trio.move_on_after(FULL_POLL_S):
                         await self._room.wait()
-                    if candles_recv.statistics().open_send_channels == 0:
-                        # Ingest has stopped: take what it left in the channel (bounded by
-                        # the channel) so that shutdown need not wait for room.
-                        break
         self._eof = True
         self._drain_deadline = trio.current_time() + self.settings.final_commit_timeout_s
         self._closing.set()
