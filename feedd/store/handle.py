@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 
 class DatabaseHandle:
+    """Owns the writer's Database between failures; ``get`` hands out a usable one."""
+
     def __init__(self, path: Path, *, busy_timeout_ms: int) -> None:
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
@@ -89,8 +91,7 @@ class DatabaseHandle:
             recreated, self._recreated = self._recreated, trio.Event()
             recreated.set()
             log.error(
-                "database %s is a new file (generation %d): every stream's history is"
-                " fetched again",
+                "database %s is a new file (generation %d): what the old one held is gone",
                 self.path,
                 self.generation,
             )
