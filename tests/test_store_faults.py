@@ -326,3 +326,21 @@ async def test_deleted_database_is_recreated_and_healed_from_rest(tmp_path: Path
             await wait_truth(service, sim, db, start, end)
         assert writer.stats.recreated == 1
     assert differences(sim, db, start, end) == []
+
+
+async def test_database_deleted_without_its_wal_is_recreated_empty(tmp_path: Path) -> None:
+    """Only ohlcv.db removed: what is left of it (-wal, -shm) must not come back to life."""
+    db = tmp_path / "w.db"
+    writer = Writer(settings(tmp_path))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](0)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run, recv)
+            await send.send([candle(i) for i in range(3)])
+            await writer.wait_committed(lambda: writer.stats.committed == 3)
+            db.unlink()
+            await send.send([candle(10)])
+            assert await writer.wait_recreated(0) == 1
+            await writer.wait_committed(lambda: writer.stats.committed == 4)
+            await send.aclose()
+    assert stored(db) == {("BTCUSDT", T0 + 10 * 60_000): ("1.5", 1)}

@@ -77,10 +77,6 @@ class Database:
         whether to wait for the operator to fix it."""
         try:
             created = file_identity(path) is None
-            if created:
-                # What is left of a deleted database must not be replayed into a new one.
-                for suffix in ("-wal", "-shm"):
-                    path.with_name(path.name + suffix).unlink(missing_ok=True)
             conn = connect_writer(path, busy_timeout_ms=busy_timeout_ms)
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot open", path) from exc
