@@ -44,7 +44,7 @@ class StoredHistory(Protocol):
 
 
 class StoreGenerations(Protocol):
-    """How backfill learns that the store lost its history (its file deleted and made anew):
+    """How the engine learns that the store lost its history (its file deleted and made anew):
     a count that grows each time (the store's writer provides it)."""
 
     @property
