@@ -94,7 +94,7 @@ async def run_service(
                     writer_done.set()
 
             await root.start(run_writer)
-            supervisor = Supervisor(candles_send, reader, http, cpu)
+            supervisor = Supervisor(candles_send, reader, http, cpu, store=writer)
             controller = Controller(config, config_path, supervisor, writer, http)
             started_at = time.time()
             monitor = Monitor(database, lambda: supervisor.stats, cpu, started_at)
