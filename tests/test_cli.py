@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +20,10 @@ import httpx
 import pytest
 import trio
 
+from feedd import feedctl
 from feedd.cli import build_parser
+from feedd.ctl import tail
+from feedd.ctl.client import Unreachable
 from feedd.exchanges import REGISTRY
 from feedd.logsetup import configure_logging
 
@@ -86,6 +90,131 @@ async def test_ready_watchdog_and_stopping(tmp_path: Path, notify_path: str) -> 
 def test_help_names_log_format() -> None:
     text = build_parser().format_help()
     assert "--log-format {text,json}" in text
+
+
+def test_help_names_lookup_secrets_signals_and_check_config() -> None:
+    text = build_parser().format_help()
+    for words in ("check-config", "$FEEDD_CONFIG", "$FEEDD_API_TOKEN", "SIGHUP", "exit status"):
+        assert words in text, words
+
+
+# ----------------------------------------------------------------------------- check-config
+
+
+def feedd(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDD_", "CREDENTIALS_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "feedd", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**base, **env},
+    )
+
+
+QUIET = {"exchanges": {name: {"enabled": False} for name in REGISTRY}, "port": 0}
+
+
+def test_check_config_ok(tmp_path: Path) -> None:
+    path = tmp_path / "feedd.json"
+    path.write_text(json.dumps({"exchanges": {"okx_futures": {"symbols": ["BTCUSDT"]}}}))
+    result = feedd("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout
+        == f"{path}: OK (1 of 1 exchanges enabled, 1 symbols; serves 127.0.0.1:3000)\n"
+    )
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stderr == ""
+
+
+def test_check_config_refuses_with_one_line_and_status_2(tmp_path: Path) -> None:
+    path = tmp_path / "feedd.json"
+    path.write_text(json.dumps({"host": "0.0.0.0"}))
+    result = feedd("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert "config error: host: binding 0.0.0.0 (not loopback) requires api_token" in line
+
+
+def test_check_config_finds_the_file_as_startup_does(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(QUIET))
+    local = feedd("check-config", cwd=tmp_path)
+    assert local.returncode == 0 and local.stdout.startswith("config.json: OK"), local
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"port": "x"}))
+    from_env = feedd("check-config", cwd=tmp_path, FEEDD_CONFIG=str(other))
+    assert from_env.returncode == 2 and "port: expected an integer" in from_env.stderr
+    given = feedd("--config", str(other), "check-config", cwd=tmp_path)
+    assert given.returncode == 2
+    positional = feedd("check-config", "config.json", cwd=tmp_path, FEEDD_CONFIG=str(other))
+    assert positional.returncode == 0
+
+
+def test_check_config_with_a_token_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"host": "0.0.0.0"}))
+    result = feedd("check-config", str(path), FEEDD_API_TOKEN="tok-SECRET-1")
+    assert result.returncode == 0, result.stderr
+    assert "api token from $FEEDD_API_TOKEN" in result.stdout
+    assert "tok-SECRET-1" not in result.stdout + result.stderr
+    # The overrides of the command line meet the same rules.
+    refused = feedd("--host", "0.0.0.0", "check-config", str(tmp_path / "absent.json"))
+    assert refused.returncode == 2
+    (tmp_path / "plain.json").write_text("{}")
+    exposed = feedd("--host", "0.0.0.0", "check-config", str(tmp_path / "plain.json"))
+    assert exposed.returncode == 2 and "--host: binding 0.0.0.0" in exposed.stderr
+
+
+async def test_log_names_the_config_file_and_token_source_never_the_token(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**QUIET, "database_path": str(tmp_path / "ohlcv.db")}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDD_", "NOTIFY_"))}
+    env["FEEDD_API_TOKEN"] = "tok-SECRET-2"
+    command = [sys.executable, "-m", "feedd", "--config", str(path), "--log-format", "json"]
+    with trio.fail_after(60):
+        process = await trio.lowlevel.open_process(command, env=env, stderr=subprocess.PIPE)
+        assert process.stderr is not None
+        received = b""
+        # Serving is logged after the config lines: read up to it.
+        while b"feedd serving on" not in received:
+            chunk = await process.stderr.receive_some()
+            assert chunk, received
+            received += chunk
+        process.send_signal(signal.SIGTERM)
+        async for chunk in process.stderr:
+            received += chunk
+        assert await process.wait() == 0
+    text = received.decode()
+    messages = [json.loads(line)["message"] for line in text.splitlines()]
+    assert f"config file {path} (--config)" in messages
+    assert "api token from $FEEDD_API_TOKEN" in messages
+    assert "tok-SECRET-2" not in text
+
+
+# ----------------------------------------------------------------------------- feedctl tail
+
+
+def test_tail_shows_one_error_of_a_group(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two errors at once (the body's and the library's reader task's) arrive grouped."""
+
+    async def follow(args: object) -> None:
+        async def fail(exc: Exception) -> None:
+            raise exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail, Unreachable("lost the connection to feedd (1006)"))
+            nursery.start_soon(fail, ValueError("reader task"))
+
+    monkeypatch.setattr(tail, "follow", follow)
+    assert feedctl.main(["--url", "http://127.0.0.1:9", "tail"]) == 3
+    assert capsys.readouterr().err == "feedctl: lost the connection to feedd (1006)\n"
 
 
 # ----------------------------------------------------------------------------- log formats
