@@ -1,10 +1,9 @@
-"""The ``feedd`` command as systemd runs it (notify socket, watchdog, SIGTERM); its log formats."""
+"""The ``feedd`` command: as systemd runs it (notify socket, watchdog, SIGTERM), its help,
+``check-config``, the config lookup; feedctl tail's error groups."""
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -25,7 +24,6 @@ from feedd.cli import build_parser
 from feedd.ctl import tail
 from feedd.ctl.client import Unreachable
 from feedd.exchanges import REGISTRY
-from feedd.logsetup import configure_logging
 
 # ----------------------------------------------------------------------------- under systemd
 
@@ -215,115 +213,3 @@ def test_tail_shows_one_error_of_a_group(
     monkeypatch.setattr(tail, "follow", follow)
     assert feedctl.main(["--url", "http://127.0.0.1:9", "tail"]) == 3
     assert capsys.readouterr().err == "feedctl: lost the connection to feedd (1006)\n"
-
-
-# ----------------------------------------------------------------------------- log formats
-
-TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
-
-
-@pytest.fixture(autouse=True)
-def restore_root_logger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def _log_error(logger: logging.Logger) -> None:
-    try:
-        raise ValueError("bad frame")
-    except ValueError:
-        logger.exception("session failed")
-
-
-def test_text_lines_carry_time_level_and_logger() -> None:
-    out = io.StringIO()
-    configure_logging("info", "text", out)
-    logger = logging.getLogger("feedd.test")
-    logger.debug("hidden")
-    logger.info("hello %s", "world")
-    _log_error(logger)
-    lines = out.getvalue().splitlines()
-    assert re.fullmatch(TIME + " INFO feedd.test: hello world", lines[0]), lines[0]
-    assert re.fullmatch(TIME + " ERROR feedd.test: session failed", lines[1]), lines[1]
-    assert lines[2] == "Traceback (most recent call last):"
-    assert lines[-1] == "ValueError: bad frame"
-
-
-def test_under_journald_lines_carry_priority_not_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with (tmp_path / "journal").open("w+") as stream:
-        stat = os.fstat(stream.fileno())
-        monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
-        configure_logging("info", "text", stream)
-        logger = logging.getLogger("feedd.test")
-        logger.warning("slow")
-        _log_error(logger)
-        stream.seek(0)
-        lines = stream.read().splitlines()
-    assert lines[0] == "<4>WARNING feedd.test: slow"
-    assert lines[1] == "<3>ERROR feedd.test: session failed"
-    # Every traceback line keeps the error's priority: `journalctl -p err` shows all of it.
-    assert lines[2] == "<3>Traceback (most recent call last):"
-    assert lines[-1] == "<3>ValueError: bad frame"
-
-
-def test_journal_stream_of_another_file_keeps_timestamps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # inherited, but our stderr goes elsewhere
-    with (tmp_path / "log").open("w+") as stream:
-        configure_logging("info", "text", stream)
-        logging.getLogger("feedd.test").info("x")
-        stream.seek(0)
-        assert re.fullmatch(TIME + " INFO feedd.test: x\n", stream.read())
-
-
-def test_json_is_one_object_per_line() -> None:
-    out = io.StringIO()
-    configure_logging("debug", "json", out)
-    logger = logging.getLogger("feedd.test")
-    logger.debug('quote " and\nnewline')
-    _log_error(logger)
-    first, second = (json.loads(line) for line in out.getvalue().splitlines())
-    assert re.fullmatch(TIME, first["time"])
-    assert first == {
-        "time": first["time"],
-        "level": "DEBUG",
-        "logger": "feedd.test",
-        "message": 'quote " and\nnewline',
-    }
-    assert (second["level"], second["message"]) == ("ERROR", "session failed")
-    assert second["exc"].startswith("Traceback (most recent call last):")
-    assert second["exc"].endswith("ValueError: bad frame")
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def test_reconfiguring_replaces_only_its_own_handler() -> None:
-    first, second = io.StringIO(), io.StringIO()
-    configure_logging("info", "text", first)
-    ring = Collect()  # stands in for the service's /logs ring buffer
-    logging.getLogger().addHandler(ring)
-    configure_logging("warning", "json", second)
-    logging.getLogger("feedd.test").warning("once")
-    assert first.getvalue() == ""
-    assert len(second.getvalue().splitlines()) == 1
-    assert [r.getMessage() for r in ring.records] == ["once"]
-    assert logging.getLogger().level == logging.WARNING
-
-
-def test_unknown_format_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown log format"):
-        configure_logging("info", "xml")
