@@ -10,7 +10,6 @@ import argparse
 import logging
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -236,8 +235,7 @@ async def _run(config: config_module.Config, database: Path, config_path: Path) 
 async def reload(service: Service, config_path: Path) -> None:
     """SIGHUP: what ``POST /restart`` does. A file that does not validate changes nothing."""
     log.info("received SIGHUP: reloading %s", config_path)
-    monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=reloading")
+    sdnotify.reloading()
     try:
         applied = await service.state.controller.restart()
     except ConfigError as exc:

@@ -127,7 +127,7 @@ async def test_sighup_reloads_the_config_file(tmp_path: Path, notify_path: str) 
                 await log.wait_for(r"^received SIGHUP: reloading .*config\.json$")
                 reloading = await notified(sock)
                 assert re.fullmatch(
-                    rb"RELOADING=1\nMONOTONIC_USEC=\d+\nSTATUS=reloading", reloading
+                    rb"RELOADING=1\nMONOTONIC_USEC=\d+\nSTATUS=reloading the config file", reloading
                 ), reloading
                 await log.wait_for(r"^reload done$")
                 assert await notified(sock) == ready
