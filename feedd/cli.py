@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until trio's receiver takes SIGHUP over, its default action would end feedd, a death
+    # systemd counts as clean (Restart=on-failure would not act). A reload that early is moot:
+    # the file is about to be read.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:

@@ -63,7 +63,11 @@ def prepare_database_folder(database: Path) -> None:
         raise StoreError(f"database folder {folder} is a file, not a folder") from None
     except OSError as exc:
         raise StoreError(f"cannot create the database folder {folder}: {_reason(exc)}") from None
-    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError as exc:
+        raise StoreError(f"cannot use the database folder {folder}: {_reason(exc)}") from None
+    if read_only:
         raise StoreError(f"database folder {folder} is on a read-only file system")
     if not database.exists() and not os.access(folder, os.W_OK | os.X_OK):
         raise StoreError(f"cannot create {database.name} in {folder}: permission denied")
