@@ -140,8 +140,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
 
 
 class _Object(dict[str, Any]):
-    """A decoded JSON object that remembers the keys it saw twice (the last value counts,
-    as in every JSON parser, but an operator editing by hand usually meant the first)."""
+    """A decoded JSON object that remembers the keys it saw twice: the last value counts, as
+    in every JSON parser, and a warning tells the operator the other one was dropped."""
 
     def __init__(self, pairs: list[tuple[str, Any]]) -> None:
         super().__init__(pairs)
@@ -371,8 +371,11 @@ def _seconds(settings: dict[str, Any], key: str, path: str) -> float | None:
 
 
 def _number(value: float) -> str:
-    """60 rather than 60.0 or 6e+01; 1e-09 stays short."""
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+    """60 rather than 60.0 or 6e+01; 1e-09 stays short; a 400-digit integer is cut."""
+    if isinstance(value, int):
+        text = str(value)
+        return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 def save(path: str | os.PathLike[str], config: Config) -> None:

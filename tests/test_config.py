@@ -191,6 +191,9 @@ def test_cli_help_lists_options() -> None:
         ("connection_lifetime", 0.001, "between 60 and 2592000 seconds, got 0.001"),
         ("connection_lifetime", 1e12, "between 60 and 2592000 seconds"),
         ("silence_timeout", "5", "expected a number of seconds"),
+        # float() of it raised OverflowError, a traceback instead of a config error
+        ("silence_timeout", 10**400, "got 100000000000... (401 digits)"),
+        ("silence_timeout", float("nan"), "got nan"),
     ],
 )
 def test_durations_have_sane_bounds(key: str, value: object, words: str) -> None:
