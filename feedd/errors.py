@@ -6,6 +6,7 @@ FeeddError
 ├── ExchangeError      the exchange answered with an error envelope (REST or WS)
 │   └── RateLimited    the exchange asked us to slow down (429/418, retCode/code limits)
 ├── TransportError     a socket or HTTP request failed (connect, reset, timeout)
+├── ListenError        the HTTP API cannot listen (port in use, host not here or unknown)
 └── StoreError         SQLite could not be written (locked, read-only, disk full)
 """
 
@@ -50,6 +51,10 @@ class RateLimited(ExchangeError):
 
 class TransportError(FeeddError):
     """The network failed underneath a request or connection."""
+
+
+class ListenError(FeeddError):
+    """The HTTP API cannot bind its address; ``str()`` names the address and the cause."""
 
 
 class StoreError(FeeddError):
