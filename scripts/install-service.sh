@@ -151,7 +151,13 @@ EOF
     fi
     # The new code judges the config: an upgrade that would reject it changes nothing.
     say "checking $config"
-    "$release/bin/feedd" check-config "$config" \
+    # The unit hands feedd the credential api_token (LoadCredential=) when the file exists:
+    # check with it too, so that a non-loopback host with its token there is judged as it runs.
+    local credentials=()
+    if [[ -f $(dirname "$config")/api_token ]]; then
+        credentials=(env "CREDENTIALS_DIRECTORY=$(dirname "$config")")
+    fi
+    "${credentials[@]}" "$release/bin/feedd" check-config "$config" \
         || die "$config is not valid for this release; fix it and run again (the service was not changed)"
 
     # The switch: one rename, so PREFIX/.venv is always a whole release.
