@@ -3,6 +3,8 @@ data-proven subscriptions and silent streams. Plain functions: no trio, no socke
 
 from __future__ import annotations
 
+import orjson
+
 from feedd.engine.subscriptions import Rejection, Subscriptions
 from feedd.exchanges import binance, bybit, okx
 from feedd.exchanges.contract import Stream, SubscribeAck, SubscribeRejected
@@ -10,6 +12,19 @@ from feedd.exchanges.contract import Stream, SubscribeAck, SubscribeRejected
 BTC = Stream("BTCUSDT", "1m")
 ETH = Stream("ETHUSDT", "1m")
 SOL = Stream("SOLUSDT", "1m")
+
+
+def okx_streams(count: int) -> list[Stream]:
+    return [Stream(f"C{i}USDT", "1m") for i in range(count)]
+
+
+def okx_ack_without_id(stream: Stream) -> SubscribeAck:
+    """An OKX ack shaped like ../shared/real-frames/okx/ws_subscribe_acks_public_2022-05-13.log"""
+    frame = {"event": "subscribe", "arg": okx.channel_arg(stream)}
+    [event] = okx.parse_frame(orjson.dumps(frame).decode())
+    assert isinstance(event, SubscribeAck)
+    assert event.request_id is None
+    return event
 
 
 def test_requests_get_fresh_ids_and_stay_pending_until_answered() -> None:
@@ -62,6 +77,22 @@ def test_per_stream_acks_with_id_answer_the_request_once_all_arrived() -> None:
     assert not subs.all_answered
     assert subs.on_ack(SubscribeAck(request.request_id, ETH), now=1.0) == [ETH]
     assert subs.all_answered
+
+
+def test_okx_acks_without_id_are_matched_on_their_arg() -> None:
+    """Issue #11.4: 2022 OKX acks echo no id; each names its arg, which tells the request."""
+    subs = Subscriptions(okx.subscribe_requests)
+    streams = okx_streams(150)
+    first, second = subs.subscribe(streams, now=0.0)  # OKX takes 100 args per request
+    assert (len(first.streams), len(second.streams)) == (100, 50)
+    # interleaved, and the second request's acks complete first
+    order = list(second.streams) + list(first.streams[:99])
+    for stream in order:
+        assert subs.on_ack(okx_ack_without_id(stream), now=1.0) == [stream]
+    assert not subs.all_answered  # one arg of the first request is still unacked
+    assert subs.on_ack(okx_ack_without_id(first.streams[99]), now=1.0) == [first.streams[99]]
+    assert subs.all_answered
+    assert subs.subscribed_count == 150
 
 
 def test_a_stream_proven_by_data_counts_towards_its_requests_ack() -> None:
@@ -126,6 +157,31 @@ def test_a_refusal_spares_streams_already_subscribed() -> None:
     rejection = subs.on_rejected(SubscribeRejected(request.request_id, (ETH,), "60018", ""), 1.0)
     assert rejection.bad == (ETH,)
     assert [r.streams for r in rejection.retry] == [(SOL,)]
+
+
+def test_an_okx_refusal_without_id_is_matched_on_the_stream_it_names() -> None:
+    subs = Subscriptions(okx.subscribe_requests)
+    first, second = subs.subscribe(okx_streams(150), now=0.0)
+    bad = second.streams[3]
+    [event] = okx.parse_frame(
+        orjson.dumps(
+            {
+                "event": "error",
+                "code": "60018",
+                "msg": f"Wrong URL or channel:candle1m,instId:{okx.to_native(bad.symbol)}"
+                " doesn't exist. Please use the correct URL, channel and parameters.",
+            }
+        ).decode()
+    )
+    assert isinstance(event, SubscribeRejected)
+    assert event.request_id is None
+    rejection = subs.on_rejected(event, now=1.0)
+    assert rejection.bad == (bad,)
+    [retry] = rejection.retry
+    assert retry.streams == tuple(s for s in second.streams if s != bad)
+    for stream in first.streams + retry.streams:
+        subs.on_ack(okx_ack_without_id(stream), now=2.0)
+    assert subs.all_answered
 
 
 def test_a_refusal_for_an_unknown_request_rejects_what_it_names() -> None:

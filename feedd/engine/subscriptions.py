@@ -142,13 +142,21 @@ class Subscriptions:
         return tracked is not None and tracked.subscribed
 
     def _requests_for(self, request_id: str | None, stream: Stream) -> list[SubscribeRequest]:
-        request = self._pending.get(request_id) if request_id is not None else None
-        return [] if request is None else [request]
+        if request_id is not None:
+            request = self._pending.get(request_id)
+            return [] if request is None else [request]
+        # No id echoed (OKX captures from 2022 have none): the ack's arg says which request.
+        return [r for r in self._pending.values() if stream in r.streams]
 
     def _answer(self, request_id: str | None, streams: Sequence[Stream]) -> SubscribeRequest | None:
         """Take the pending request an answer is for, if it can be told."""
         if request_id is not None:
             return self._pending.pop(request_id, None)
+        # A refusal without an id that names its arg (OKX 60018) belongs to the request of it.
+        for stream in streams:
+            for request in self._pending.values():
+                if stream in request.streams:
+                    return self._pending.pop(request.request_id)
         if len(self._pending) == 1:
             # An error without an id (e.g. unparseable request) belongs to the only open one.
             return self._pending.popitem()[1]
