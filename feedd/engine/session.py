@@ -198,7 +198,7 @@ class Session:
         # trio-websocket hands out one message per await, each costing a trip through the
         # scheduler; taking what is already queued in one go (and one channel send per
         # burst) roughly halves the per-frame overhead under load.
-        queued: trio.MemoryReceiveChannel[str | bytes] | None = getattr(ws, "_recv_channel", None)
+        queued = message_queue(ws)
         while True:
             messages = [await ws.get_message()]
             if queued is not None:
@@ -327,6 +327,20 @@ class Session:
     def _request_rotation(self) -> None:
         self.rotate_requested = True
         self.attention.set()
+
+
+def message_queue(
+    ws: trio_websocket.WebSocketConnection,
+) -> trio.MemoryReceiveChannel[str | bytes] | None:
+    """The receive end of trio-websocket's queue of whole messages, which ``get_message`` reads.
+
+    Private in trio-websocket 0.12, which offers no public way to take what is already
+    queued; the dependency is pinned below 0.13 and tests/test_trio_websocket_pin.py fails
+    if a version moves it. Should it be gone anyway, reading falls back to one message per
+    ``get_message`` (slower, never wrong).
+    """
+    queue = getattr(ws, "_recv_channel", None)
+    return queue if isinstance(queue, trio.MemoryReceiveChannel) else None
 
 
 _SESSION_ERRORS = (TransportError, trio_websocket.ConnectionClosed, trio.BrokenResourceError)
