@@ -3,6 +3,8 @@ data-proven subscriptions and silent streams. Plain functions: no trio, no socke
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 
 from feedd.engine.subscriptions import Rejection, Subscriptions
@@ -76,6 +78,18 @@ def test_per_stream_acks_with_id_answer_the_request_once_all_arrived() -> None:
     assert subs.on_ack(SubscribeAck(request.request_id, BTC), now=1.0) == [BTC]
     assert not subs.all_answered
     assert subs.on_ack(SubscribeAck(request.request_id, ETH), now=1.0) == [ETH]
+    assert subs.all_answered
+
+
+def test_the_captured_okx_ack_without_id_answers_its_request() -> None:
+    subs = Subscriptions(okx.subscribe_requests)
+    subs.subscribe([BTC], now=0.0)
+    subs.subscribe([ETH], now=0.0)  # two open requests: the arg must tell which
+    text = (Path(__file__).parent / "fixtures" / "okx" / "ws_ack_no_id.json").read_text()
+    [ack] = okx.parse_frame(text.strip())
+    assert ack == SubscribeAck(None, BTC)
+    assert subs.on_ack(ack, now=1.0) == [BTC]
+    assert subs.on_ack(okx_ack_without_id(ETH), now=1.0) == [ETH]
     assert subs.all_answered
 
 
