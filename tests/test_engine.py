@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import orjson
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 from fakes import FakeVenue, Script, make_context
 
 from feedd.engine.backoff import Backoff
 from feedd.engine.context import HealRequest
 from feedd.engine.pacing import Pacer
-from feedd.engine.session import Session
+from feedd.engine.session import ACK_TIMEOUT_S, Session
 from feedd.engine.shard import run_shard
 from feedd.engine.stats import StreamState
+from feedd.engine.ws import unwrapped_nursery
 from feedd.errors import TransportError
+from feedd.exchanges import okx
 from feedd.exchanges.contract import Stream
 
 BTC = Stream("BTCUSDT", "1m")
@@ -234,3 +240,84 @@ def test_heal_requests_merge_to_the_widest() -> None:
     backfill.request(HealRequest(eth, None))
     assert backfill._pending[eth] == Wanted(None)
     assert ctx.stats.backfill_pending == 3
+
+
+def okx_without_ids(
+    reject: frozenset[str] = frozenset(),
+) -> Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocketConnection]]:
+    """An in-memory OKX that answers as the 2022 captures show: no ``id`` echoed, one ack
+    per arg, and a 60018 error naming the arg for each instId in ``reject``."""
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            request = await trio_websocket.wrap_server_stream(nursery, stream)  # type: ignore[arg-type]
+            ws = await request.accept()
+            try:
+                while True:
+                    text = await ws.get_message()
+                    if text == "ping":
+                        await ws.send_message("pong")
+                        continue
+                    for arg in orjson.loads(text)["args"]:
+                        answer: dict[str, object] = {"event": "subscribe", "arg": arg}
+                        if arg["instId"] in reject:
+                            msg = f"Wrong URL or channel:{arg['channel']},instId:{arg['instId']}"
+                            answer = {"event": "error", "code": "60018", "msg": msg}
+                        await ws.send_message(orjson.dumps(answer).decode())
+            except trio_websocket.ConnectionClosed:
+                pass
+            nursery.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def connect(url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+        client, server = trio.testing.memory_stream_pair()
+        async with unwrapped_nursery() as nursery:
+            nursery.start_soon(serve, server)
+            ws = await trio_websocket.wrap_client_stream(nursery, client, "fake", "/ws/v5/business")  # type: ignore[arg-type]
+            try:
+                yield ws
+            finally:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + 1):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+
+    return connect
+
+
+async def test_okx_acks_without_id_are_matched_on_their_arg(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue #11.4: acks that do not echo the request id still answer it (two requests here:
+    OKX takes 100 args per request), so the session is ready at once instead of timing out
+    and reconnecting forever."""
+    ctx, _, _ = make_context(FakeVenue())
+    ctx.module = okx
+    ctx.connect = okx_without_ids()
+    streams = tuple(Stream(f"C{i}USDT", "1m") for i in range(150))
+    async with trio.open_nursery() as nursery:
+        session = Session(ctx, streams, frozenset())
+        started = trio.current_time()
+        await nursery.start(session.run)
+        assert trio.current_time() - started < ACK_TIMEOUT_S / 10
+        assert ctx.stats.streams_subscribed == 150
+        assert set(ctx.stats.stream_states.values()) == {StreamState.PENDING}
+        session.cancel()
+    assert ctx.stats.streams_subscribed == 0
+
+
+async def test_okx_refusal_without_id_is_matched_on_the_arg_it_names(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ctx, _, _ = make_context(FakeVenue())
+    ctx.module = okx
+    ctx.connect = okx_without_ids(reject=frozenset({"C120-USDT-SWAP"}))
+    streams = tuple(Stream(f"C{i}USDT", "1m") for i in range(150))
+    async with trio.open_nursery() as nursery:
+        session = Session(ctx, streams, frozenset())
+        started = trio.current_time()
+        await nursery.start(session.run)
+        assert trio.current_time() - started < ACK_TIMEOUT_S / 10
+        assert ctx.stats.streams_subscribed == 149
+        assert ctx.stats.stream_states.pop("C120USDT 1m") == StreamState.REJECTED
+        assert set(ctx.stats.stream_states.values()) == {StreamState.PENDING}
+        session.cancel()

@@ -11,26 +11,13 @@ import trio
 import trio_websocket
 
 from feedd.candle import Candle
+from feedd.engine.gaps import HealRequest as HealRequest  # shared by session, shard, backfill
 from feedd.engine.pacing import Pacer
 from feedd.engine.stats import ExchangeStats
 from feedd.engine.ws import open_websocket
 from feedd.exchanges.contract import ExchangeModule, Stream
 
 Connector = Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocketConnection]]
-
-
-@attrs.frozen
-class HealRequest:
-    """Fetch closed candles of ``stream`` over REST from ``since_ms``.
-
-    ``since_ms`` None means "after the newest stored closed candle older than ``seen_ms``":
-    ``seen_ms`` is the first open time a new session saw on the stream, and the candles it
-    streams from there on may be stored before the heal looks, hiding the hole behind them.
-    """
-
-    stream: Stream
-    since_ms: int | None
-    seen_ms: int | None = None
 
 
 @attrs.define(eq=False)

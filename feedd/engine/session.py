@@ -3,20 +3,24 @@
 The session reports readiness (every subscribe request answered) through ``task_status``;
 after that it never raises: it records why it ended and sets ``attention`` so the shard can
 reconnect, or rotate to a new session before cancelling this one (make-before-break).
+Which streams are subscribed (subscriptions.py) and which candles were missed (gaps.py) are
+decided without I/O; this module sends, reads, times and reports.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
-import attrs
 import trio
 import trio_websocket
 
 from feedd.candle import Candle
-from feedd.engine.context import ExchangeContext, HealRequest, stream_key
+from feedd.engine.context import ExchangeContext, stream_key
+from feedd.engine.gaps import Gaps, HealRequest
 from feedd.engine.pacing import Pacer
 from feedd.engine.stats import StreamState
+from feedd.engine.subscriptions import Subscriptions
 from feedd.errors import ParseError, TransportError, collapse
 from feedd.exchanges.contract import (
     ErrorEvent,
@@ -29,7 +33,6 @@ from feedd.exchanges.contract import (
     SubscribeRejected,
     SubscribeRequest,
 )
-from feedd.intervals import next_open
 
 ACK_TIMEOUT_S = 15.0
 #: share of the venue's client-message budget we allow ourselves
@@ -46,16 +49,6 @@ class StreamsSilent(TransportError):
         self.streams = streams
 
 
-@attrs.define(eq=False)
-class _Tracked:
-    stream: Stream
-    last_seen: float
-    subscribed: bool = False
-    rejected: bool = False
-    open_time: int | None = None
-    closed: bool = True
-
-
 class Session:
     def __init__(
         self, ctx: ExchangeContext, streams: tuple[Stream, ...], exempt: frozenset[Stream]
@@ -69,11 +62,9 @@ class Session:
         self.error: BaseException | None = None
         self.subscribed_at: float | None = None
         self.ended_at: float | None = None
-        self.spoke: set[Stream] = set()
         self._cancel = trio.CancelScope()
-        self._tracked: dict[tuple[str, str], _Tracked] = {}
-        self._pending: dict[str, SubscribeRequest] = {}
-        self._request_seq = 1
+        self._subscriptions = Subscriptions(ctx.module.subscribe_requests)
+        self._gaps = Gaps()
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._pacer = Pacer(ctx.module.LIMITS.client_msgs_per_second * MESSAGE_BUDGET_SHARE)
         hourly = ctx.module.LIMITS.subscribe_requests_per_hour
@@ -88,7 +79,12 @@ class Session:
 
     def last_open_times(self) -> dict[Stream, int]:
         """The open time of the newest candle seen on each stream that spoke."""
-        return {t.stream: t.open_time for t in self._tracked.values() if t.open_time is not None}
+        return self._gaps.last_open_times()
+
+    @property
+    def spoke(self) -> frozenset[Stream]:
+        """The streams that sent a candle on this session."""
+        return frozenset(self._gaps.spoke())
 
     @property
     def alive(self) -> bool:
@@ -145,14 +141,10 @@ class Session:
 
     # ------------------------------------------------------------------ subscribing
 
-    async def _subscribe(self, streams: tuple[Stream, ...] | list[Stream]) -> None:
-        now = trio.current_time()
-        for stream in streams:
-            self._tracked.setdefault((stream.symbol, stream.interval), _Tracked(stream, now))
-        requests = self.ctx.module.subscribe_requests(list(streams), self._request_seq)
-        self._request_seq += len(requests)
-        for request in requests:
-            self._pending[request.request_id] = request
+    async def _subscribe(self, streams: tuple[Stream, ...]) -> None:
+        await self._send_requests(self._subscriptions.subscribe(streams, trio.current_time()))
+
+    async def _send_requests(self, requests: Sequence[SubscribeRequest]) -> None:
         for request in requests:
             if self._subscribe_budget is not None:
                 await self._subscribe_budget.acquire()
@@ -163,63 +155,25 @@ class Session:
         await self._pacer.acquire()
         await self._ws.send_message(frame)
 
-    def _answered(self, request_id: str | None) -> SubscribeRequest | None:
-        request = self._pending.pop(request_id, None) if request_id is not None else None
-        if request is None and request_id is None and len(self._pending) == 1:
-            # An error without an id (e.g. unparseable request) belongs to the only open one.
-            request = self._pending.popitem()[1]
-        return request
-
     def _settle(self) -> None:
-        if not self._pending:
+        if self._subscriptions.all_answered:
             self._all_answered.set()
 
     def _on_ack(self, event: SubscribeAck) -> None:
-        request = self._pending.get(event.request_id) if event.request_id else None
-        if event.stream is not None:
-            self._mark_subscribed([event.stream])
-            if request is not None and all(
-                self._tracked[(s.symbol, s.interval)].subscribed for s in request.streams
-            ):
-                self._answered(event.request_id)
-            self._settle()
-            return
-        request = self._answered(event.request_id)
-        if request is not None:
-            self._mark_subscribed(request.streams)
+        self._on_subscribed(self._subscriptions.on_ack(event, trio.current_time()))
         self._settle()
 
-    def _mark_subscribed(self, streams: tuple[Stream, ...] | list[Stream]) -> None:
+    def _on_subscribed(self, streams: list[Stream]) -> None:
         for stream in streams:
-            tracked = self._tracked.get((stream.symbol, stream.interval))
-            if tracked is not None and not tracked.subscribed:
-                tracked.subscribed = True
-                tracked.last_seen = trio.current_time()
-                self.ctx.stats.streams_subscribed += 1
-                if stream in self.exempt:
-                    self.ctx.stats.set_stream(stream_key(stream), StreamState.SILENT)
-                else:
-                    self.ctx.stats.set_stream(stream_key(stream), StreamState.PENDING)
+            self.ctx.stats.streams_subscribed += 1
+            if stream in self.exempt:
+                self.ctx.stats.set_stream(stream_key(stream), StreamState.SILENT)
+            else:
+                self.ctx.stats.set_stream(stream_key(stream), StreamState.PENDING)
 
     async def _on_rejected(self, event: SubscribeRejected) -> None:
-        request = self._answered(event.request_id)
-        named = set(event.streams)
-        if request is None:
-            bad = named
-            retry: list[Stream] = []
-        else:
-            bad = named & set(request.streams) if named else set()
-            if not named and len(request.streams) == 1:
-                bad = set(request.streams)
-            retry = [
-                s
-                for s in request.streams
-                if s not in bad and not self._tracked[(s.symbol, s.interval)].subscribed
-            ]
-        for stream in bad:
-            tracked = self._tracked.get((stream.symbol, stream.interval))
-            if tracked is not None:
-                tracked.rejected = True
+        rejection = self._subscriptions.on_rejected(event, trio.current_time())
+        for stream in rejection.bad:
             self.ctx.stats.set_stream(
                 stream_key(stream), StreamState.REJECTED, f"{event.code} {event.message}"
             )
@@ -230,18 +184,11 @@ class Session:
                 event.code,
                 event.message,
             )
-        if retry:
-            # The venue may have failed the whole request for one bad stream: ask again, one
-            # stream per request when we do not know which one it was.
-            if named:
-                await self._subscribe(retry)
-            else:
-                for stream in retry:
-                    await self._subscribe([stream])
+        await self._send_requests(rejection.retry)
         self._settle()
 
     def _forget_subscriptions(self) -> None:
-        self.ctx.stats.streams_subscribed -= sum(1 for t in self._tracked.values() if t.subscribed)
+        self.ctx.stats.streams_subscribed -= self._subscriptions.subscribed_count
 
     # ------------------------------------------------------------------ reading
 
@@ -251,7 +198,7 @@ class Session:
         # trio-websocket hands out one message per await, each costing a trip through the
         # scheduler; taking what is already queued in one go (and one channel send per
         # burst) roughly halves the per-frame overhead under load.
-        queued: trio.MemoryReceiveChannel[str | bytes] | None = getattr(ws, "_recv_channel", None)
+        queued = message_queue(ws)
         while True:
             messages = [await ws.get_message()]
             if queued is not None:
@@ -303,40 +250,25 @@ class Session:
                 ctx.log.warning("%s error %s: %s", module.NAME, event.code, event.message)
 
     def _on_candle(self, candle: Candle, now: float) -> bool:
-        tracked = self._tracked.get((candle.symbol, candle.interval))
-        if tracked is None or tracked.rejected:
+        stream = self._subscriptions.heard(candle.symbol, candle.interval, now)
+        if stream is None:
             return False
-        if not tracked.subscribed:
-            self._mark_subscribed([tracked.stream])  # data proves the subscription
-        if tracked.stream not in self.spoke:
-            self.spoke.add(tracked.stream)
-            self.ctx.stats.set_stream(stream_key(tracked.stream), StreamState.LIVE)
-            # Whatever closed between the last candle stored and this one (a drop, a stall
-            # across the reconnect, the bootstrap's end) was seen by no session: heal from
-            # the stored tail below this candle, as this session may store newer ones first.
-            self._heal(tracked.stream, None, seen_ms=candle.open_time)
-        tracked.last_seen = now
-        previous = tracked.open_time
-        if previous is not None and candle.open_time > previous:
-            # A newer candle while the previous one never closed on the stream (or whole
-            # candles skipped): the closed values must come from REST.
-            if not tracked.closed:
-                self._heal(tracked.stream, previous)
-            elif candle.open_time > next_open(candle.interval, previous):
-                self._heal(tracked.stream, next_open(candle.interval, previous))
-        if previous is None or candle.open_time >= previous:
-            if candle.open_time != previous or not tracked.closed:
-                tracked.closed = candle.closed
-            tracked.open_time = candle.open_time
+        heal = self._gaps.observe(candle)
+        if heal is not None:
+            if heal.first_candle:
+                # Data proves the subscription, whether or not its ack came.
+                self._on_subscribed(self._subscriptions.confirm([stream], now))
+                self.ctx.stats.set_stream(stream_key(stream), StreamState.LIVE)
+            self._heal(heal)
         return True
 
-    def _heal(self, stream: Stream, since_ms: int | None, *, seen_ms: int | None = None) -> None:
+    def _heal(self, heal: HealRequest) -> None:
         try:
-            self.ctx.heal_send.send_nowait(HealRequest(stream, since_ms, seen_ms))
+            self.ctx.heal_send.send_nowait(heal)
         except trio.WouldBlock:
             # The backfill queue is full; the next session's first-frame heal will cover it.
             self.ctx.log.warning(
-                "%s heal queue full, %s deferred", self.ctx.module.NAME, stream_key(stream)
+                "%s heal queue full, %s deferred", self.ctx.module.NAME, stream_key(heal.stream)
             )
 
     def _parse_error(self, exc: Exception, message: str | bytes) -> None:
@@ -375,14 +307,7 @@ class Session:
             now = trio.current_time()
             if now - self._last_message > ctx.silence_timeout:
                 raise TransportError(f"no frame for {ctx.silence_timeout:g} s")
-            silent = [
-                t.stream
-                for t in self._tracked.values()
-                if t.subscribed
-                and not t.rejected
-                and t.stream not in self.exempt
-                and now - t.last_seen > ctx.stream_silence_timeout
-            ]
+            silent = self._subscriptions.silent(now, ctx.stream_silence_timeout, self.exempt)
             if silent:
                 for stream in silent:
                     ctx.stats.set_stream(stream_key(stream), StreamState.SILENT)
@@ -402,6 +327,20 @@ class Session:
     def _request_rotation(self) -> None:
         self.rotate_requested = True
         self.attention.set()
+
+
+def message_queue(
+    ws: trio_websocket.WebSocketConnection,
+) -> trio.MemoryReceiveChannel[str | bytes] | None:
+    """The receive end of trio-websocket's queue of whole messages, which ``get_message`` reads.
+
+    Private in trio-websocket 0.12, which offers no public way to take what is already
+    queued; the dependency is pinned below 0.13 and tests/test_trio_websocket_pin.py fails
+    if a version moves it. Should it be gone anyway, reading falls back to one message per
+    ``get_message`` (slower, never wrong).
+    """
+    queue = getattr(ws, "_recv_channel", None)
+    return queue if isinstance(queue, trio.MemoryReceiveChannel) else None
 
 
 _SESSION_ERRORS = (TransportError, trio_websocket.ConnectionClosed, trio.BrokenResourceError)

@@ -5,7 +5,7 @@ rotation (lifetime or a venue notice) is make-before-break: the new session is s
 before the old one is cancelled, so no update is missed. When a connection dies, its streams
 are healed from the last candle each saw on it as soon as the next session is subscribed,
 and again from the stored tail below the first candle each speaks on the new session (see
-Session._on_candle): that one also covers what closed while the new session was opening.
+Gaps.observe): that one also covers what closed while the new session was opening.
 """
 
 from __future__ import annotations
