@@ -41,7 +41,9 @@ def write_config(sim: Simulator, path: Path) -> None:
                 },
                 "intervals": ["1m"],
                 "database_path": "ohlcv.db",
-                "bootstrap_load": 10,
+                # The window below starts 10 sim minutes before the test: 20 gives the first
+                # start 10 real seconds at 60x to bootstrap (10 was missed under load).
+                "bootstrap_load": 20,
                 "batch_interval": 50,
                 "port": 0,
             }
