@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from feedd.intervals import DAY_MS, floor_open
 from feedd.sim.binance import BinanceVenue
 from feedd.sim.bybit import BybitVenue
 from feedd.sim.clock import SimClock, wall_clock_ms
@@ -64,7 +65,10 @@ async def open_simulator(settings: SimSettings | None = None) -> AsyncIterator[S
     ctx = SimContext(
         settings,
         SimClock(start_ms, settings.speed),
-        Market(settings.seed, settings.unlisted, history_start),
+        # Minutes older than the day before the start are never pushed live: cheap bars.
+        Market(
+            settings.seed, settings.unlisted, history_start, floor_open("1d", start_ms) - DAY_MS
+        ),
     )
     venues: dict[str, Venue] = {}
     async with trio.open_nursery() as nursery:
