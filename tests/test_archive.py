@@ -21,9 +21,10 @@ import pytest
 import trio
 import trio.testing
 
+from feedd import config
 from feedd.candle import Candle, Source
 from feedd.engine.archive import ArchiveBatch, _unzip_and_parse, fetch_archive
-from feedd.errors import ArchiveError, ParseError, TransportError
+from feedd.errors import ArchiveError, ConfigError, ParseError, TransportError
 from feedd.exchanges import REGISTRY, binance, bybit, okx
 from feedd.exchanges.binance_archive import (
     archive_files,
@@ -398,3 +399,23 @@ def test_flag_units_pick_the_bucket_source() -> None:
     assert resample._bucket_source(sum(units(f) for f in (5, 3, 1))) == "rest"
     assert resample._bucket_source(sum(units(f) for f in (1, 1))) == "ws"
     assert resample._bucket_source(units(4) * 44_640) == "archive"  # a month of minutes
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_archive_url_config() -> None:
+    exchanges = {
+        BN: {"archive_url": "http://127.0.0.1:9/archive/"},
+        bybit.NAME: {"archive_url": "https://example.invalid"},
+    }
+    loaded = config.parse({"exchanges": exchanges})
+    assert loaded.config.exchanges[BN].archive_url == "http://127.0.0.1:9/archive"
+    assert loaded.warnings == (
+        "exchanges.bybit_futures.archive_url: bybit_futures has no bulk archive, ignored",
+    )
+    saved = loaded.config.to_json()["exchanges"][BN]
+    assert saved["archive_url"] == "http://127.0.0.1:9/archive"
+    assert config.parse({"exchanges": {BN: {}}}).config.exchanges[BN].archive_url is None
+    with pytest.raises(ConfigError, match=r"exchanges\.binance_futures\.archive_url"):
+        config.parse({"exchanges": {BN: {"archive_url": "ftp://x"}}})

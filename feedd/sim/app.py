@@ -48,10 +48,15 @@ class Simulator:
         await self.clock.sleep_until_ms(sim_ms)
 
     def urls(self) -> list[dict[str, str]]:
-        return [
-            {"exchange": v.name, "ws_url": v.ws_url, "rest_url": v.rest_url}
-            for v in self.venues.values()
-        ]
+        """Each venue's base URLs, with ``archive_url`` where it serves a bulk archive."""
+        out = []
+        for v in self.venues.values():
+            urls = {"exchange": v.name, "ws_url": v.ws_url, "rest_url": v.rest_url}
+            archive_url = getattr(v, "archive_url", None)
+            if archive_url is not None:
+                urls["archive_url"] = archive_url
+            out.append(urls)
+        return out
 
 
 @asynccontextmanager
