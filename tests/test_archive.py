@@ -385,11 +385,22 @@ async def test_archive_source_through_the_store(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     sources = conn.execute("SELECT source, count(*) FROM ohlcv GROUP BY 1 ORDER BY 1").fetchall()
     assert sources == [("archive", 8), ("rest", 7), ("ws", 1)]
-    # the exact (Python) aggregation agrees with SQL's
     buckets = resample.query(
         conn, BN, "BTCUSDT", "5m", MAR_1, MAR_1 + 20 * MINUTE_MS, newest=False, limit=10
     )
     assert [b[9] for b in buckets] == ["archive", "rest", "rest", "ws"]
+    # the exact (Python) aggregation, for values past 64 bits, agrees with SQL's
+    rows = conn.execute(
+        "SELECT open_time, open, high, low, close, volume, quote_volume, trades, flags"
+        " FROM candles ORDER BY open_time"
+    ).fetchall()
+    exact = [
+        resample._aggregate_exact(
+            MAR_1 + i * MINUTE_MS, MAR_1 + (i + 5) * MINUTE_MS, rows[i : i + 5]
+        )[9]
+        for i in range(0, 16, 5)
+    ]
+    assert exact == ["archive", "rest", "rest", "ws"]
     conn.close()
 
 
