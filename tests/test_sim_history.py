@@ -14,6 +14,7 @@ import trio.testing
 from feedd.intervals import DAY_MS, MINUTE_MS, floor_open
 from feedd.sim import SimSettings, Simulator, open_simulator
 from feedd.sim.clock import DEFAULT_START_MS
+from feedd.sim.market import MAX_TRADES_PER_MINUTE, Market, _aggregate
 from feedd.sim.venue import TruthCandle
 
 T0 = DEFAULT_START_MS
@@ -117,3 +118,26 @@ async def test_okx_history_candles_100_with_exclusive_bounds(
     # ``candles`` serves only the latest 1,440 bars: nothing from years back
     recent = await get(http, sim, OK, "/api/v5/market/candles", **base, after=after)
     assert recent["code"] == "0" and recent["data"] == []
+
+
+def test_deep_history_bars_aggregate_like_traded_ones() -> None:
+    """Minutes before ``detail_from_ms`` are drawn an hour at a time, and an hour (and so a
+    day) is summed from the draws directly: both must equal the aggregate of the 1m bars."""
+    detail = floor_open("1d", T0) - DAY_MS
+    market = Market(1, history_start_ms=T0 - YEARS * 365 * DAY_MS, detail_from_ms=detail)
+    check = Market(1, history_start_ms=T0 - YEARS * 365 * DAY_MS, detail_from_ms=detail)
+    for hour in (Y - 7 * MINUTE_MS, detail - 3_600_000):
+        minutes = [check.final("ETHUSDT", "1m", hour + i * MINUTE_MS) for i in range(60)]
+        assert market.final("ETHUSDT", "1h", hour) == _aggregate("1h", hour, minutes)
+        assert all(m.trades and m.low <= min(m.open, m.close) for m in minutes)
+        assert all(m.high >= max(m.open, m.close) and m.quote > 0 for m in minutes)
+    day = Y - 7 * MINUTE_MS
+    hours = [check.final("ETHUSDT", "1h", day + i * 3_600_000) for i in range(24)]
+    assert market.final("ETHUSDT", "1d", day) == _aggregate("1d", day, hours)
+    # deterministic, and joined up across the seam with the traded minutes
+    assert Market(1, detail_from_ms=detail).final("BTCUSDT", "1m", Y) == market.final(
+        "BTCUSDT", "1m", Y
+    )
+    before, after = (market.final("BTCUSDT", "1m", detail + i * MINUTE_MS) for i in (-1, 0))
+    assert abs(after.open - before.close) < before.close * 0.002
+    assert after.first_id == before.last_id + MAX_TRADES_PER_MINUTE - before.trades + 1

@@ -2,8 +2,8 @@
 
 Prices are integer ticks and quantities integer lot steps, so every decimal string is exact;
 a price is a smooth function of time plus hashed noise, so consecutive candles join up. Minutes
-before ``detail_from_ms`` (deep history, never pushed live) skip the trades: a 1m bar is drawn
-directly, about twenty times cheaper, so years of history cost seconds, not minutes.
+before ``detail_from_ms`` (deep history, never pushed live) have no trades: their bars are
+drawn directly, an hour at a time (``feedd.sim.history``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import attrs
 
 from feedd.intervals import HOUR_MS, MINUTE_MS, close_time
+from feedd.sim.history import Draw, aggregate, hour_draws
 from feedd.sim.symbols import SymbolSpec, spec_for
 from feedd.symbols import is_symbol
 
@@ -103,6 +104,7 @@ class Market:
         self._trades: dict[tuple[str, int], tuple[Trade, ...]] = {}
         self._minutes: dict[tuple[str, int], Bar] = {}
         self._hours: dict[tuple[str, int], Bar] = {}
+        self._hour_draws: dict[tuple[str, int], list[Draw]] = {}
 
     def listed(self, symbol: str) -> bool:
         return is_symbol(symbol) and symbol not in self.unlisted
@@ -199,49 +201,37 @@ class Market:
         return bar
 
     def _quick_minute(self, symbol: str, minute_ms: int) -> Bar:
-        """A closed 1m bar drawn without its trades: open and close near the smooth price at
-        the minute's ends, wicks and volume from one 128-bit hash of the minute."""
-        spec = self.spec(symbol)
-        key = f"{self.seed}:{symbol}:{minute_ms}:q".encode()
-        r = int.from_bytes(hashlib.blake2b(key, digest_size=16).digest(), "big")
-        count = 5 + (r & 15)
-        spread = max(3, int(spec.base * 0.0004 / spec.tick))
-        tick, width = spec.tick, 2 * spread + 1
-        o = round(self.mid(spec, minute_ms + 1_000) / tick) + (r >> 4) % width - spread
-        c = round(self.mid(spec, minute_ms + 59_000) / tick) + (r >> 24) % width - spread
-        o, c = max(1, o), max(1, c)
-        high = max(o, c) + (r >> 44) % (spread + 1)
-        low = max(1, min(o, c) - (r >> 64) % (spread + 1))
-        steps = count * (1 + (r >> 84) % max(1, spec.max_steps // 8))
-        taker = steps * ((r >> 100) % 101) // 100
-        price = (high + low) // 2 * tick
-        first_id = (minute_ms // MINUTE_MS) * MAX_TRADES_PER_MINUTE
-        return Bar(
-            symbol=symbol,
-            interval="1m",
-            open_ms=minute_ms,
-            open=o * tick,
-            high=high * tick,
-            low=low * tick,
-            close=c * tick,
-            volume=steps * spec.qty_step,
-            quote=steps * spec.qty_step * price,
-            taker_volume=taker * spec.qty_step,
-            taker_quote=taker * spec.qty_step * price,
-            trades=count,
-            first_id=first_id,
-            last_id=first_id + count - 1,
-            last_trade_ms=minute_ms + 59_000,
-        )
+        """A closed 1m bar of the deep history (``feedd.sim.history``)."""
+        hour_ms = minute_ms - minute_ms % HOUR_MS
+        draw = self._draws(symbol, hour_ms)[(minute_ms - hour_ms) // MINUTE_MS]
+        return _drawn(symbol, "1m", minute_ms, minute_ms, draw, draw[8])
+
+    def _draws(self, symbol: str, hour_ms: int) -> list[Draw]:
+        key = (symbol, hour_ms)
+        cached = self._hour_draws.get(key)
+        if cached is None:
+            spec = self.spec(symbol)
+            cached = hour_draws(self.seed, spec, hour_ms, MAX_TRADES_PER_MINUTE)
+            if len(self._hour_draws) > _CACHE_LIMIT // 60:
+                self._hour_draws.clear()
+            self._hour_draws[key] = cached
+        return cached
 
     def _hour(self, symbol: str, hour_ms: int) -> Bar:
         """A closed hour, cached: long candles are built from hours, not 1,440 minutes."""
         cached = self._hours.get((symbol, hour_ms))
         if cached is None:
-            minutes = [
-                self._minute(symbol, m, None) for m in range(hour_ms, hour_ms + HOUR_MS, MINUTE_MS)
-            ]
-            cached = _aggregate("1h", hour_ms, minutes)
+            if self.detail_from_ms is not None and hour_ms + HOUR_MS <= self.detail_from_ms:
+                # Deep history: summed from the hour's draws, no Bar per minute.
+                draws = self._draws(symbol, hour_ms)
+                last = hour_ms + HOUR_MS - MINUTE_MS
+                cached = _drawn(symbol, "1h", hour_ms, last, aggregate(draws), draws[-1][8])
+            else:
+                minutes = [
+                    self._minute(symbol, m, None)
+                    for m in range(hour_ms, hour_ms + HOUR_MS, MINUTE_MS)
+                ]
+                cached = _aggregate("1h", hour_ms, minutes)
             if len(self._hours) > _CACHE_LIMIT:
                 self._hours.clear()
             self._hours[(symbol, hour_ms)] = cached
@@ -280,6 +270,31 @@ class Market:
             return self._minute(symbol, open_ms, None)
         end = close_time(interval, open_ms)
         return _aggregate(interval, open_ms, self._span(symbol, open_ms, end, end - 1))
+
+
+def _drawn(
+    symbol: str, interval: str, open_ms: int, last_minute_ms: int, draw: Draw, last_count: int
+) -> Bar:
+    """A bar of drawn minutes from ``open_ms`` to ``last_minute_ms`` (which has ``last_count``
+    trades); trade ids number the minutes' trades as for real ones."""
+    o, high, low, close, volume, quote, taker_volume, taker_quote, trades = draw
+    return Bar(
+        symbol=symbol,
+        interval=interval,
+        open_ms=open_ms,
+        open=o,
+        high=high,
+        low=low,
+        close=close,
+        volume=volume,
+        quote=quote,
+        taker_volume=taker_volume,
+        taker_quote=taker_quote,
+        trades=trades,
+        first_id=(open_ms // MINUTE_MS) * MAX_TRADES_PER_MINUTE,
+        last_id=(last_minute_ms // MINUTE_MS) * MAX_TRADES_PER_MINUTE + last_count - 1,
+        last_trade_ms=last_minute_ms + 59_000,
+    )
 
 
 def _aggregate(interval: str, open_ms: int, minutes: list[Bar]) -> Bar:
