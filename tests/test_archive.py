@@ -20,6 +20,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from e2e import stored_closed
 
 from feedd import config
 from feedd.candle import Candle, Source
@@ -230,6 +231,22 @@ async def test_fetch_equals_truth(
     # a range cut inside a file yields only the candles asked for
     part = await _collect(sim, http, FEB_1 + 5 * MINUTE_MS, FEB_1 + 7 * MINUTE_MS, interval="1m")
     assert [c.open_time for c in part[0].candles] == [FEB_1 + i * MINUTE_MS for i in (5, 6, 7)]
+
+
+async def test_fetched_batches_store_exactly_the_truth(
+    clock: trio.testing.MockClock, sim: Simulator, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """What a backfill job does with the batches: write them; the store holds the truth."""
+    start, end = FEB_1 - DAY_MS, FEB_1 + DAY_MS - 1
+    db = Database.open(tmp_path / "a.db")
+    try:
+        for batch in await _collect(sim, http, start, end, symbol="ETHUSDT"):
+            db.write(batch.candles)
+    finally:
+        db.close()
+    stored = stored_closed(tmp_path / "a.db", BN, "ETHUSDT", "1m")
+    truth = {t.open_time: attrs.astuple(t)[1:] for t in sim.truth(BN, "ETHUSDT", "1m", start, end)}
+    assert len(stored) == 570 + 1440 and stored == truth  # history starts Jan 31 14:30
 
 
 async def test_archive_serving_rules(
