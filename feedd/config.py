@@ -7,10 +7,12 @@ warnings rather than errors so that configs written for newer versions still sta
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,41 @@ import attrs
 import orjson
 
 from feedd import exchanges
+from feedd.configsource import Secret, external_token
 from feedd.errors import ConfigError
 from feedd.intervals import is_interval
 from feedd.symbols import RULE as SYMBOL_RULE
 from feedd.symbols import is_symbol
 
 _URL_PATTERN = re.compile(r"(wss?|https?)://[^\s/?#]+(/[^\s?#]*)?")
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_BIND_NAME_PATTERN = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 _HOST_PATTERN = re.compile(r"[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]{2,45}\]?")
 _MAX_SYMBOLS = 5000
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+
+# Bounds of every number, each named in its error. Below them a value is never a real need but
+# a typo or a unit mistake that turns feedd against the venue or itself: a silence timeout of
+# 1e-9 s reconnects forever, an instrument refresh of 1e-300 s sends ~26 REST requests a second.
+#: (low, high) seconds per exchange duration key
+SECONDS_BOUNDS = {
+    # venues force a reconnect after hours (Binance 24 h); a rotation is a new connection
+    "connection_lifetime": (60.0, 30 * 86400.0),
+    # venues' heartbeats come every 20-180 s, candle updates every second or so
+    "silence_timeout": (2.0, 3600.0),
+    # listings change a few times a day; each refresh is one REST request
+    "instruments_refresh": (60.0, 86400.0),
+}
+#: (low, high) per top-level integer key
+INTEGER_BOUNDS = {
+    # milliseconds between commits: a crash loses at most this much of forming candles
+    "batch_interval": (10, 60_000),
+    # candles kept per series: 100 daily candles is a real need, 10**9 minutes is 1900 years
+    "max_records": (100, 10**9),
+    "bootstrap_load": (0, 10**7),
+    "port": (0, 65535),
+}
 
 
 @attrs.frozen
@@ -62,9 +89,12 @@ class Config:
     bootstrap_load: int = 10_000
     port: int = 3000
     host: str = "127.0.0.1"
+    #: the token API clients must present; from the config file or from outside it
     api_token: str | None = None
     #: extra host names the API answers to (besides loopback names and ``host``)
     allowed_hosts: tuple[str, ...] = ()
+    #: where ``api_token`` came from when not from the config file (never saved into it)
+    api_token_source: str | None = None
 
     def enabled_exchanges(self) -> list[ExchangeConfig]:
         return [ex for ex in self.exchanges.values() if ex.enabled]
@@ -82,6 +112,9 @@ class Config:
         }
         out["intervals"] = list(self.intervals)
         out["allowed_hosts"] = list(self.allowed_hosts)
+        if out.pop("api_token_source") is not None:
+            # A token from the environment or a credential stays out of the file.
+            del out["api_token"]
         return {k: v for k, v in out.items() if v is not None}
 
 
@@ -91,7 +124,7 @@ class Loaded:
     warnings: tuple[str, ...]
 
 
-def load(path: str | os.PathLike[str]) -> Loaded:
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Loaded:
     """Read and validate a config file; a missing file is an error, not a silent default."""
     try:
         raw = Path(path).read_bytes()
@@ -101,37 +134,104 @@ def load(path: str | os.PathLike[str]) -> Loaded:
         problem = f"cannot read config file {os.fspath(path)!r}: {exc.strerror}"
         raise ConfigError("", problem) from None
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        data = json.loads(raw, object_pairs_hook=_Object, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
         raise ConfigError("", f"{os.fspath(path)} is not valid JSON: {exc}") from None
-    return parse(data)
+    loaded = parse(data, environ)
+    return Loaded(loaded.config, (*_duplicates(data, ""), *loaded.warnings))
 
 
-def parse(data: object) -> Loaded:
-    """Validate an already-decoded config document."""
+class _Object(dict[str, Any]):
+    """A decoded JSON object that remembers the keys it saw twice: the last value counts, as
+    in every JSON parser, and a warning tells the operator the other one was dropped."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.repeated: list[str] = []
+        if len(self) < len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    self.repeated.append(key)
+                seen.add(key)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _duplicates(value: object, path: str) -> Iterator[str]:
+    if isinstance(value, _Object):
+        for key in dict.fromkeys(value.repeated):
+            yield f"{_join(path, key)}: duplicate key, the last value counts"
+        for key, inner in value.items():
+            yield from _duplicates(inner, _join(path, key))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            yield from _duplicates(inner, f"{path}[{index}]")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def parse(data: object, environ: Mapping[str, str] | None = None) -> Loaded:
+    """Validate an already-decoded config document with every rule startup applies.
+
+    ``environ`` (default ``os.environ``) is where a token from outside the file is looked up.
+    """
     warnings: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError("", "the config must be a JSON object")
     defaults = Config()
-    known = {f.name for f in attrs.fields(Config)}
+    known = {f.name for f in attrs.fields(Config)} - {"api_token_source"}
     for key in data:
         if key not in known:
             warnings.append(f"{key}: unknown key, ignored")
 
     intervals = _intervals(data.get("intervals", list(defaults.intervals)))
+    token = _token(_optional_string(data, "api_token"), external_token(environ))
     config = Config(
         exchanges=_exchanges(data.get("exchanges"), intervals, warnings),
         intervals=intervals,
         database_path=_string(data, "database_path", defaults.database_path),
-        batch_interval=_integer(data, "batch_interval", defaults.batch_interval, 1, 3_600_000),
-        max_records=_integer(data, "max_records", defaults.max_records, 1, 10**10),
-        bootstrap_load=_integer(data, "bootstrap_load", defaults.bootstrap_load, 0, 10**7),
-        port=_integer(data, "port", defaults.port, 0, 65535),
-        host=_string(data, "host", defaults.host),
-        api_token=_optional_string(data, "api_token"),
+        batch_interval=_integer(data, "batch_interval", defaults.batch_interval),
+        max_records=_integer(data, "max_records", defaults.max_records),
+        bootstrap_load=_integer(data, "bootstrap_load", defaults.bootstrap_load),
+        port=_integer(data, "port", defaults.port),
+        host=_bind_host(data, defaults.host),
+        api_token=token.value if token else None,
+        api_token_source=token.source if token else None,
         allowed_hosts=_host_names(data.get("allowed_hosts", [])),
     )
+    check_exposure(config)
     return Loaded(config, tuple(warnings))
+
+
+def _token(in_file: str | None, outside: Secret | None) -> Secret | None:
+    """The API token comes from one place: two would leave an operator guessing which one
+    is in force, and a forgotten one is a lockout or an open door."""
+    if outside is None:
+        return None if in_file is None else Secret(in_file, None)
+    if in_file is not None:
+        raise ConfigError(
+            "api_token", f"also given by {outside.source}: keep the token in one place"
+        )
+    return outside
+
+
+def check_exposure(config: Config) -> None:
+    """Binding beyond loopback without a token would hand the API to the network."""
+    try:
+        loopback = config.host == "localhost" or ipaddress.ip_address(config.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not config.api_token:
+        raise ConfigError(
+            "host",
+            f"binding {config.host} (not loopback) requires api_token (in the config, "
+            "$FEEDD_API_TOKEN or the systemd credential api_token)",
+        )
 
 
 def _exchanges(
@@ -211,10 +311,11 @@ def _host_names(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name.lower() for name in value))
 
 
-def _integer(data: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+def _integer(data: dict[str, Any], key: str, default: int) -> int:
     value = data.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(key, f"expected an integer, got {value!r}")
+    low, high = INTEGER_BOUNDS[key]
     if not low <= value <= high:
         raise ConfigError(key, f"must be between {low} and {high}, got {value}")
     return value
@@ -224,6 +325,18 @@ def _string(data: dict[str, Any], key: str, default: str) -> str:
     value = data.get(key, default)
     if not isinstance(value, str) or not value:
         raise ConfigError(key, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _bind_host(data: dict[str, Any], default: str) -> str:
+    value = _string(data, "host", default)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if len(value) > 253 or not _BIND_NAME_PATTERN.fullmatch(value):
+            raise ConfigError(
+                "host", f"expected an IP address or a host name to bind, got {value!r}"
+            ) from None
     return value
 
 
@@ -250,9 +363,24 @@ def _seconds(settings: dict[str, Any], key: str, path: str) -> float | None:
     value = settings.get(key)
     if value is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{path}.{key}", f"expected a positive number of seconds, got {value!r}")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ConfigError(f"{path}.{key}", f"expected a number of seconds, got {value!r}")
+    low, high = SECONDS_BOUNDS[key]
+    # Written so that NaN fails too.
+    if not low <= value <= high:
+        raise ConfigError(
+            f"{path}.{key}",
+            f"must be between {_number(low)} and {_number(high)} seconds, got {_number(value)}",
+        )
     return float(value)
+
+
+def _number(value: float) -> str:
+    """60 rather than 60.0 or 6e+01; 1e-09 stays short; a 400-digit integer is cut."""
+    if isinstance(value, int):
+        text = str(value)
+        return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 def save(path: str | os.PathLike[str], config: Config) -> None:

@@ -7,6 +7,7 @@ FeeddError
 │   └── RateLimited    the exchange asked us to slow down (429/418, retCode/code limits)
 ├── TransportError     a socket or HTTP request failed (connect, reset, timeout)
 ├── ArchiveError       a bulk archive file is unusable (checksum, zip, CSV, size); names it
+├── ListenError        the HTTP API cannot listen (port in use, host not here or unknown)
 └── StoreError         SQLite could not be written (locked, read-only, disk full)
 """
 
@@ -60,6 +61,10 @@ class ArchiveError(FeeddError):
         super().__init__(f"archive file {file}: {problem}")
         self.file = file
         self.problem = problem
+
+
+class ListenError(FeeddError):
+    """The HTTP API cannot bind its address; ``str()`` names the address and the cause."""
 
 
 class StoreError(FeeddError):

@@ -1,7 +1,8 @@
 """Log output on stderr: ``LEVEL logger: message`` lines for people and journald, or JSON lines.
 
-Only the handler installed here is ever replaced, so handlers the service adds to the root
-logger later (the ``/logs`` ring buffer) survive a reconfiguration.
+Under journald every record is one line (one journal entry, a traceback included) that starts
+with its syslog priority. Only the handler installed here is ever replaced, so handlers the
+service adds to the root logger later (the ``/logs`` ring buffer) survive a reconfiguration.
 """
 
 from __future__ import annotations
@@ -34,8 +35,17 @@ def _priority(levelno: int) -> int:
     return next((p for level, p in _PRIORITY.items() if levelno >= level), 7)
 
 
+def _journal_line(levelno: int, text: str) -> str:
+    """One journal entry: journald splits a stream at newlines, so a traceback printed as is
+    would be one entry per line, and it reads the priority from a ``<N>`` prefix
+    (SyslogLevelPrefix=, on by default) so that ``journalctl -p warning`` filters."""
+    folded = text.replace("\r\n", "\n").replace("\r", "\\r").replace("\n", "\\n")
+    return f"<{_priority(levelno)}>{folded}"
+
+
 class TextFormatter(logging.Formatter):
-    """``[time] LEVEL logger: message``, the traceback on the following lines."""
+    """``[time] LEVEL logger: message``, the traceback on the following lines; under journald
+    no time (journald stamps each entry) and the newlines escaped as ``\\n``."""
 
     def __init__(self, *, journald: bool) -> None:
         super().__init__("%(levelname)s %(name)s: %(message)s")
@@ -44,15 +54,17 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         if self.journald:
-            # journald stamps each entry itself; the prefix gives every line (traceback too)
-            # its priority, so `journalctl -p err` shows whole tracebacks.
-            prefix = f"<{_priority(record.levelno)}>"
-            return "\n".join(prefix + line for line in text.split("\n"))
+            return _journal_line(record.levelno, text)
         return f"{_iso_utc(record.created)} {text}"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``time``, ``level``, ``logger``, ``message`` and ``exc``."""
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message`` and ``exc``;
+    under journald behind the record's ``<N>`` priority, which journald strips."""
+
+    def __init__(self, *, journald: bool = False) -> None:
+        super().__init__()
+        self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -68,7 +80,8 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         # json.dumps escapes newlines inside strings, so the entry stays on one line.
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        line = json.dumps(entry, ensure_ascii=False, default=str)
+        return _journal_line(record.levelno, line) if self.journald else line
 
 
 class _Handler(logging.StreamHandler[TextIO]):
@@ -102,8 +115,9 @@ def configure_logging(level: str, fmt: str = "text", stream: TextIO | None = Non
             root.removeHandler(handler)
             handler.close()
     handler = _Handler(stream)
+    journald = under_journald(stream)
     formatter: logging.Formatter = (
-        JsonFormatter() if fmt == "json" else TextFormatter(journald=under_journald(stream))
+        JsonFormatter(journald=journald) if fmt == "json" else TextFormatter(journald=journald)
     )
     handler.setFormatter(formatter)
     root.addHandler(handler)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 import trio
 
@@ -47,6 +48,16 @@ def notify(*fields: str) -> bool:
         log.debug("sd_notify to %r failed: %s", os.environ.get("NOTIFY_SOCKET"), exc)
         return False
     return True
+
+
+def reloading() -> bool:
+    """``RELOADING=1`` while the config is re-read; ``READY=1`` ends it.
+
+    systemd 253+ wants the reload stamped with CLOCK_MONOTONIC (and Type=notify-reload ignores
+    a RELOADING=1 without it); older versions ignore the extra field.
+    """
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the config file")
 
 
 def watchdog_interval() -> float | None:

@@ -7,8 +7,10 @@ the web server, telling WebSocket handlers first so they close cleanly.
 
 from __future__ import annotations
 
-import ipaddress
+import errno
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -17,10 +19,10 @@ import httpx
 import trio
 
 from feedd.candle import Candle
-from feedd.config import Config
+from feedd.config import Config, check_exposure
 from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
-from feedd.errors import ConfigError
+from feedd.errors import ListenError, StoreError, leaves
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
 from feedd.monitor.taskcpu import TaskCpu
@@ -47,16 +49,46 @@ class Service:
     stop: trio.Event
 
 
-def check_exposure(config: Config) -> None:
-    """Binding beyond loopback without a token would hand the API to the network."""
+def prepare_database_folder(database: Path) -> None:
+    """Create the database's folder, or say in one line why it cannot be used.
+
+    SQLite alone reports most of these as "unable to open database file", naming no cause.
+    """
+    if database.is_dir():
+        raise StoreError(f"database_path {database} is a folder, not a database file")
+    folder = database.parent
     try:
-        loopback = config.host == "localhost" or ipaddress.ip_address(config.host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not config.api_token:
-        raise ConfigError(
-            "host", f"binding {config.host} (not loopback) requires api_token in the config"
-        )
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StoreError(f"database folder {folder} is a file, not a folder") from None
+    except OSError as exc:
+        raise StoreError(f"cannot create the database folder {folder}: {_reason(exc)}") from None
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError as exc:
+        raise StoreError(f"cannot use the database folder {folder}: {_reason(exc)}") from None
+    if read_only:
+        raise StoreError(f"database folder {folder} is on a read-only file system")
+    if not database.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create {database.name} in {folder}: permission denied")
+
+
+def listen_error(exc: OSError, host: str, port: int) -> ListenError:
+    """Name the address and what is wrong with it, from the error binding it raised."""
+    where = f"cannot listen on {host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return ListenError(f"{where}: host {host!r} does not resolve ({exc.strerror})")
+    if exc.errno == errno.EADDRINUSE:
+        return ListenError(f"{where}: the port is in use by another process")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ListenError(f"{where}: {host} is not an address of this machine")
+    if exc.errno == errno.EACCES:
+        return ListenError(f"{where}: permission denied (ports below 1024 need privileges)")
+    return ListenError(f"{where}: {_reason(exc)}")
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 async def run_service(
@@ -73,7 +105,7 @@ async def run_service(
     """
     check_exposure(config)
     stop = trio.Event() if stop is None else stop
-    database.parent.mkdir(parents=True, exist_ok=True)
+    prepare_database_folder(database)
     writer = Writer(WriterSettings(database, config.batch_interval, config.max_records))
     reader = Reader(database)
     candles_send, candles_recv = trio.open_memory_channel[list[Candle]](CANDLE_QUEUE)
@@ -94,7 +126,7 @@ async def run_service(
                     writer_done.set()
 
             await root.start(run_writer)
-            supervisor = Supervisor(candles_send, reader, http, cpu)
+            supervisor = Supervisor(candles_send, reader, http, cpu, store=writer)
             controller = Controller(config, config_path, supervisor, writer, http)
             started_at = time.time()
             monitor = Monitor(database, lambda: supervisor.stats, cpu, started_at)
@@ -120,6 +152,13 @@ async def run_service(
                     await serve_web(
                         app, config.host, config.port, web_stop, task_status=task_status
                     )
+                except (OSError, ExceptionGroup) as exc:
+                    # Only binding raises OSError here (hypercorn contains per-connection
+                    # errors), from inside hypercorn's nursery.
+                    cause = next((e for e in leaves(exc) if isinstance(e, OSError)), None)
+                    if cause is None:
+                        raise
+                    raise listen_error(cause, config.host, config.port) from None
                 finally:
                     web_done.set()
 

@@ -1,14 +1,14 @@
-"""The ``feedd`` command as systemd runs it (notify socket, watchdog, SIGTERM); its log formats."""
+"""The ``feedd`` command: as systemd runs it (notify socket, watchdog, SIGTERM), its help,
+``check-config``, the config lookup; feedctl tail's error groups."""
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,9 +19,11 @@ import httpx
 import pytest
 import trio
 
+from feedd import feedctl
 from feedd.cli import build_parser
+from feedd.ctl import tail
+from feedd.ctl.client import Unreachable
 from feedd.exchanges import REGISTRY
-from feedd.logsetup import configure_logging
 
 # ----------------------------------------------------------------------------- under systemd
 
@@ -88,113 +90,126 @@ def test_help_names_log_format() -> None:
     assert "--log-format {text,json}" in text
 
 
-# ----------------------------------------------------------------------------- log formats
-
-TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
-
-
-@pytest.fixture(autouse=True)
-def restore_root_logger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def test_help_names_lookup_secrets_signals_and_check_config() -> None:
+    text = build_parser().format_help()
+    for words in ("check-config", "$FEEDD_CONFIG", "$FEEDD_API_TOKEN", "SIGHUP", "exit status"):
+        assert words in text, words
 
 
-def _log_error(logger: logging.Logger) -> None:
-    try:
-        raise ValueError("bad frame")
-    except ValueError:
-        logger.exception("session failed")
+# ----------------------------------------------------------------------------- check-config
 
 
-def test_text_lines_carry_time_level_and_logger() -> None:
-    out = io.StringIO()
-    configure_logging("info", "text", out)
-    logger = logging.getLogger("feedd.test")
-    logger.debug("hidden")
-    logger.info("hello %s", "world")
-    _log_error(logger)
-    lines = out.getvalue().splitlines()
-    assert re.fullmatch(TIME + " INFO feedd.test: hello world", lines[0]), lines[0]
-    assert re.fullmatch(TIME + " ERROR feedd.test: session failed", lines[1]), lines[1]
-    assert lines[2] == "Traceback (most recent call last):"
-    assert lines[-1] == "ValueError: bad frame"
+def feedd(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDD_", "CREDENTIALS_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "feedd", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**base, **env},
+    )
 
 
-def test_under_journald_lines_carry_priority_not_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+QUIET = {"exchanges": {name: {"enabled": False} for name in REGISTRY}, "port": 0}
+
+
+def test_check_config_ok(tmp_path: Path) -> None:
+    path = tmp_path / "feedd.json"
+    path.write_text(json.dumps({"exchanges": {"okx_futures": {"symbols": ["BTCUSDT"]}}}))
+    result = feedd("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout
+        == f"{path}: OK (1 of 1 exchanges enabled, 1 symbols; serves 127.0.0.1:3000)\n"
+    )
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stderr == ""
+
+
+def test_check_config_refuses_with_one_line_and_status_2(tmp_path: Path) -> None:
+    path = tmp_path / "feedd.json"
+    path.write_text(json.dumps({"host": "0.0.0.0"}))
+    result = feedd("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert "config error: host: binding 0.0.0.0 (not loopback) requires api_token" in line
+
+
+def test_check_config_finds_the_file_as_startup_does(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(QUIET))
+    local = feedd("check-config", cwd=tmp_path)
+    assert local.returncode == 0 and local.stdout.startswith("config.json: OK"), local
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"port": "x"}))
+    from_env = feedd("check-config", cwd=tmp_path, FEEDD_CONFIG=str(other))
+    assert from_env.returncode == 2 and "port: expected an integer" in from_env.stderr
+    given = feedd("--config", str(other), "check-config", cwd=tmp_path)
+    assert given.returncode == 2
+    positional = feedd("check-config", "config.json", cwd=tmp_path, FEEDD_CONFIG=str(other))
+    assert positional.returncode == 0
+
+
+def test_check_config_with_a_token_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"host": "0.0.0.0"}))
+    result = feedd("check-config", str(path), FEEDD_API_TOKEN="tok-SECRET-1")
+    assert result.returncode == 0, result.stderr
+    assert "api token from $FEEDD_API_TOKEN" in result.stdout
+    assert "tok-SECRET-1" not in result.stdout + result.stderr
+    # The overrides of the command line meet the same rules.
+    refused = feedd("--host", "0.0.0.0", "check-config", str(tmp_path / "absent.json"))
+    assert refused.returncode == 2
+    (tmp_path / "plain.json").write_text("{}")
+    exposed = feedd("--host", "0.0.0.0", "check-config", str(tmp_path / "plain.json"))
+    assert exposed.returncode == 2 and "--host: binding 0.0.0.0" in exposed.stderr
+
+
+async def test_log_names_the_config_file_and_token_source_never_the_token(
+    tmp_path: Path,
 ) -> None:
-    with (tmp_path / "journal").open("w+") as stream:
-        stat = os.fstat(stream.fileno())
-        monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
-        configure_logging("info", "text", stream)
-        logger = logging.getLogger("feedd.test")
-        logger.warning("slow")
-        _log_error(logger)
-        stream.seek(0)
-        lines = stream.read().splitlines()
-    assert lines[0] == "<4>WARNING feedd.test: slow"
-    assert lines[1] == "<3>ERROR feedd.test: session failed"
-    # Every traceback line keeps the error's priority: `journalctl -p err` shows all of it.
-    assert lines[2] == "<3>Traceback (most recent call last):"
-    assert lines[-1] == "<3>ValueError: bad frame"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**QUIET, "database_path": str(tmp_path / "ohlcv.db")}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDD_", "NOTIFY_"))}
+    env["FEEDD_API_TOKEN"] = "tok-SECRET-2"
+    command = [sys.executable, "-m", "feedd", "--config", str(path), "--log-format", "json"]
+    with trio.fail_after(60):
+        process = await trio.lowlevel.open_process(command, env=env, stderr=subprocess.PIPE)
+        assert process.stderr is not None
+        received = b""
+        # Serving is logged after the config lines: read up to it.
+        while b"feedd serving on" not in received:
+            chunk = await process.stderr.receive_some()
+            assert chunk, received
+            received += chunk
+        process.send_signal(signal.SIGTERM)
+        async for chunk in process.stderr:
+            received += chunk
+        assert await process.wait() == 0
+    text = received.decode()
+    messages = [json.loads(line)["message"] for line in text.splitlines()]
+    assert f"config file {path} (--config)" in messages
+    assert "api token from $FEEDD_API_TOKEN" in messages
+    assert "tok-SECRET-2" not in text
 
 
-def test_journal_stream_of_another_file_keeps_timestamps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+# ----------------------------------------------------------------------------- feedctl tail
+
+
+def test_tail_shows_one_error_of_a_group(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # inherited, but our stderr goes elsewhere
-    with (tmp_path / "log").open("w+") as stream:
-        configure_logging("info", "text", stream)
-        logging.getLogger("feedd.test").info("x")
-        stream.seek(0)
-        assert re.fullmatch(TIME + " INFO feedd.test: x\n", stream.read())
+    """Two errors at once (the body's and the library's reader task's) arrive grouped."""
 
+    async def follow(args: object) -> None:
+        async def fail(exc: Exception) -> None:
+            raise exc
 
-def test_json_is_one_object_per_line() -> None:
-    out = io.StringIO()
-    configure_logging("debug", "json", out)
-    logger = logging.getLogger("feedd.test")
-    logger.debug('quote " and\nnewline')
-    _log_error(logger)
-    first, second = (json.loads(line) for line in out.getvalue().splitlines())
-    assert re.fullmatch(TIME, first["time"])
-    assert first == {
-        "time": first["time"],
-        "level": "DEBUG",
-        "logger": "feedd.test",
-        "message": 'quote " and\nnewline',
-    }
-    assert (second["level"], second["message"]) == ("ERROR", "session failed")
-    assert second["exc"].startswith("Traceback (most recent call last):")
-    assert second["exc"].endswith("ValueError: bad frame")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail, Unreachable("lost the connection to feedd (1006)"))
+            nursery.start_soon(fail, ValueError("reader task"))
 
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def test_reconfiguring_replaces_only_its_own_handler() -> None:
-    first, second = io.StringIO(), io.StringIO()
-    configure_logging("info", "text", first)
-    ring = Collect()  # stands in for the service's /logs ring buffer
-    logging.getLogger().addHandler(ring)
-    configure_logging("warning", "json", second)
-    logging.getLogger("feedd.test").warning("once")
-    assert first.getvalue() == ""
-    assert len(second.getvalue().splitlines()) == 1
-    assert [r.getMessage() for r in ring.records] == ["once"]
-    assert logging.getLogger().level == logging.WARNING
-
-
-def test_unknown_format_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown log format"):
-        configure_logging("info", "xml")
+    monkeypatch.setattr(tail, "follow", follow)
+    assert feedctl.main(["--url", "http://127.0.0.1:9", "tail"]) == 3
+    assert capsys.readouterr().err == "feedctl: lost the connection to feedd (1006)\n"

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +51,17 @@ def received(sock: socket.socket) -> list[bytes]:
             out.append(sock.recv(4096))
         except BlockingIOError:
             return out
+
+
+def test_reloading_is_stamped_with_the_monotonic_clock(receiver: socket.socket) -> None:
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert sdnotify.reloading() is True
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    [message] = received(receiver)
+    fields = dict(field.split("=", 1) for field in message.decode().split("\n"))
+    assert fields["RELOADING"] == "1"
+    assert before <= int(fields["MONOTONIC_USEC"]) <= after
+    assert fields["STATUS"] == "reloading the config file"
 
 
 def test_without_notify_socket_nothing_is_sent() -> None:
@@ -143,10 +155,15 @@ async def test_a_wedged_loop_stops_the_heartbeat(
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
-def test_unit_verifies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("credential", [False, True])
+def test_unit_verifies(tmp_path: Path, credential: bool) -> None:
     # verify insists that ExecStart's binary exists (it never runs it): any executable will do.
     text = UNIT.read_text()
     assert "ExecStart=/opt/feedd/.venv/bin/feedd " in text
+    if credential:
+        # The commented example, as an operator would enable it.
+        assert "\n#LoadCredential=api_token:/etc/feedd/api_token\n" in text
+        text = text.replace("\n#LoadCredential=", "\nLoadCredential=")
     unit = tmp_path / "feedd.service"
     unit.write_text(text.replace("/opt/feedd/.venv/bin/feedd", sys.executable))
     result = subprocess.run(
@@ -169,6 +186,11 @@ def test_unit_keeps_what_feedd_relies_on() -> None:
     # feedd bounds its own shutdown at 10 s (service.SHUTDOWN_TIMEOUT_S); SIGKILL must wait.
     assert int(settings["TimeoutStopSec"]) >= 20
     assert settings["StateDirectory"] == "feedd" and settings["ConfigurationDirectory"] == "feedd"
+    # SIGHUP reloads (it ended feedd before); the last ExecReload= line is the signal.
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert "ExecReload=/opt/feedd/.venv/bin/feedd check-config" in lines
+    assert "Environment=FEEDD_CONFIG=/etc/feedd/config.json" in lines
+    assert settings["ExecStart"].endswith("--config ${FEEDD_CONFIG}")
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not found")

@@ -17,6 +17,7 @@ import orjson
 import trio
 import trio_websocket
 
+from feedd import errors
 from feedd.ctl import text
 from feedd.ctl.client import Refused, Unreachable, refusal
 from feedd.engine.ws import open_websocket
@@ -49,8 +50,12 @@ def run(client: object, args: argparse.Namespace) -> None:
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:
         # Ctrl-C is how tail is meant to end: exit status 0. trio may deliver it inside the
         # library's reader task, so it can arrive grouped with the lost connection it caused.
-        if not isinstance(exc, KeyboardInterrupt) and exc.subgroup(KeyboardInterrupt) is None:
-            raise
+        if any(isinstance(e, KeyboardInterrupt) for e in errors.leaves(exc)):
+            return
+        # Errors of the body and of the reader task at once: main prints the one that
+        # explains it (feedctl's own), never the group's traceback.
+        cause = errors.collapse(exc)
+        raise cause from cause.__cause__
 
 
 def os_reason(exc: OSError) -> str:

@@ -43,6 +43,18 @@ class StoredHistory(Protocol):
     ) -> list[int]: ...
 
 
+class StoreGenerations(Protocol):
+    """How the engine learns that the store lost its history (its file deleted and made anew):
+    a count that grows each time (the store's writer provides it)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    async def wait_recreated(self, seen: int) -> int:
+        """Return the generation once it is past ``seen``."""
+        ...
+
+
 #: refusals in a row before a stream's backfill is given up (the stream marked rejected)
 MAX_REFUSALS = 3
 REFUSAL_RETRY_S = 5.0
@@ -80,6 +92,8 @@ class Backfill:
         self.history = history
         self.bootstrap_load = bootstrap_load
         self._pending: dict[Stream, Wanted] = {}
+        #: every stream ever asked for, to bootstrap again after the store lost its history
+        self._streams: set[Stream] = set()
         #: consecutive refusals per stream
         self._refusals: dict[Stream, int] = {}
         self._wake = trio.Event()
@@ -89,7 +103,15 @@ class Backfill:
         or, without it, the venue's clock at the next round)."""
         self._want(heal.stream, self._wanted(heal, heal.since_ms))
 
+    def rebootstrap(self) -> int:
+        """Queue the whole bootstrap window of every stream, as at start (the store lost its
+        history); returns how many streams. Only missing candles are fetched."""
+        for stream in self._streams:
+            self._want(stream, Wanted(None))
+        return len(self._streams)
+
     def _want(self, stream: Stream, wanted: Wanted) -> None:
+        self._streams.add(stream)
         known = self._pending.get(stream)
         self._pending[stream] = wanted if known is None else known.merge(wanted)
         self.ctx.stats.backfill_pending = len(self._pending)

@@ -18,7 +18,7 @@ import trio
 from feedd import exchanges
 from feedd.candle import Candle
 from feedd.config import Config, ExchangeConfig
-from feedd.engine.backfill import Backfill, StoredHistory
+from feedd.engine.backfill import Backfill, StoredHistory, StoreGenerations
 from feedd.engine.context import ExchangeContext, HealRequest
 from feedd.engine.instruments import Discovery
 from feedd.engine.pacing import Pacer
@@ -72,8 +72,12 @@ class Supervisor:
         history: StoredHistory,
         http: httpx.AsyncClient,
         cpu: TaskCpu | None = None,
+        store: StoreGenerations | None = None,
     ) -> None:
         self._candles_send = candles_send
+        self._store = store
+        #: each running exchange's backfill, to queue heals for all its streams
+        self._backfills: dict[str, Backfill] = {}
         self._cpu = cpu
         self._history = history
         self._http = http
@@ -88,6 +92,8 @@ class Supervisor:
         """Run ingest for ``config`` until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._store is not None:
+                nursery.start_soon(self._rebootstrap_when_recreated, self._store)
             await self.apply(config)
             task_status.started()
             await trio.sleep_forever()
@@ -121,6 +127,15 @@ class Supervisor:
                     self.stats[name].state = "disabled"
             return changed
 
+    async def _rebootstrap_when_recreated(self, store: StoreGenerations) -> None:
+        """A store made anew has lost every candle: bootstrap every stream again."""
+        seen = store.generation
+        while True:
+            seen = await store.wait_recreated(seen)
+            for name, backfill in sorted(self._backfills.items()):
+                streams = backfill.rebootstrap()
+                log.warning("%s: store recreated, backfilling %d stream(s) again", name, streams)
+
     async def _run_exchange(
         self, plan: ExchangePlan, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -147,6 +162,7 @@ class Supervisor:
                         stats.state = "crashed"
                         await trio.sleep(CRASH_DELAY)
         finally:
+            self._backfills.pop(name, None)
             if self._cpu is not None:
                 self._cpu.unregister(task)
             stats.connections = 0
@@ -193,6 +209,7 @@ class Supervisor:
             backfill = Backfill(ctx, rest, self._history, plan.bootstrap_load)
             all_streams = tuple(s for shard in shards for s in shard)
             await nursery.start(backfill.run, all_streams, heal_recv)
+            self._backfills[module.NAME] = backfill
             for streams in shards:
                 await nursery.start(run_shard, ctx, streams)
             stats.state = "connecting"

@@ -6,6 +6,7 @@ A Database belongs to the writer thread; nothing here is thread-safe or async.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,13 +16,21 @@ from feedd.errors import StoreError
 from feedd.intervals import INTERVAL_MS
 from feedd.store import coverage
 from feedd.store.codec import encode
-from feedd.store.schema import FLAG_CLOSED, SOURCE_FLAGS, connect_writer, store_error
+from feedd.store.schema import (
+    FLAG_CLOSED,
+    SOURCE_FLAGS,
+    connect_writer,
+    is_writable,
+    store_error,
+)
 
 log = logging.getLogger("feedd.store")
 
 SeriesKey = tuple[str, str, str]
 #: series, open time, the six values, trades, flags
 Row = tuple[int, int, int, int, int, int, int, int, int | None, int]
+#: (device, inode) of a file
+FileIdentity = tuple[int, int]
 
 # A closed row only yields to another closed row: a late forming update (a WS frame racing a
 # REST backfill) must never reopen a finished candle.
@@ -40,9 +49,23 @@ WHERE NOT (candles.flags & 1) OR (excluded.flags & 1)
 class Database:
     """Owns the read-write connection; every public method is one transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        identity: FileIdentity | None = None,
+        created: bool = False,
+        writable: bool = True,
+    ) -> None:
         self._conn = conn
         self.path = path
+        #: the file this connection has open, to notice it deleted or replaced under us
+        self.identity = identity
+        #: the file did not exist before this open (SQLite created it)
+        self.created = created
+        #: False when SQLite could only open the file read-only
+        self.writable = writable
         self._ids: dict[SeriesKey, int] = {}
         self._intervals: dict[int, str] = {}
         #: series written since the last prune
@@ -52,13 +75,31 @@ class Database:
 
     @classmethod
     def open(cls, path: Path, *, busy_timeout_ms: int = 2000) -> Database:
+        """Open (creating the file and schema if missing). A file SQLite could open only
+        read-only is returned with ``writable`` False rather than refused: the caller decides
+        whether to wait for the operator to fix it."""
         try:
+            created = file_identity(path) is None
             conn = connect_writer(path, busy_timeout_ms=busy_timeout_ms)
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot open", path) from exc
         except OSError as exc:
             raise StoreError(f"cannot open {path}: {exc}") from exc
-        return cls(conn, path)
+        try:
+            writable = is_writable(conn)
+            identity = file_identity(path)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise store_error(exc, "cannot open", path) from exc
+        return cls(conn, path, identity=identity, created=created, writable=writable)
+
+    def moved(self) -> bool:
+        """Whether the path no longer names the file this connection writes (deleted or
+        replaced): SQLite would go on committing into the unlinked file. One stat call."""
+        try:
+            return file_identity(self.path) != self.identity
+        except OSError:
+            return False  # cannot tell; a failing write will say what is wrong
 
     def write(self, candles: Sequence[Candle]) -> int:
         """Upsert ``candles`` in one transaction; returns rows inserted or changed."""
@@ -202,15 +243,23 @@ class Database:
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot checkpoint", self.path) from exc
 
-    def close(self) -> None:
-        """Checkpoint the WAL into the main file and close (the connection closes even on error)."""
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Checkpoint the WAL into the main file and close (the connection closes even on error).
+
+        ``checkpoint`` False: just close, as after a failure, where a checkpoint would only
+        wait out the busy timeout or fail again.
+        """
         try:
-            self._conn.execute("PRAGMA optimize")
-            self.checkpoint()
+            if checkpoint:
+                self._conn.execute("PRAGMA optimize")
+                self.checkpoint()
         except (StoreError, sqlite3.Error) as exc:
             log.warning("closing %s without a clean checkpoint: %s", self.path, exc)
         finally:
-            self._conn.close()
+            try:
+                self._conn.close()
+            except sqlite3.Error as exc:
+                log.warning("closing %s: %s", self.path, exc)
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -218,3 +267,12 @@ class Database:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 log.warning("rollback failed on %s: %s", self.path, exc)
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    """(device, inode) of ``path``, None if it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino

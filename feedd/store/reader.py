@@ -1,6 +1,7 @@
 """Reads for the API: worker threads on read-only connections, values decoded inside SQLite.
 
-A missing database (or one the writer has not initialised yet) reads as empty.
+A missing database (or one the writer has not initialised yet) reads as empty; pooled
+connections to a file since deleted or replaced are dropped at their next use.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from feedd.errors import StoreError
 from feedd.store import coverage as cov
 from feedd.store import resample as rs
 from feedd.store.codec import sql_decode
+from feedd.store.database import FileIdentity, file_identity
 from feedd.store.export import Export, ExportRequest
 from feedd.store.schema import (
     FLAG_ARCHIVE,
@@ -96,7 +98,8 @@ class Reader:
     def __init__(self, path: Path, *, max_threads: int = 4) -> None:
         self.path = path
         self._limiter = trio.CapacityLimiter(max_threads)
-        self._idle: list[sqlite3.Connection] = []
+        #: idle connections with the file each has open
+        self._idle: list[tuple[sqlite3.Connection, FileIdentity]] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -282,7 +285,7 @@ class Reader:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], empty: T) -> T:
@@ -291,12 +294,26 @@ class Reader:
     def _call(self, fn: Callable[[sqlite3.Connection], T], empty: T) -> T:
         if self._closed:
             raise StoreError("reader is closed")
+        try:
+            # One stat a query: a connection keeps reading a deleted file for ever.
+            identity = file_identity(self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+        stale = []
         with self._lock:
-            conn = self._idle.pop() if self._idle else None
+            conn = None
+            while self._idle and conn is None:
+                candidate, opened = self._idle.pop()
+                if opened == identity:
+                    conn = candidate
+                else:
+                    stale.append(candidate)
+        for old in stale:
+            old.close()
+        if identity is None:
+            return empty
         try:
             if conn is None:
-                if not self.path.exists():
-                    return empty
                 conn = connect_reader(self.path)
             return fn(conn)
         except sqlite3.OperationalError as exc:
@@ -311,7 +328,7 @@ class Reader:
                     if self._closed:
                         conn.close()
                     else:
-                        self._idle.append(conn)
+                        self._idle.append((conn, identity))
 
 
 def database_bytes(path: Path) -> int:

@@ -26,6 +26,8 @@ FLAG_ARCHIVE = 4
 #: the flag bit of each candle source (WS has none)
 SOURCE_FLAGS = {Source.WS: 0, Source.REST: FLAG_REST, Source.ARCHIVE: FLAG_ARCHIVE}
 
+SQLITE_READONLY = 8
+
 #: columns of ``candles`` after the key, in the order every statement uses
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "trades", "flags")
 
@@ -102,6 +104,23 @@ def connect_writer(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connec
     return conn
 
 
+def is_writable(conn: sqlite3.Connection) -> bool:
+    """False when SQLite opened the file read-only: it falls back to that silently when the
+    file cannot be opened for writing (permissions, ``chattr +i``, a read-only mount), and
+    even ``BEGIN IMMEDIATE`` succeeds then in WAL mode. A rolled-back no-op UPDATE asks for
+    the write lock without writing anything."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_READONLY:
+            return False
+        raise
+    finally:
+        conn.execute("ROLLBACK")
+    return True
+
+
 def connect_reader(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connection:
     """A read-only connection; raises sqlite3.OperationalError if the file does not exist."""
     uri = f"{path.resolve().as_uri()}?mode=ro"
@@ -150,7 +169,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 _HINTS = {
     5: "database is locked by another writer (busy)",
     6: "database table is locked",
-    8: "database is read-only (file or directory permissions, or a read-only mount)",
+    SQLITE_READONLY: "database is read-only (file or directory permissions, or a read-only mount)",
     10: "disk I/O error",
     11: "database file is corrupt",
     13: "disk is full",

@@ -56,6 +56,8 @@ class WriterStats:
     batches: int
     #: candles held in memory, waiting for (or in) a commit
     pending: int
+    #: at this many held candles the writer stops taking more (ingest waits)
+    held_limit: int
     last_batch_latency_ms: float | None
     latency_p50_ms: float | None
     latency_p99_ms: float | None
@@ -69,6 +71,10 @@ class WriterStats:
     pruned: int
     #: committed batches that commit listeners were too full to take
     listener_overflow: int
+    #: held candles given up at shutdown because the store could not take them in time
+    dropped: int
+    #: times the database file was found deleted or replaced and made anew
+    recreated: int
 
 
 @attrs.define(eq=False)
@@ -79,12 +85,13 @@ class WriterCounters:
     retries: int = 0
     pruned: int = 0
     listener_overflow: int = 0
+    dropped: int = 0
     last_error: str | None = None
     healthy: bool = True
     #: seconds per recent commit, for percentiles without keeping the whole history
     latencies: deque[float] = attrs.field(factory=lambda: deque(maxlen=512))
 
-    def snapshot(self, pending: int, rejected: int) -> WriterStats:
+    def snapshot(self, pending: int, rejected: int, held_limit: int, recreated: int) -> WriterStats:
         ordered = sorted(self.latencies)
 
         def pct(q: float) -> float | None:
@@ -97,6 +104,7 @@ class WriterCounters:
             committed=self.committed,
             batches=self.batches,
             pending=pending,
+            held_limit=held_limit,
             last_batch_latency_ms=self.latencies[-1] * 1000 if self.latencies else None,
             latency_p50_ms=pct(0.50),
             latency_p99_ms=pct(0.99),
@@ -106,4 +114,6 @@ class WriterCounters:
             rejected=rejected,
             pruned=self.pruned,
             listener_overflow=self.listener_overflow,
+            dropped=self.dropped,
+            recreated=recreated,
         )

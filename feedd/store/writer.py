@@ -1,17 +1,18 @@
 """The async writer: collects candle lists from a channel and commits them in batches.
 
 One collector task keeps receiving while the previous batch commits in the writer thread, so
-ingest waits on SQLite only when ``max_held`` candles are held (backpressure).
+ingest waits on SQLite only when ``max_held`` candles are held (backpressure). A failed commit
+reopens the connection at its retry; at shutdown what cannot be committed in time is counted.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import attrs
 import trio
@@ -19,13 +20,13 @@ import trio
 from feedd.candle import Candle
 from feedd.errors import StoreError
 from feedd.monitor.histogram import Histogram
-from feedd.store.database import Database
+from feedd.store.handle import DatabaseHandle
 from feedd.store.state import Key, Pending, WriterCounters, WriterStats, fold
 
 log = logging.getLogger("feedd.store")
 
-P = ParamSpec("P")
-T = TypeVar("T")
+#: while full, how often the collector looks whether ingest has stopped sending
+FULL_POLL_S = 0.25
 
 
 @attrs.frozen
@@ -42,7 +43,7 @@ class WriterSettings:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     prune_interval_s: float = 5.0
-    #: bound on the best-effort commit when the writer is cancelled
+    #: how long shutdown keeps trying to commit what is held (the service allows 10 s)
     final_commit_timeout_s: float = 5.0
 
 
@@ -54,10 +55,7 @@ class Writer:
         self._pending = Pending()
         #: the batch being committed (or retried); grows with pending while the DB fails
         self._inflight: dict[Key, Candle] = {}
-        self._db: Database | None = None
-        # trio's worker threads are pooled; a limiter of one keeps the connection single-user.
-        # A dedicated thread hops ~20 µs faster, irrelevant at a few commits per second.
-        self._thread = trio.CapacityLimiter(1)
+        self._db = DatabaseHandle(settings.path, busy_timeout_ms=settings.busy_timeout_ms)
         #: held around every use of the database so wipe() slots in between commits
         self._db_lock = trio.Lock()
         self._counters = WriterCounters()
@@ -68,13 +66,29 @@ class Writer:
         self._room = trio.Event()
         self._attempted = trio.Event()
         self._eof = False
+        #: the limit of held candles was reported since the last commit
+        self._said_full = False
+        #: set with ``_eof``: a commit waiting out its backoff retries at once, then for
+        #: ``final_commit_timeout_s`` at most
+        self._closing = trio.Event()
+        self._drain_deadline = math.inf
         self._last_prune = -float("inf")
         self._rng = random.Random()
 
     @property
     def stats(self) -> WriterStats:
-        rejected = self._db.rejected if self._db is not None else 0
-        return self._counters.snapshot(self._held, rejected)
+        return self._counters.snapshot(
+            self._held, self._db.rejected, self.settings.max_held, self._db.generation
+        )
+
+    @property
+    def generation(self) -> int:
+        """How many times the database file was found deleted or replaced and made anew."""
+        return self._db.generation
+
+    async def wait_recreated(self, seen: int) -> int:
+        """Return the generation once it is past ``seen`` (the store lost its history)."""
+        return await self._db.wait_recreated(seen)
 
     @property
     def _held(self) -> int:
@@ -89,21 +103,23 @@ class Writer:
         """Commit until every sender has closed, then commit what is held and return.
 
         A database that cannot be opened fails the start (StoreError) rather than retrying:
-        that is a configuration problem the operator must see at once.
+        that is a configuration problem the operator must see at once. One SQLite could open
+        only read-only starts the writer unhealthy, reopening it until it is writable.
         """
-        s = self.settings
-        self._db = await self._in_thread(Database.open, s.path, busy_timeout_ms=s.busy_timeout_ms)
+        read_only = await self._db.start()
+        if read_only is not None:
+            log.error("%s; holding candles until it is writable", read_only)
+            self._counters.healthy, self._counters.last_error = False, read_only
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._run_collector, candles_recv)
                 task_status.started()
                 await self._run_commits()
         finally:
-            with trio.move_on_after(s.final_commit_timeout_s, shield=True):
+            with trio.move_on_after(self.settings.final_commit_timeout_s, shield=True):
                 await self._final_flush()
-            with trio.CancelScope(shield=True):
-                await self._in_thread(self._db.close)
-            self._db = None
+            self._drop_held()
+            await self._db.close()
 
     async def _run_collector(
         self, candles_recv: trio.MemoryReceiveChannel[Sequence[Candle]]
@@ -125,10 +141,18 @@ class Writer:
                         break  # an ended channel ends the loop at the next receive
                 if len(self._pending) >= max_batch:
                     self._wake.set()
-                while self._held >= max_held:
+                if self._held >= max_held and not self._said_full:
+                    self._said_full = True
+                    log.warning("holding %d candles, the limit: ingest waits", self._held)
+                # Once ingest has stopped, take what it left in the channel (bounded by the
+                # channel) so that shutdown never waits for room.
+                while self._held >= max_held and candles_recv.statistics().open_send_channels:
                     self._room = trio.Event()
-                    await self._room.wait()
+                    with trio.move_on_after(FULL_POLL_S):
+                        await self._room.wait()
         self._eof = True
+        self._drain_deadline = trio.current_time() + self.settings.final_commit_timeout_s
+        self._closing.set()
         self._wake.set()
 
     async def _run_commits(self) -> None:
@@ -140,27 +164,36 @@ class Writer:
                     await self._wake.wait()
             self._wake = trio.Event()
             due = trio.current_time() + interval
-            if self._pending:
-                await self._commit_held()
+            if self._pending and not await self._commit_held():
+                self._drop_held()
             await self._maybe_prune(force=self._eof)
             if self._eof and not self._held:
                 return
 
-    async def _commit_held(self) -> None:
-        """Commit pending candles, retrying with capped, jittered backoff until it succeeds."""
+    async def _commit_held(self) -> bool:
+        """Commit pending candles, retrying with capped, jittered backoff until it succeeds;
+        False once shutting down and the time for it has run out."""
         fold(self._inflight, self._pending.take().values())
         attempt = 0
         while True:
             try:
                 await self._commit_once()
-                return
+                return True
             except StoreError as exc:
                 c = self._counters
                 c.healthy, c.last_error, c.retries = False, str(exc), c.retries + 1
                 self._notify_waiters()
+                # A connection that failed may stay failed (SQLite opened the file read-only,
+                # or an I/O error stuck): the retry opens a new one.
+                await self._db.discard()
                 ceiling = min(self.settings.retry_max_s, self.settings.retry_initial_s * 2**attempt)
                 attempt = min(attempt + 1, 30)
                 delay = ceiling / 2 + self._rng.random() * ceiling / 2
+                if self._eof:
+                    left = self._drain_deadline - trio.current_time()
+                    if left <= 0:
+                        return False
+                    delay = min(delay, left)
                 log.warning(
                     "commit of %d candles failed (retry %d in %.1fs): %s",
                     self._held,
@@ -168,17 +201,21 @@ class Writer:
                     delay,
                     exc,
                 )
-                await trio.sleep(delay)
+                if self._eof:
+                    await trio.sleep(delay)
+                else:
+                    with trio.move_on_after(delay):
+                        await self._closing.wait()
                 # Later arrivals ride along with the retry; folding keeps the newest values.
                 fold(self._inflight, self._pending.take().values())
 
     async def _commit_once(self) -> None:
-        db = self._require_db()
         start = trio.current_time()
         async with self._db_lock:
+            db = await self._db.get()
             # Read under the lock: a wipe() that ran while we waited has dropped these.
             candles = list(self._inflight.values())
-            await self._in_thread(db.write, candles)
+            await self._db.run(db.write, candles)
         c = self._counters
         elapsed = trio.current_time() - start
         c.latencies.append(elapsed)
@@ -186,6 +223,7 @@ class Writer:
         if not c.healthy:
             log.info("store healthy again; committed %d held candles", len(candles))
         c.healthy, c.last_error = True, None
+        self._said_full = False
         c.committed += len(candles)
         c.batches += 1
         self._inflight = {}
@@ -193,25 +231,40 @@ class Writer:
         self._publish(candles)
 
     async def _final_flush(self) -> None:
-        if self._db is None:
-            return
+        """One more attempt when cancelled with candles held (ending the channel drains)."""
         fold(self._inflight, self._pending.take().values())
         if not self._inflight:
             return
         try:
             await self._commit_once()
         except StoreError as exc:
-            log.error("lost %d uncommitted candles at shutdown: %s", len(self._inflight), exc)
+            self._counters.last_error = str(exc)
+
+    def _drop_held(self) -> None:
+        """Give up on what is held, saying how much: only at shutdown."""
+        fold(self._inflight, self._pending.take().values())
+        dropped, self._inflight = len(self._inflight), {}
+        if dropped:
+            self._counters.dropped += dropped
+            log.error(
+                "could not commit %d candles before shutdown, they are lost: %s",
+                dropped,
+                self._counters.last_error,
+            )
+        self._room.set()
 
     async def _maybe_prune(self, *, force: bool = False) -> None:
         now = trio.current_time()
         if not force and now - self._last_prune < self.settings.prune_interval_s:
             return
         self._last_prune = now
-        db = self._require_db()
         try:
             async with self._db_lock:
-                deleted = await self._in_thread(db.prune, self.settings.max_records)
+                # Retention waits for a commit to (re)open the database.
+                if not self._db.is_open:
+                    return
+                db = await self._db.get()
+                deleted = await self._db.run(db.prune, self.settings.max_records)
         except StoreError as exc:
             # Retention only trims; a failure loses nothing and the next round retries.
             log.warning("prune failed: %s", exc)
@@ -257,18 +310,10 @@ class Writer:
         Runs in the writer thread between commits, so the app keeps running; readers see an
         empty store from their next query on.
         """
-        db = self._require_db()
         async with self._db_lock:
+            db = await self._db.get()
             dropped = self._pending.clear() + len(self._inflight)
             self._inflight = {}
             self._room.set()
-            await self._in_thread(db.wipe)
+            await self._db.run(db.wipe)
         log.info("store wiped (%d held candles dropped)", dropped)
-
-    def _require_db(self) -> Database:
-        if self._db is None:
-            raise StoreError("the store writer is not running")
-        return self._db
-
-    async def _in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._thread)

@@ -132,6 +132,8 @@ async def health() -> Response:
             "healthy": writer.healthy,
             "last_error": writer.last_error,
             "pending": writer.pending,
+            "dropped": writer.dropped,
+            "recreated": writer.recreated,
         },
         "exchanges": exchanges,
     }

@@ -124,6 +124,16 @@ SCALARS: tuple[Scalar, ...] = (
         lambda s: s.writer.pruned,
     ),
     counter(
+        "feedd_writer_dropped_candles",
+        "Held candles given up at shutdown because the store could not commit them.",
+        lambda s: s.writer.dropped,
+    ),
+    counter(
+        "feedd_writer_database_recreations",
+        "Times the database file was found deleted and made anew (then healed from REST).",
+        lambda s: s.writer.recreated,
+    ),
+    counter(
         "feedd_writer_listener_overflows",
         "Committed batches a full commit listener (live hub) could not take.",
         lambda s: s.writer.listener_overflow,
@@ -136,7 +146,7 @@ SCALARS: tuple[Scalar, ...] = (
     gauge(
         "feedd_writer_queue_capacity",
         "Candles the writer holds at most before ingest waits (backpressure).",
-        lambda s: s.state.writer.settings.max_held,
+        lambda s: s.writer.held_limit,
     ),
     gauge(
         "feedd_writer_healthy",

@@ -28,6 +28,7 @@ _WRITER_FIELDS = (
     "committed",
     "batches",
     "pending",
+    "held_limit",
     "last_batch_latency_ms",
     "latency_p50_ms",
     "latency_p99_ms",
@@ -36,6 +37,8 @@ _WRITER_FIELDS = (
     "retries",
     "rejected",
     "pruned",
+    "dropped",
+    "recreated",
 )
 
 
