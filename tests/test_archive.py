@@ -447,3 +447,19 @@ def test_archive_url_config() -> None:
     assert config.parse({"exchanges": {BN: {}}}).config.exchanges[BN].archive_url is None
     with pytest.raises(ConfigError, match=r"exchanges\.binance_futures\.archive_url"):
         config.parse({"exchanges": {BN: {"archive_url": "ftp://x"}}})
+
+
+def test_an_old_ohlcv_view_is_replaced_once(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    Database.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP VIEW ohlcv")
+    conn.execute("CREATE VIEW ohlcv AS SELECT 'rest' AS source")  # as an older feedd made it
+    conn.commit()
+    conn.close()
+    db = Database.open(path)
+    db.write([_candle(0, Source.ARCHIVE)])
+    db.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT source FROM ohlcv").fetchall() == [("archive",)]
+    conn.close()

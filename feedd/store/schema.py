@@ -56,8 +56,7 @@ CREATE TABLE IF NOT EXISTS candles (
     flags INTEGER NOT NULL,
     PRIMARY KEY (series, open_time)
 ) WITHOUT ROWID;
-DROP VIEW IF EXISTS ohlcv;
-CREATE VIEW ohlcv AS
+CREATE VIEW IF NOT EXISTS ohlcv AS
 SELECT series.exchange, series.symbol, series.interval, candles.open_time,
     strftime('%Y-%m-%dT%H:%M:%SZ', candles.open_time / 1000, 'unixepoch') AS time,
     {open} AS open, {high} AS high, {low} AS low, {close} AS close,
@@ -142,6 +141,9 @@ def connect_reader(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connec
 def ensure_schema(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
+        view = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'ohlcv'").fetchone()
+        if view is not None and "'archive'" not in view[0]:
+            conn.execute("DROP VIEW ohlcv")  # from before archive candles: made anew below
         for statement in _DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
