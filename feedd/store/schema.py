@@ -1,7 +1,8 @@
 """Opening SQLite connections for feedd and creating its schema (idempotent).
 
-Prices and volumes are codec INTEGERs; ``flags`` bit 0 = closed, bit 1 = came from REST. The
-view ``ohlcv`` shows them as REAL numbers with their series' names, for other tools.
+Prices and volumes are codec INTEGERs; ``flags`` bit 0 = closed, bit 1 = came from REST, bit 2 =
+came from a bulk archive. The view ``ohlcv`` shows them as REAL numbers with their series'
+names, for other tools.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+from feedd.candle import Source
 from feedd.errors import StoreError
 from feedd.store import coverage
 from feedd.store.codec import sql_decode
@@ -20,6 +22,9 @@ SCHEMA_VERSION = 2
 
 FLAG_CLOSED = 1
 FLAG_REST = 2
+FLAG_ARCHIVE = 4
+#: the flag bit of each candle source (WS has none)
+SOURCE_FLAGS = {Source.WS: 0, Source.REST: FLAG_REST, Source.ARCHIVE: FLAG_ARCHIVE}
 
 SQLITE_READONLY = 8
 
@@ -57,7 +62,8 @@ SELECT series.exchange, series.symbol, series.interval, candles.open_time,
     {open} AS open, {high} AS high, {low} AS low, {close} AS close,
     {volume} AS volume, {quote_volume} AS quote_volume, candles.trades,
     candles.flags & 1 AS closed,
-    CASE WHEN candles.flags & 2 THEN 'rest' ELSE 'ws' END AS source
+    CASE WHEN candles.flags & 4 THEN 'archive' WHEN candles.flags & 2 THEN 'rest' ELSE 'ws' END
+        AS source
 FROM candles JOIN series ON series.id = candles.series;
 """.format(
     **{
@@ -65,6 +71,11 @@ FROM candles JOIN series ON series.id = candles.series;
         for name in ("open", "high", "low", "close", "volume", "quote_volume")
     }
 )
+
+
+def source_name(flags: int) -> str:
+    """A stored row's source as the API names it: ``ws``, ``rest`` or ``archive``."""
+    return "archive" if flags & FLAG_ARCHIVE else "rest" if flags & FLAG_REST else "ws"
 
 
 def connect_writer(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connection:
@@ -130,6 +141,9 @@ def connect_reader(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connec
 def ensure_schema(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
+        view = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'ohlcv'").fetchone()
+        if view is not None and "'archive'" not in view[0]:
+            conn.execute("DROP VIEW ohlcv")  # from before archive candles: made anew below
         for statement in _DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
