@@ -73,6 +73,7 @@ SCHEMAS: dict[str, Schema] = {
                     enabled=BOOLEAN,
                     ws_url=STRING,
                     rest_url=STRING,
+                    archive_url=STRING,
                     connection_lifetime=NUMBER,
                     silence_timeout=NUMBER,
                     instruments_refresh=NUMBER,
