@@ -6,20 +6,26 @@ is held open."""
 from __future__ import annotations
 
 import functools
+import os
+import re
 import resource
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from chaos.harness import FeeddProcess, config_doc, crash_lines, poll_until, write_config
 from quart_trio import QuartTrio
 
+from feedd.monitor.system import Monitor
+from feedd.monitor.taskcpu import TaskCpu
 from feedd.sim.app import open_simulator
 from feedd.sim.settings import SimSettings
 from feedd.web.app import serve_web
-from feedd.web.peer import Connections, caps_for
+from feedd.web.peer import MAX_CONNECTIONS, RESERVED_FDS, Connections, caps_for
 
 #: generous: each of these happens within a second when it happens at all
 WITHIN_S = 10
@@ -185,6 +191,51 @@ async def test_the_total_cap_takes_idle_connections_of_any_address() -> None:
         await b.aclose()
 
 
+@contextmanager
+def no_descriptor_left() -> Iterator[None]:
+    """Lower this process's descriptor limit to the lowest free descriptor, for a while."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_running_out_of_descriptors_degrades(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no descriptor left, accept() fails and psutil cannot read /proc: the server says so
+    once and waits, the monitor keeps its last figures; both recover when descriptors free up
+    (before, the monitor raised EMFILE and took feedd down)."""
+    app, _ = tiny_app()
+    connections = Connections(total=8, per_client=8)
+    monitor = Monitor(tmp_path / "ohlcv.db", dict, TaskCpu(), time.time())
+    figures = monitor.system
+    async with served(app, connections) as port:
+        sock = trio.socket.socket()  # made while there is room
+        with no_descriptor_left():
+            monitor.sample()
+            monitor.sample()
+            await sock.connect(("127.0.0.1", port))  # the kernel's backlog takes it
+            with trio.fail_after(WITHIN_S):
+                await connections.wait_until(lambda c: c.accept_errors >= 2)
+        stream = trio.SocketStream(sock)
+        await stream.send_all(request("/"))
+        assert (await read_response(stream)).startswith(b"HTTP/1.1 200")
+    assert monitor.system is figures and monitor.sample_errors == 2
+    monitor.sample()
+    assert monitor.system is not figures
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if m.startswith("cannot accept")] != []
+    assert len([m for m in messages if m.startswith("cannot accept")]) == 1
+    assert len([m for m in messages if m.startswith("cannot read system figures")]) == 1
+    assert any(m.startswith("accepting connections again") for m in messages)
+    assert not [r for r in caplog.records if r.name == "trio.serve_listeners"]
+
+
 def test_caps_follow_the_descriptor_limit() -> None:
     assert caps_for(1024) == (768, 384)
     assert caps_for(20000) == (2048, 1024)
@@ -231,6 +282,9 @@ async def test_idle_connections_cannot_exhaust_descriptors(tmp_path: Path) -> No
                     return await committed() > before
 
                 await poll_until(committed_more, 30, "candles committed under the attack")
+                metrics = (await api.get("/metrics")).text
+                evicted = re.search(r"^feedd_web_connections_evicted_total (\S+)$", metrics, re.M)
+                assert evicted is not None and float(evicted.group(1)) >= total, metrics
             # A client from an address of its own, on a fresh connection.
             transport = httpx.AsyncHTTPTransport(local_address="127.0.0.9")
             async with httpx.AsyncClient(base_url=feedd.url, transport=transport) as fresh:
@@ -245,3 +299,13 @@ async def test_idle_connections_cannot_exhaust_descriptors(tmp_path: Path) -> No
     log = feedd.log_text()
     assert crash_lines(log) == [], log[-3000:]
     assert "Too many open files" not in log
+
+
+def test_the_service_unit_gives_the_full_caps() -> None:
+    """scripts/feedd.service sets LimitNOFILE on purpose: enough for the full connection caps
+    plus the descriptors kept for the rest of feedd."""
+    unit = (Path(__file__).parents[1] / "scripts" / "feedd.service").read_text()
+    values = re.findall(r"^LimitNOFILE=(\d+)$", unit, re.M)
+    assert len(values) == 1, "one LimitNOFILE= line"
+    assert caps_for(int(values[0]))[0] == MAX_CONNECTIONS
+    assert int(values[0]) >= MAX_CONNECTIONS + RESERVED_FDS

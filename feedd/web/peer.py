@@ -169,6 +169,8 @@ class Connections:
     def accept_failed(self, errno_name: str) -> None:
         """accept() failed for lack of resources: the server retries; say so once."""
         self.accept_errors += 1
+        self._changed.set()
+        self._changed = trio.Event()
         if not self._starved:
             self._starved = True
             log.error(
