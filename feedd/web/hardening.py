@@ -97,6 +97,7 @@ def install() -> None:
                 connections.release(connection)
 
     run._feedd_guarded = True  # type: ignore[attr-defined]
+    run._feedd_original = original_run  # type: ignore[attr-defined]
     TCPServer.run = run  # type: ignore[method-assign]
 
 
