@@ -30,6 +30,8 @@ MAX_WS_MESSAGE_BYTES = 64 * 1024
 #: an idle keep-alive connection is closed after this long; it is also how long a client may
 #: take to send a request's headers (hypercorn's idle timer runs until they are complete)
 KEEP_ALIVE_S = 5.0
+#: connections the kernel queues for accept (capped by net.core.somaxconn, 4096 by default)
+LISTEN_BACKLOG = 1024
 
 
 def create_app(state: AppState) -> QuartTrio:
@@ -121,6 +123,9 @@ async def serve_web(
     config = hardening.ServerConfig(connections)
     config.bind = [bind_address(host, port)]
     config.keep_alive_timeout = keep_alive_s
+    # Connections wait in the kernel's queue until accepted; under a flood of them a full
+    # queue drops a newcomer's SYN and its client retries only after a second or more.
+    config.backlog = LISTEN_BACKLOG
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT_S

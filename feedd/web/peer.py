@@ -1,11 +1,12 @@
 """The web server's open connections: counted and capped at accept, findable, cut off at will.
 
 One ``Connections`` belongs to one server (``feedd.web.hardening`` registers every connection
-hypercorn accepts for it). Caps keep the server inside its share of file descriptors: a client
-address past its cap, or any client past the total, first costs the oldest *idle* keep-alive
-connection of that address (or of anyone) its place, since closing an idle connection loses
-nothing a client cannot redo; only when none is idle is the newcomer closed, before any
-parsing. Busy connections (a request or a /ws session in progress) are never evicted.
+hypercorn accepts for it). Caps keep the server inside its share of file descriptors. A client
+address at its cap is closed at once, before any parsing. Past the total cap, a newcomer
+first costs the oldest *idle* keep-alive connection its place (closing an idle connection
+loses nothing a client cannot redo, and keeps one address from locking out the others);
+only when none is idle is the newcomer closed. Busy connections (a request or a /ws session
+in progress) are never evicted.
 
 Cutting a connection shuts its socket down from under hypercorn: its trio server writes to a
 socket inside a shielded cancel scope with no deadline, so a handler whose client stopped
@@ -86,7 +87,6 @@ class Connections:
         self._per_address: Counter[str] = Counter()
         #: idle connections, oldest idle first, overall and per address
         self._idle: dict[Connection, None] = {}
-        self._idle_of: dict[str, dict[Connection, None]] = {}
         self.open = 0
         #: connections closed at accept because no idle one could make room
         self.refused = 0
@@ -120,12 +120,12 @@ class Connections:
         if self.open >= self.total + max(4, self.total // _SLACK_SHARE):
             self._refuse(f"{self.open} connections open, some still closing")
             return None
-        # Evicting one of the address's own makes room under the total cap too.
+        # An address at its cap is refused outright: evicting its own idle connections would
+        # only help it churn (an attacker's refused connections come straight back).
         if self._per_address[address] >= self.per_client:
-            if not self._evict(self._idle_of.get(address)):
-                self._refuse(f"address {address} has {self.per_client} connections open")
-                return None
-        elif self.open >= self.total and not self._evict(self._idle):
+            self._refuse(f"address {address} has {self.per_client} connections open")
+            return None
+        if self.open >= self.total and not self._evict(self._idle):
             self._refuse(f"{self.total} connections open")
             return None
         connection = Connection(sock, address, key)
@@ -189,16 +189,11 @@ class Connections:
         self._changed.set()
         self._changed = trio.Event()
         connection.idle = idle
-        of_address = self._idle_of.setdefault(connection.address, {})
-        self._idle.pop(connection, None)
-        of_address.pop(connection, None)
+        self._idle.pop(connection, None)  # re-inserted last: the dict keeps idle-since order
         if idle:
             self._idle[connection] = None
-            of_address[connection] = None
-        elif not of_address:
-            del self._idle_of[connection.address]
 
-    def _evict(self, idle: dict[Connection, None] | None) -> bool:
+    def _evict(self, idle: dict[Connection, None]) -> bool:
         if not idle:
             return False
         oldest = next(iter(idle))
