@@ -1,16 +1,18 @@
 """Guards around hypercorn 0.18's trio connection task, for the servers feedd starts.
 
-hypercorn offers no hook per connection, so two methods of its ``TCPServer`` are wrapped
-(``install``); a server opts in by being started with a ``ServerConfig``, any other behaves
-as hypercorn wrote it. Each guard exists because nothing public does its job:
+hypercorn offers no hook per connection, so ``install`` wraps ``TCPServer.run`` on the class:
+a server started with a ``ServerConfig`` gets the guards, set on each of its connections
+(``protocol_send`` and ``_read_data``, which hypercorn looks up on the instance); any other
+server runs as hypercorn wrote it. Each guard exists because nothing public does its job:
 
 - Caps (``feedd.web.peer``): every accepted socket is admitted or closed before hypercorn
   parses a byte of it, and registered so a handler can cut it off.
-- Closing: hypercorn closes a connection after ``Connection: close`` and starts the keep-alive
-  timer after a response from inside the app's task, which quart-trio cancels as soon as the
-  response is out; both steps died of that cancellation, leaving every connection open for
-  ever (1,100 idle ones exhausted the descriptors and killed feedd). They run shielded here,
-  under a deadline.
+- Closing: hypercorn closes a connection after ``Connection: close``, and arms the keep-alive
+  timer after a response, from inside the app's task, which quart-trio cancels as soon as
+  the response is out; both steps died of that cancellation, leaving every connection open
+  for ever (1,100 idle ones exhausted the descriptors and killed feedd). They run shielded
+  here, under a deadline. And once the client has closed, the keep-alive timer is stopped:
+  hypercorn let the connection's task (and its socket) wait for it to expire.
 - Containment: an exception raised while serving one connection escapes ``TCPServer.run``
   into the server's nursery and takes the server (and feedd) down. A client can trigger that
   at will: a WebSocket frame sent before the handshake's 101 makes hypercorn answer 400
@@ -64,7 +66,7 @@ class AcceptErrors(logging.Filter):
         self.connections = connections
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg.startswith("accept returned"):
+        if isinstance(record.msg, str) and record.msg.startswith("accept returned"):
             args = record.args if isinstance(record.args, tuple) else ()
             self.connections.accept_failed(str(args[0]) if args else "?")
             return False

@@ -69,9 +69,12 @@ class Connection:
     address: str
     key: _Key | None
     idle: bool = True
+    #: shut down by us; it only waits for hypercorn to let go
+    cut_off: bool = False
 
     def cut(self) -> None:
         """Shut the socket down: a non-blocking system call, safe from the event loop."""
+        self.cut_off = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -156,7 +159,7 @@ class Connections:
 
     def set_idle(self, connection: Connection, idle: bool) -> None:
         """hypercorn says the connection waits for a request (True) or serves one (False)."""
-        self._set_idle(connection, idle)
+        self._set_idle(connection, idle and not connection.cut_off)
 
     def shut_down(self, server: tuple[str, int], client: tuple[str, int]) -> bool:
         """Cut our accepted socket from ``client`` on ``server``'s port; False if none."""
