@@ -300,3 +300,35 @@ async def test_slow_bodies_from_several_addresses_do_not_block_the_api(tmp_path:
                     answer += chunk
                 assert answer.startswith(b"HTTP/1.1 408"), answer
                 assert b"connection: close" in answer.lower()
+
+
+async def test_bodies_held_at_once_are_bounded() -> None:
+    """Bodies are read before the token is checked, so what they may hold in all is capped:
+    past the budget a body is refused 503 with Retry-After; the budget is given back when
+    each request ends."""
+    held = HeldApp()
+    limits = RequestLimits(held, per_client=4, overall=4, buffer_budget=10)
+
+    def body_of(size: int) -> Any:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"x" * size, "more_body": False}
+
+        return receive
+
+    statuses: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    posted = {**scope("/post"), "headers": [(b"content-length", b"6")]}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limits, posted, body_of(6), send)
+        await held.wait_entered(1)
+        assert limits.buffered == 6
+        await limits(posted, body_of(6), send)  # type: ignore[arg-type]
+        assert statuses == [503]
+        held.release.set()
+    assert statuses == [503, 200] and limits.buffered == 0
+    await limits(posted, body_of(6), send)  # type: ignore[arg-type]
+    assert statuses == [503, 200, 200] and limits.buffered == 0

@@ -15,7 +15,8 @@ A request's body is received whole before the request asks for a slot, within
 ``BODY_TIMEOUT_S`` of its headers and up to ``MAX_BODY_BYTES``: a client that announces a body
 and sends it slowly (or never) would otherwise hold a slot while the handler waits for it, and
 eight such clients blocked the API for everyone. Too slow is answered 408, too big 413, and
-both close the connection. (How long headers may take is the server's keep-alive timeout:
+both close the connection. Bodies held at once are bounded too (``MAX_BUFFERED_BYTES``, 503
+past it): they are read before the token is checked. (How long headers may take is the server's keep-alive timeout:
 hypercorn's idle timer runs from the connection or the last answer until a request's headers
 are complete.)
 
@@ -52,6 +53,10 @@ RETRY_AFTER_S = 1
 MAX_BODY_BYTES = 1024 * 1024
 #: a request's whole body must arrive within this many seconds of its headers
 BODY_TIMEOUT_S = 10.0
+#: request bodies held at once over all requests; past it a body is refused 503 (the bodies
+#: are received before the token is checked: without a bound, every connection could make
+#: feedd hold 1 MiB)
+MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 
 
 def has_body(scope: HTTPScope | WebsocketScope) -> bool:
@@ -92,10 +97,14 @@ class RequestLimits:
         waiting: int = MAX_WAITING_PER_CLIENT,
         max_body: int = MAX_BODY_BYTES,
         body_timeout: float = BODY_TIMEOUT_S,
+        buffer_budget: int = MAX_BUFFERED_BYTES,
     ) -> None:
         self._app = app
         self._max_body = max_body
         self._body_timeout = body_timeout
+        self._buffer_budget = buffer_budget
+        #: bytes of request bodies held (received, or waiting for their request to end)
+        self.buffered = 0
         self._per_client = per_client
         self._max_users = per_client + waiting
         self._overall = trio.Semaphore(overall)
@@ -140,7 +149,17 @@ class RequestLimits:
             body = await self._receive_body(scope, receive, send)
             if body is None:
                 return
-            receive = _replay(body, receive)
+            try:
+                await self._run(scope, _replay(body, receive), send, gate)
+            finally:
+                self.buffered -= len(body)
+        else:
+            await self._run(scope, receive, send, gate)
+
+    async def _run(
+        self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable, gate: _Gate
+    ) -> None:
+        """Run the app once ``gate`` and the overall cap give this request a slot."""
         held = False
 
         def release() -> None:
@@ -179,7 +198,8 @@ class RequestLimits:
     async def _receive_body(
         self, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> bytes | None:
-        """The whole body, or None once the client was answered 408 or 413."""
+        """The whole body, or None once the client was answered (408, 413, 503) or left.
+        A body returned stays counted in ``buffered`` until the caller gives it back."""
         announced = _content_length(scope)
         if announced is not None and announced > self._max_body:
             self.big_bodies += 1
@@ -187,26 +207,42 @@ class RequestLimits:
             return None
         parts: list[bytes] = []
         size = 0
-        with trio.move_on_after(self._body_timeout):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":  # http.disconnect: nobody to answer
-                    return None
-                size += len(message.get("body", b""))
-                if size > self._max_body:
-                    self.big_bodies += 1
-                    await _refuse(
-                        scope, send, 413, f"the body is limited to {self._max_body} bytes"
-                    )
-                    return None
-                parts.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return b"".join(parts)
-        self.slow_bodies += 1
-        await _refuse(
-            scope, send, 408, f"the request body did not arrive within {self._body_timeout:g} s"
-        )
-        return None
+        try:
+            with trio.move_on_after(self._body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # http.disconnect: nobody to answer
+                        return None
+                    chunk = message.get("body", b"")
+                    if size + len(chunk) > self._max_body:
+                        self.big_bodies += 1
+                        await _refuse(
+                            scope, send, 413, f"the body is limited to {self._max_body} bytes"
+                        )
+                        return None
+                    if self.buffered + len(chunk) > self._buffer_budget:
+                        self.refused += 1
+                        await _refuse(
+                            scope,
+                            send,
+                            503,
+                            f"too many request bodies in progress; retry in {RETRY_AFTER_S} s",
+                            [(b"retry-after", str(RETRY_AFTER_S).encode())],
+                        )
+                        return None
+                    size += len(chunk)
+                    self.buffered += len(chunk)
+                    parts.append(chunk)
+                    if not message.get("more_body", False):
+                        size = 0  # handed over with the body
+                        return b"".join(parts)
+            self.slow_bodies += 1
+            await _refuse(
+                scope, send, 408, f"the request body did not arrive within {self._body_timeout:g} s"
+            )
+            return None
+        finally:
+            self.buffered -= size
 
 
 def _content_length(scope: HTTPScope) -> int | None:
