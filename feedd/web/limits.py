@@ -16,9 +16,9 @@ A request's body is received whole before the request asks for a slot, within
 and sends it slowly (or never) would otherwise hold a slot while the handler waits for it, and
 eight such clients blocked the API for everyone. Too slow is answered 408, too big 413, and
 both close the connection. Bodies held at once are bounded too (``MAX_BUFFERED_BYTES``, 503
-past it): they are read before the token is checked. (How long headers may take is the server's keep-alive timeout:
-hypercorn's idle timer runs from the connection or the last answer until a request's headers
-are complete.)
+past it): they are read before the token is checked. (How long headers may take is the
+server's keep-alive timeout: hypercorn's idle timer runs from the connection or the last
+answer until a request's headers are complete.)
 
 WebSocket handshakes are not counted: /ws clients are bounded by their own outboxes.
 """
