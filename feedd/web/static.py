@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from quart import Blueprint, Response, current_app, send_from_directory
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from feedd.web.errors import ApiError
 
@@ -57,15 +57,14 @@ async def asset(name: str) -> Response:
     return response
 
 
-def _methods_elsewhere(path: str) -> set[str]:
-    """Methods that a route other than the static files serves at ``path``."""
-    adapter = current_app.url_map.bind("localhost")
-    allowed: set[str] = set()
-    for method in ("POST", "PUT", "PATCH", "DELETE"):
-        try:
-            rule, _ = adapter.match(path, method=method, return_rule=True)
-        except HTTPException:
-            continue
-        if not rule.endpoint.startswith("static."):
-            allowed |= set(rule.methods or ())
-    return allowed
+def _methods_elsewhere(path: str) -> frozenset[str]:
+    """Methods that a route other than the static files serves at ``path`` (a dict look-up:
+    the catch-all answers floods of junk paths too)."""
+    table: dict[str, frozenset[str]] | None = current_app.extensions.get("feedd.static_other")
+    if table is None:
+        table = {}
+        for rule in current_app.url_map.iter_rules():
+            if not rule.endpoint.startswith("static.") and not rule.arguments:
+                table[rule.rule] = table.get(rule.rule, frozenset()) | (rule.methods or set())
+        current_app.extensions["feedd.static_other"] = table
+    return table.get(path, frozenset())
