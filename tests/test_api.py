@@ -262,3 +262,60 @@ async def test_errors_are_json(tmp_path: Path, method: str, path: str, status: i
         response = await client.request(method, path, json={})
         assert response.status_code == status
         assert orjson.loads(response.content)["error"]
+
+
+async def test_api_contract_edges(tmp_path: Path) -> None:
+    """405 names the methods in Allow; a plain GET /ws is told to upgrade (426), not 404;
+    null where the body schema wants a boolean, an array or a string is 400 naming the field,
+    and changes nothing."""
+    async with running_feedd(tmp_path, {BINANCE: ["BTCUSDT"]}) as (_sim, service, client):
+        for method, path, allowed in (
+            ("DELETE", "/config", {"GET", "POST"}),
+            ("PUT", "/health", {"GET"}),
+            ("POST", "/status", {"GET"}),
+            ("GET", "/toggleExchange", {"POST"}),
+        ):
+            response = await client.request(method, path, json={})
+            assert response.status_code == 405, (method, path, response.text)
+            assert allowed <= set(response.headers["allow"].replace(" ", "").split(","))
+            assert orjson.loads(response.content)["error"]
+
+        plain = await client.get("/ws")
+        assert plain.status_code == 426
+        assert plain.headers["upgrade"] == "websocket"
+        assert "WebSocket" in orjson.loads(plain.content)["error"]
+
+        before = service.state.config
+        for path, body, field in (
+            ("/toggleExchange", {"exchange": BINANCE, "enabled": None}, "enabled"),
+            (
+                "/exchangeSymbols",
+                {"exchange": BINANCE, "symbols": None, "add": ["ETHUSDT"]},
+                "symbols",
+            ),
+            ("/exchangeSymbols", {"exchange": BINANCE, "add": None, "symbols": ["BTCUSDT"]}, "add"),
+            (
+                "/exchangeSymbols",
+                {"exchange": BINANCE, "remove": None, "add": ["ETHUSDT"]},
+                "remove",
+            ),
+            ("/exchangeSymbols", {"exchange": None, "symbols": ["BTCUSDT"]}, "exchange"),
+            ("/deleteDatabase", {"confirm": None}, "confirm"),
+        ):
+            response = await client.post(path, json=body)
+            assert response.status_code == 400, (path, body, response.text)
+            assert response.json()["field"] == field, response.json()
+        whole = (await client.get("/config")).json()
+        for key, value, field in (
+            ("allowed_hosts", None, "allowed_hosts"),
+            ("api_token", None, "api_token"),
+            ("intervals", None, "intervals"),
+        ):
+            response = await client.post("/config", json={**whole, key: value})
+            assert response.status_code == 400, (key, response.text)
+            assert response.json()["field"] == field
+        whole["exchanges"][BINANCE]["enabled"] = None
+        response = await client.post("/config", json=whole)
+        assert response.status_code == 400
+        assert response.json()["field"] == f"exchanges.{BINANCE}.enabled"
+        assert service.state.config is before  # nothing changed

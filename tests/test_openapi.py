@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import jsonschema
 from e2e import running_feedd, wait_on_commits
 
@@ -102,3 +103,27 @@ async def test_live_answers_match_the_document(tmp_path: Path) -> None:
             response = await client.post(path, json=payload)
             check(doc, path, "post", response.status_code, response.json())
             assert response.status_code == 200, (path, response.text)
+
+
+def test_every_exchange_state_is_documented() -> None:
+    """Each state the engine gives an exchange (``/health``) and each /status derives from it
+    is in the document's enums and in docs/API.md (``running`` was missing)."""
+    from feedd.engine.stats import ExchangeStats
+    from feedd.web.openapi import ENGINE_STATE, WORKER_STATE
+
+    root = Path(__file__).parents[1]
+    engine = {attrs.fields(ExchangeStats).state.default} | {
+        state
+        for source in (root / "feedd" / "engine").glob("*.py")
+        for state in re.findall(r"\.state = \"(\w+)\"", source.read_text())
+    }
+    assert "running" in engine
+    assert engine == set(ENGINE_STATE["enum"])
+    status_source = (root / "feedd" / "web" / "status.py").read_text()
+    derived = set(re.findall(r"return \"(\w+)\", \"\w+\"", status_source))
+    assert derived <= set(WORKER_STATE["enum"]), derived
+    api_md = (root / "docs" / "API.md").read_text()
+    for states in (ENGINE_STATE["enum"], WORKER_STATE["enum"]):
+        assert "|".join(states) in api_md or all(s in api_md for s in states)
+    assert "|".join(ENGINE_STATE["enum"]) in api_md
+    assert document()["paths"]["/ws"]["get"]["responses"]["426"]

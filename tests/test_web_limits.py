@@ -15,7 +15,7 @@ from e2e import running_feedd
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from feedd.web.limits import RequestLimits
+from feedd.web.limits import BODY_TIMEOUT_S, RequestLimits
 from feedd.web.live import coalesce
 
 
@@ -197,3 +197,138 @@ def test_coalesce_keeps_merged_messages_under_the_limit() -> None:
     merged = coalesce(parts, limit=len(parts[0]) * 3)
     assert [len(orjson.loads(m)["data"]) for m in merged] == [3, 3, 3, 1]
     assert [d["n"] for m in merged for d in orjson.loads(m)["data"]] == [str(n) for n in range(10)]
+
+
+async def test_a_slow_body_is_refused_408_without_holding_a_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The body is received before the request asks for a slot: a client sending its body
+    slowly holds no slot while it does, and past the deadline it is answered 408."""
+    held = HeldApp()
+    limits = RequestLimits(held, per_client=1, overall=1, waiting=8, body_timeout=2.0)
+    first_part = trio.Event()
+    statuses: list[int] = []
+    sent: list[dict[str, Any]] = []
+
+    async def trickle() -> dict[str, Any]:
+        if not first_part.is_set():
+            first_part.set()
+            return {"type": "http.request", "body": b"{", "more_body": True}
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    slow = {**scope("/slow"), "headers": [(b"content-length", b"100")]}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limits, slow, trickle, send)
+        await first_part.wait()
+        nursery.start_soon(call, limits, scope("/quick", "10.0.0.2"), statuses)
+        await held.wait_entered(1)
+        assert held.entered == ["/quick"]  # the slow body holds no slot
+        held.release.set()
+    assert statuses == [200]
+    assert sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert held.entered == ["/quick"] and limits.slow_bodies == 1
+
+
+async def test_a_body_over_the_limit_is_refused_413_unread() -> None:
+    held = HeldApp()
+    limits = RequestLimits(held, max_body=10)
+    statuses: list[int] = []
+    big = {**scope("/big"), "headers": [(b"content-length", b"11")]}
+    await call(limits, big, statuses)  # its receive never returns: nothing was read
+    assert statuses == [413] and held.entered == [] and limits.big_bodies == 1
+
+
+async def test_the_app_gets_the_whole_body_at_once() -> None:
+    got: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        got.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    parts = iter([b'{"a"', b": 1}"])
+
+    async def receive() -> dict[str, Any]:
+        body = next(parts)
+        return {"type": "http.request", "body": body, "more_body": body != b": 1}"}
+
+    statuses: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    chunked = {**scope("/post"), "headers": [(b"transfer-encoding", b"chunked")]}
+    await RequestLimits(app)(chunked, receive, send)  # type: ignore[arg-type]
+    assert got == [{"type": "http.request", "body": b'{"a": 1}', "more_body": False}]
+    assert statuses == [200]
+
+
+async def slow_post(port: int, source: str) -> trio.SocketStream:
+    """A POST announcing a 100-byte body that sends one byte of it."""
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(
+        b"POST /deleteDatabase HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    )
+    return stream
+
+
+async def test_slow_bodies_from_several_addresses_do_not_block_the_api(tmp_path: Path) -> None:
+    """Eight POSTs from four addresses that send one byte of their bodies: /health still
+    answers at once (before, they held every slot for Quart's 60 s body timeout), and past
+    the body deadline each slow client is answered 408 and loses its connection."""
+    async with running_feedd(tmp_path, {"binance_futures": ["BTCUSDT"]}) as (_sim, svc, client):
+        port = int(str(client.base_url).rsplit(":", 1)[1].rstrip("/"))
+        slow = [await slow_post(port, f"127.0.0.{2 + n % 4}") for n in range(8)]
+        with trio.fail_after(3):
+            await svc.state.connections.wait_until(lambda c: c.busy >= 8)
+        with trio.fail_after(5):  # generous: it takes milliseconds
+            assert (await client.get("/health")).status_code == 200
+        with trio.fail_after(BODY_TIMEOUT_S * 3):
+            for stream in slow:
+                answer = b""
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 408"), answer
+                assert b"connection: close" in answer.lower()
+
+
+async def test_bodies_held_at_once_are_bounded() -> None:
+    """Bodies are read before the token is checked, so what they may hold in all is capped:
+    past the budget a body is refused 503 with Retry-After; the budget is given back when
+    each request ends."""
+    held = HeldApp()
+    limits = RequestLimits(held, per_client=4, overall=4, buffer_budget=10)
+
+    def body_of(size: int) -> Any:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"x" * size, "more_body": False}
+
+        return receive
+
+    statuses: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    posted = {**scope("/post"), "headers": [(b"content-length", b"6")]}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limits, posted, body_of(6), send)
+        await held.wait_entered(1)
+        assert limits.buffered == 6
+        await limits(posted, body_of(6), send)  # type: ignore[arg-type]
+        assert statuses == [503]
+        held.release.set()
+    assert statuses == [503, 200] and limits.buffered == 0
+    await limits(posted, body_of(6), send)  # type: ignore[arg-type]
+    assert statuses == [503, 200, 200] and limits.buffered == 0

@@ -1,11 +1,14 @@
 """Once a second: system figures (psutil) and per-exchange rates, for /status and /metrics.
 
 Sampling on a timer keeps requests cheap: /status and every /ws status subscriber read the
-latest sample instead of asking the kernel again.
+latest sample instead of asking the kernel again. psutil opens files under /proc to read them:
+when descriptors run out (EMFILE) a sample keeps the last figures and says so once, since the
+monitor dying would take feedd down with it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
@@ -20,6 +23,8 @@ import trio
 from feedd.engine.stats import ExchangeStats
 from feedd.monitor.taskcpu import TaskCpu
 from feedd.store.reader import database_bytes
+
+log = logging.getLogger("feedd.monitor")
 
 SAMPLE_S = 1.0
 
@@ -67,10 +72,29 @@ class Monitor:
         self.rates: dict[str, ExchangeRates] = {}
         #: last counters per exchange object: (messages, candles, cpu seconds)
         self._previous: dict[int, tuple[float, int, int, float]] = {}
+        #: samples of the system figures that failed (out of descriptors, say)
+        self.sample_errors = 0
+        self._failing = False
         self.sample()
 
     def sample(self) -> None:
         now = time.monotonic()
+        try:
+            self.system = self._system()
+        except (OSError, psutil.Error) as exc:
+            self.sample_errors += 1
+            if not self._failing:
+                self._failing = True
+                log.warning("cannot read system figures (%s); keeping the last ones", exc)
+        else:
+            if self._failing:
+                self._failing = False
+                log.info(
+                    "system figures readable again after %d failed samples", self.sample_errors
+                )
+        self.rates = self._rates(now)
+
+    def _system(self) -> dict[str, Any]:
         memory = psutil.virtual_memory()
         with self._process.oneshot():
             info = self._process.memory_info()
@@ -82,7 +106,7 @@ class Monitor:
             disk_free, disk_total = disk.free, disk.total
         except OSError:
             disk_free = disk_total = None
-        self.system = {
+        return {
             "cpu_percent": psutil.cpu_percent(None),
             "cpu_count": psutil.cpu_count() or 1,
             "memory_total": memory.total,
@@ -101,6 +125,8 @@ class Monitor:
             "uptime_s": round(time.time() - self.started_at, 1),
             "platform": self.platform,
         }
+
+    def _rates(self, now: float) -> dict[str, ExchangeRates]:
         rates: dict[str, ExchangeRates] = {}
         for name, stats in self._exchange_stats().items():
             busy = self._cpu.busy.get(name, 0.0)
@@ -117,7 +143,7 @@ class Monitor:
                 # object continues the same counter: clamp the first delta at zero.
                 round(max(0.0, busy - before[3]) / elapsed * 100, 1),
             )
-        self.rates = rates
+        return rates
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -5,29 +5,33 @@ from __future__ import annotations
 import logging
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from feedd.errors import ConfigError, FeeddError, StoreError
+from feedd.web import hardening
 from feedd.web.admin import admin
 from feedd.web.api import api
 from feedd.web.errors import ApiError, error_response
-from feedd.web.hardening import contain_connection_errors
-from feedd.web.limits import RequestLimits, has_body
+from feedd.web.limits import MAX_BODY_BYTES, RequestLimits, has_body
 from feedd.web.observe import observe
 from feedd.web.openapi import openapi
+from feedd.web.peer import Connections
 from feedd.web.security import check_request, check_websocket
 from feedd.web.socket import live
 from feedd.web.state import AppState
 from feedd.web.static import static
 
 log = logging.getLogger("feedd.web")
-MAX_BODY_BYTES = 1024 * 1024
 GRACEFUL_TIMEOUT_S = 3.0
 MAX_WS_MESSAGE_BYTES = 64 * 1024
+#: an idle keep-alive connection is closed after this long; it is also how long a client may
+#: take to send a request's headers (hypercorn's idle timer runs until they are complete)
+KEEP_ALIVE_S = 5.0
+#: connections the kernel queues for accept (capped by net.core.somaxconn, 4096 by default)
+LISTEN_BACKLOG = 1024
 
 
 def create_app(state: AppState) -> QuartTrio:
@@ -40,6 +44,17 @@ def create_app(state: AppState) -> QuartTrio:
     app.before_request(check_request)
     app.before_websocket(check_websocket)
     app.asgi_app = RequestLimits(app.asgi_app)  # type: ignore[method-assign]
+
+    @app.get("/ws")
+    async def ws_without_upgrade() -> Response:
+        # The WebSocket route answers upgrades only; a plain GET would fall through to the
+        # static files and read as a missing page.
+        response = error_response(
+            426, "/ws is a WebSocket: send Upgrade: websocket (see docs/API.md)", "Upgrade"
+        )
+        response.headers["Upgrade"] = "websocket"
+        response.headers["Connection"] = "Upgrade"
+        return response
 
     @app.after_request
     async def close_after_refusal(response: Response) -> Response:
@@ -70,7 +85,12 @@ def create_app(state: AppState) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        return error_response(exc.code or 500, exc.description or exc.name)
+        response = error_response(exc.code or 500, exc.description or exc.name)
+        # werkzeug's own headers carry meaning: Allow on a 405 lists the methods.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
@@ -90,12 +110,22 @@ async def serve_web(
     port: int,
     stop: trio.Event,
     *,
+    connections: Connections | None = None,
+    keep_alive_s: float = KEEP_ALIVE_S,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until ``stop`` is set; reports the bound base URL (port 0 picks a free one)."""
-    contain_connection_errors()
-    config = HypercornConfig()
+    """Serve until ``stop`` is set; reports the bound base URL (port 0 picks a free one).
+
+    ``connections``: the server's connection registry, the app state's by default."""
+    if connections is None:
+        connections = app.config["FEEDD_STATE"].connections
+    hardening.install()
+    config = hardening.ServerConfig(connections)
     config.bind = [bind_address(host, port)]
+    config.keep_alive_timeout = keep_alive_s
+    # Connections wait in the kernel's queue until accepted; under a flood of them a full
+    # queue drops a newcomer's SYN and its client retries only after a second or more.
+    config.backlog = LISTEN_BACKLOG
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
@@ -106,4 +136,10 @@ async def serve_web(
         def started(self, binds: list[str] | None = None) -> None:
             task_status.started((binds or ["http://" + bind_address(host, port)])[0])
 
-    await serve(app, config, shutdown_trigger=stop.wait, task_status=_Status())
+    accept_errors = hardening.AcceptErrors(connections)
+    accept_log = logging.getLogger(hardening.ACCEPT_LOGGER)
+    accept_log.addFilter(accept_errors)
+    try:
+        await serve(app, config, shutdown_trigger=stop.wait, task_status=_Status())
+    finally:
+        accept_log.removeFilter(accept_errors)

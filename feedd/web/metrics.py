@@ -174,6 +174,31 @@ SCALARS: tuple[Scalar, ...] = (
         "/ws clients closed because they did not keep up.",
         lambda s: s.state.hub.overflows,
     ),
+    gauge(
+        "feedd_web_connections",
+        "Open HTTP and /ws connections.",
+        lambda s: s.state.connections.open,
+    ),
+    counter(
+        "feedd_web_connections_refused",
+        "Connections closed at accept: a cap reached and none idle to close.",
+        lambda s: s.state.connections.refused,
+    ),
+    counter(
+        "feedd_web_connections_evicted",
+        "Idle keep-alive connections closed to make room for a new one.",
+        lambda s: s.state.connections.evicted,
+    ),
+    counter(
+        "feedd_web_connections_accept_errors",
+        "accept() failures for lack of descriptors or memory (EMFILE, ENFILE, ...).",
+        lambda s: s.state.connections.accept_errors,
+    ),
+    counter(
+        "feedd_monitor_sample_errors",
+        "System samples that failed (out of descriptors, say): the last figures are kept.",
+        lambda s: s.state.monitor.sample_errors,
+    ),
 )
 
 

@@ -6,6 +6,7 @@ documented, every documented route answering with the documented shapes).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from quart import Blueprint, Response
@@ -37,6 +38,31 @@ BOOLEAN: Schema = {"type": "boolean"}
 NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
 NULLABLE_STRING: Schema = {"type": ["string", "null"]}
 STRINGS: Schema = {"type": "array", "items": STRING}
+#: an exchange as /status and /exchanges report it (feedd.web.status.worker_state)
+WORKER_STATE: Schema = {
+    "enum": [
+        "disabled",
+        "starting",
+        "discovering",
+        "connecting",
+        "reconnecting",
+        "live",
+        "degraded",
+        "crashed",
+    ]
+}
+#: an exchange as the engine reports it, on /health (feedd.engine.stats.ExchangeStats.state)
+ENGINE_STATE: Schema = {
+    "enum": [
+        "starting",
+        "discovering",
+        "connecting",
+        "running",
+        "stopped",
+        "disabled",
+        "crashed",
+    ]
+}
 
 CANDLE_FIELDS = {
     "open_time": INTEGER,
@@ -94,7 +120,7 @@ SCHEMAS: dict[str, Schema] = {
         ["name", "enabled", "state", "health", "streams", "connections"],
         name=STRING,
         enabled=BOOLEAN,
-        state=STRING,
+        state=WORKER_STATE,
         health={"enum": ["healthy", "degraded", "down", "disabled"]},
         streams=INTEGER,
         connections=INTEGER,
@@ -199,10 +225,11 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 ERRORS = {
-    "400": "bad input (the field is named)",
+    "400": "bad input (the field is named; null where the schema has no null is bad input)",
     "401": "API token missing or wrong",
     "403": "cross-origin request or Host not allowed",
     "404": "unknown route or exchange",
+    "408": "the body did not arrive within 10 s of the headers (the connection is closed)",
     "413": "body over 1 MiB",
     "415": "body is not Content-Type: application/json",
     "429": "too many requests in progress from this address; retry after Retry-After seconds",
@@ -237,7 +264,7 @@ def operation(
         op["parameters"] = parameters
     if body is not None:
         op["requestBody"] = {"required": True, "content": json_content(body)}
-        for code in ("413", "415"):
+        for code in ("408", "413", "415"):
             responses[code] = {"description": ERRORS[code], "content": json_content(ref("Error"))}
     return op
 
@@ -377,7 +404,19 @@ def document() -> Schema:
             "/health": {
                 "get": operation(
                     "ok (200) or degraded (503)",
-                    obj(["status"], status={"enum": ["ok", "degraded"]}),
+                    obj(
+                        ["status"],
+                        status={"enum": ["ok", "degraded"]},
+                        exchanges={
+                            "type": "object",
+                            "additionalProperties": obj(
+                                ["state"],
+                                state=ENGINE_STATE,
+                                connections=INTEGER,
+                                last_message_age_s=NULLABLE_NUMBER,
+                            ),
+                        },
+                    ),
                     errors=("401", "403", "503"),
                 )
             },
@@ -444,7 +483,7 @@ def document() -> Schema:
                                 name=STRING,
                                 enabled=BOOLEAN,
                                 symbols=STRINGS,
-                                state=STRING,
+                                state=WORKER_STATE,
                                 health=STRING,
                                 connections=INTEGER,
                                 streams=INTEGER,
@@ -517,11 +556,47 @@ def document() -> Schema:
                 "get": {
                     "summary": "WebSocket: subscribe/unsubscribe to candles, status, logs "
                     "(see docs/API.md); ?token= when api_token is set",
-                    "responses": {"101": {"description": "switching protocols"}},
+                    "responses": {
+                        "101": {"description": "switching protocols"},
+                        "426": {
+                            "description": "a plain GET without Upgrade: websocket",
+                            "content": json_content(ref("Error")),
+                        },
+                        **{
+                            code: {
+                                "description": ERRORS[code],
+                                "content": json_content(ref("Error")),
+                            }
+                            for code in ("401", "403")
+                        },
+                    },
                 }
             },
         },
     }
+
+
+def resolve(schema: Schema) -> Schema:
+    """``schema`` itself, or the component schema its ``$ref`` names."""
+    ref_path = schema.get("$ref")
+    if isinstance(ref_path, str) and ref_path.startswith("#/components/schemas/"):
+        return resolve(SCHEMAS[ref_path.rsplit("/", 1)[1]])
+    return schema
+
+
+@functools.cache
+def _body_schemas() -> dict[str, Schema]:
+    return {
+        path: op["requestBody"]["content"]["application/json"]["schema"]
+        for path, ops in document()["paths"].items()
+        for op in ops.values()
+        if "requestBody" in op
+    }
+
+
+def body_schema(path: str) -> Schema | None:
+    """The documented schema of the JSON body of a POST to ``path`` (None: takes none)."""
+    return _body_schemas().get(path)
 
 
 @openapi.get("/openapi.json")

@@ -17,6 +17,7 @@ from feedd.monitor.system import Monitor
 from feedd.store.reader import Reader
 from feedd.store.writer import Writer
 from feedd.web.live import LiveHub
+from feedd.web.peer import Connections
 
 
 @attrs.define(eq=False)
@@ -31,6 +32,8 @@ class AppState:
     started_at: float = attrs.field(factory=time.time)
     #: set before the server shuts down so long-lived handlers close cleanly themselves
     closing: trio.Event = attrs.field(factory=trio.Event)
+    #: the web server's open connections (caps, and cutting one off)
+    connections: Connections = attrs.field(factory=Connections)
 
     @property
     def config(self) -> Config:

@@ -6,10 +6,20 @@ work does not slow the test's event loop (which runs the simulator and the measu
 connects SILENT never-reading /ws clients and VANISHING ones that disappear mid-message
 while REQUESTS API requests flood in, prints one JSON line (the HTTP status counts and how
 many silent clients are connected), then holds the silent sockets until stdin closes.
+
+    python tests/chaos/abuser.py connections PORT COUNT
+    python tests/chaos/abuser.py slowbodies PORT COUNT
+
+keep COUNT connections from four loopback addresses (127.0.0.2-5) open until stdin closes,
+opening a new one whenever feedd closes one: idle keep-alive connections (one request, then
+nothing; three in four), silent ones and ones that never finish their headers; or POSTs
+announcing a 100-byte body that send one byte of it. Each prints one JSON line once the
+first COUNT are open, and one with its counts at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -154,6 +164,75 @@ async def abuse(port: int, silent_count: int, vanishing: int, requests: int) -> 
         await client.stream.aclose()
 
 
+ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+SLOW_BODY = (
+    b"POST /deleteDatabase HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 100\r\n\r\n{"
+)
+
+
+async def _open(port: int, source: str) -> trio.SocketStream:
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+async def _until_closed(stream: trio.SocketStream) -> bytes:
+    """Read until feedd closes the connection; what it answered."""
+    data = b""
+    with contextlib.suppress(trio.BrokenResourceError, OSError):
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    await stream.aclose()
+    return data
+
+
+async def hold_connections(port: int, count: int, kind: str) -> None:
+    """Keep ``count`` connections of ``kind`` open, replacing each one feedd closes."""
+    counts: dict[str, int] = {}
+    opened = trio.Event()
+    started = 0
+
+    async def one(n: int) -> None:
+        nonlocal started
+        source = ADDRESSES[n % len(ADDRESSES)]
+        first = True
+        while True:
+            try:
+                stream = await _open(port, source)
+            except OSError:
+                counts["connect_failed"] = counts.get("connect_failed", 0) + 1
+                await trio.sleep(0.1)
+                continue
+            if kind == "slowbodies":
+                await stream.send_all(SLOW_BODY)
+            elif n % 8 == 7:  # headers never finished
+                await stream.send_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            elif n % 8 != 6:  # (6: silent) the rest idle keep-alive: one request, then nothing
+                await stream.send_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            if first:
+                first = False
+                started += 1
+                if started == count:
+                    opened.set()
+            answer = await _until_closed(stream)
+            status = answer[9:12].decode() if answer.startswith(b"HTTP/1.1 ") else "none"
+            counts[status] = counts.get(status, 0) + 1
+
+    async with trio.open_nursery() as nursery:
+        for n in range(count):
+            nursery.start_soon(one, n)
+        await opened.wait()
+        print(orjson.dumps({"open": count}).decode(), flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read)
+        nursery.cancel_scope.cancel()
+    print(orjson.dumps({"closed_by_feedd": counts}).decode(), flush=True)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] in ("connections", "slowbodies"):
+        trio.run(hold_connections, int(sys.argv[2]), int(sys.argv[3]), sys.argv[1])
+        sys.exit(0)
     port, silent_count, vanishing, requests = map(int, sys.argv[1:5])
     trio.run(abuse, port, silent_count, vanishing, requests)

@@ -113,10 +113,19 @@ def handler_errors(log: str) -> list[str]:
 class FeeddProcess:
     """``python -m feedd`` on a config file, its log in a file next to it."""
 
-    def __init__(self, config: Path, log: Path, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> None:
         self.config = config
         self.log = log
         self.env = env
+        #: run in the child before feedd starts (to lower its resource limits, say)
+        self.preexec_fn = preexec_fn
         self.process: trio.Process | None = None
         self.url = ""
 
@@ -133,6 +142,7 @@ class FeeddProcess:
                 stdout=subprocess.DEVNULL,
                 stderr=sink,
                 env=None if self.env is None else dict(self.env),
+                preexec_fn=self.preexec_fn,
             )
         if wait_url:
             await poll_until(lambda: self._find_url(offset), 30, "feedd to serve")
