@@ -135,3 +135,14 @@ async def wait_on_commits(service: Service, predicate: Callable[[], bool]) -> No
     with service.state.writer.open_commit_listener() as commits:
         while not predicate():
             await commits.receive()
+
+
+async def wait_for_stored(
+    service: Service, exchange: str, symbol: str, interval: str, count: int
+) -> None:
+    """Wait, checking after every commit, until ``count`` candles of the series are stored
+    (a REST counter moves before the candles it counts are committed)."""
+    reader = service.state.reader
+    with service.state.writer.open_commit_listener() as commits:
+        while len(await reader.candles(exchange, symbol, interval, None, None, count)) < count:
+            await commits.receive()

@@ -12,7 +12,7 @@ import jsonschema
 import orjson
 import pytest
 import trio
-from e2e import running_feedd, wait_on_commits
+from e2e import running_feedd, wait_for_stored, wait_on_commits
 
 from feedd.web.openapi import document
 
@@ -100,9 +100,7 @@ async def test_ohlcv_json_csv_and_resampled(tmp_path: Path) -> None:
         service,
         client,
     ):
-        await wait_on_commits(
-            service, lambda: service.state.supervisor.stats[BINANCE].rest_candles > 0
-        )
+        await wait_for_stored(service, BINANCE, "BTCUSDT", "1m", 120)
         url = f"/ohlcv/{BINANCE}/BTCUSDT"
         rows = (await client.get(f"{url}/1m", params={"limit": 50})).json()
         assert len(rows) == 50
@@ -230,8 +228,11 @@ async def test_delete_database_while_ingesting(tmp_path: Path) -> None:
         client,
     ):
         url = f"/ohlcv/{BINANCE}/BTCUSDT/1m"
+        # The whole bootstrap stored first: REST candles still in flight would land after
+        # the wipe below.
+        await wait_for_stored(service, BINANCE, "BTCUSDT", "1m", 60)
         await wait_on_commits(
-            service, lambda: service.state.supervisor.stats[BINANCE].rest_candles > 0
+            service, lambda: service.state.supervisor.stats[BINANCE].backfill_pending == 0
         )
         assert len((await client.get(url)).json()) > 30
         refused = await client.post("/deleteDatabase", json={"confirm": "yes"})
