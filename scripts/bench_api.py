@@ -13,7 +13,8 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -82,32 +83,39 @@ async def timed(client: httpx.AsyncClient, path: str, n: int) -> tuple[list[floa
     return samples, len(orjson.loads(body)), len(body)
 
 
-async def bench(db_path: Path, requests: int) -> None:
+@asynccontextmanager
+async def serving(db_path: Path, read_s: float = 30) -> AsyncIterator[httpx.AsyncClient]:
+    """feedd with every exchange disabled on ``db_path``, and an HTTP client of its API."""
     loaded = feedd_config.parse(
         {
             "exchanges": {name: {"enabled": False, "symbols": []} for name in exchanges.REGISTRY},
             "port": 0,
         }
     )
+    async with trio.open_nursery() as nursery:
+        service: Service = await nursery.start(run_service, loaded.config, db_path)
+        try:
+            async with httpx.AsyncClient(base_url=service.url, timeout=read_s) as client:
+                yield client
+        finally:
+            service.stop.set()
+
+
+async def bench(db_path: Path, requests: int) -> None:
     cases = [
         ("1m native, limit=1000", "1m", 1000),
         ("1h resampled, limit=1000", "1h", 1000),
         ("1h resampled, limit=100", "1h", 100),
     ]
     summary = []
-    async with trio.open_nursery() as nursery:
-        service: Service = await nursery.start(run_service, loaded.config, db_path)
-        try:
-            async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
-                for label, interval, limit in cases:
-                    path = f"/ohlcv/{EXCHANGE}/{SYMBOL}/{interval}?limit={limit}"
-                    samples, rows, size = await timed(client, path, requests)
-                    p50, p99 = pct(samples)
-                    print(f"GET {path}: {rows} rows, {size / 1000:.0f} kB: "
-                          f"p50 {p50:.2f} ms  p99 {p99:.2f} ms  ({label})")  # fmt: skip
-                    summary.append(f"{interval}/{limit} p50 {p50:.1f} p99 {p99:.1f}")
-        finally:
-            service.stop.set()
+    async with serving(db_path) as client:
+        for label, interval, limit in cases:
+            path = f"/ohlcv/{EXCHANGE}/{SYMBOL}/{interval}?limit={limit}"
+            samples, rows, size = await timed(client, path, requests)
+            p50, p99 = pct(samples)
+            print(f"GET {path}: {rows} rows, {size / 1000:.0f} kB: "
+                  f"p50 {p50:.2f} ms  p99 {p99:.2f} ms  ({label})")  # fmt: skip
+            summary.append(f"{interval}/{limit} p50 {p50:.1f} p99 {p99:.1f}")
     print(f"summary ({requests} requests each, ms): " + "; ".join(summary))
 
 

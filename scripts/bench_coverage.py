@@ -18,12 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import trio
+from bench_api import serving
 
-from feedd import config as feedd_config
-from feedd import exchanges
-from feedd.service import Service, run_service
 from feedd.store import coverage
 from feedd.store.schema import connect_writer
 
@@ -67,34 +64,23 @@ def scan_holes(path: Path) -> float:
 
 
 async def bench(path: Path, series: int, requests: int) -> None:
-    loaded = feedd_config.parse(
-        {
-            "exchanges": {name: {"enabled": False, "symbols": []} for name in exchanges.REGISTRY},
-            "port": 0,
-        }
-    )
-    async with trio.open_nursery() as nursery:
-        service: Service = await nursery.start(run_service, loaded.config, path)
-        try:
-            async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
-                samples = []
-                for _ in range(requests):
-                    start = time.perf_counter()
-                    answer = await client.get("/coverage")
-                    samples.append(time.perf_counter() - start)
-                    answer.raise_for_status()
-                found = answer.json()["series"]
-                holes = sum(len(s["missing"]) for s in found)
-                assert len(found) == series, len(found)
-                ordered = sorted(samples)
-                print(
-                    f"GET /coverage: {len(found)} series, {holes} holes, "
-                    f"{len(answer.content) / 1e3:.0f} kB: p50 "
-                    f"{statistics.median(ordered) * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms"
-                    f" ({requests} requests)"
-                )
-        finally:
-            service.stop.set()
+    async with serving(path, read_s=60) as client:
+        samples = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            answer = await client.get("/coverage")
+            samples.append(time.perf_counter() - start)
+            answer.raise_for_status()
+        found = answer.json()["series"]
+        holes = sum(len(s["missing"]) for s in found)
+        assert len(found) == series, len(found)
+        ordered = sorted(samples)
+        print(
+            f"GET /coverage: {len(found)} series, {holes} holes, "
+            f"{len(answer.content) / 1e3:.0f} kB: p50 "
+            f"{statistics.median(ordered) * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms"
+            f" ({requests} requests)"
+        )
 
 
 def main() -> None:

@@ -21,11 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 import trio
-from bench_api import EXCHANGE, SYMBOL, fill
-
-from feedd import config as feedd_config
-from feedd import exchanges
-from feedd.service import Service, run_service
+from bench_api import EXCHANGE, SYMBOL, fill, serving
 
 
 class PeakRss:
@@ -78,33 +74,22 @@ async def download(client: httpx.AsyncClient, path: str) -> tuple[float, int]:
 
 
 async def bench(db_path: Path, minutes: int, repeat: int) -> None:
-    loaded = feedd_config.parse(
-        {
-            "exchanges": {name: {"enabled": False, "symbols": []} for name in exchanges.REGISTRY},
-            "port": 0,
-        }
-    )
     base = f"/ohlcv/{EXCHANGE}/{SYMBOL}"
     cases = [(fmt, "1m", minutes) for fmt in ("csv", "ndjson", "parquet")]
     cases.append(("csv", "1h", -(-minutes // 60)))
-    async with trio.open_nursery() as nursery:
-        service: Service = await nursery.start(run_service, loaded.config, db_path)
-        try:
-            async with httpx.AsyncClient(base_url=service.url, timeout=120) as client:
-                for fmt, interval, rows in cases:
-                    path = f"{base}/{interval}?format={fmt}"
-                    for _ in range(repeat):
-                        reference = await trio.to_thread.run_sync(bare_read, db_path)
-                        with PeakRss() as rss:
-                            seconds, size = await download(client, path)
-                        print(
-                            f"{interval} {fmt:8s} {rows:,} rows {size / 1e6:6.1f} MB  "
-                            f"{seconds:5.2f} s  {rows / seconds:9,.0f} rows/s  "
-                            f"RSS +{rss.growth_mb:5.1f} MB  | bare sqlite3 read "
-                            f"{reference:5.2f} s: feedd takes {seconds / reference:4.2f}x"
-                        )
-        finally:
-            service.stop.set()
+    async with serving(db_path, read_s=120) as client:
+        for fmt, interval, rows in cases:
+            path = f"{base}/{interval}?format={fmt}"
+            for _ in range(repeat):
+                reference = await trio.to_thread.run_sync(bare_read, db_path)
+                with PeakRss() as rss:
+                    seconds, size = await download(client, path)
+                print(
+                    f"{interval} {fmt:8s} {rows:,} rows {size / 1e6:6.1f} MB  "
+                    f"{seconds:5.2f} s  {rows / seconds:9,.0f} rows/s  "
+                    f"RSS +{rss.growth_mb:5.1f} MB  | bare sqlite3 read "
+                    f"{reference:5.2f} s: feedd takes {seconds / reference:4.2f}x"
+                )
 
 
 def main() -> None:
