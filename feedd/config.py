@@ -122,7 +122,7 @@ def parse(data: object) -> Loaded:
         intervals=intervals,
         database_path=_string(data, "database_path", defaults.database_path),
         batch_interval=_integer(data, "batch_interval", defaults.batch_interval, 1, 3_600_000),
-        max_records=_integer(data, "max_records", defaults.max_records, 1, 10**10),
+        max_records=_integer(data, "max_records", defaults.max_records, 0, 10**10),
         bootstrap_load=_integer(data, "bootstrap_load", defaults.bootstrap_load, 0, 10**7),
         port=_integer(data, "port", defaults.port, 0, 65535),
         host=_string(data, "host", defaults.host),
