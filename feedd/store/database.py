@@ -10,12 +10,12 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from feedd.candle import Candle, Source
+from feedd.candle import Candle
 from feedd.errors import StoreError
 from feedd.intervals import INTERVAL_MS
 from feedd.store import coverage
 from feedd.store.codec import encode
-from feedd.store.schema import FLAG_CLOSED, FLAG_REST, connect_writer, store_error
+from feedd.store.schema import FLAG_CLOSED, SOURCE_FLAGS, connect_writer, store_error
 
 log = logging.getLogger("feedd.store")
 
@@ -88,7 +88,7 @@ class Database:
         for c in candles:
             key = (c.exchange, c.symbol, c.interval)
             sid = ids.get(key) or new_ids.get(key) or self._mint(key, new_ids)
-            flags = (FLAG_CLOSED if c.closed else 0) | (FLAG_REST if c.source is Source.REST else 0)
+            flags = (FLAG_CLOSED if c.closed else 0) | SOURCE_FLAGS[c.source]
             try:
                 row = (sid, c.open_time, encode(c.open), encode(c.high), encode(c.low),
                        encode(c.close), encode(c.volume), encode(c.quote_volume), c.trades,
