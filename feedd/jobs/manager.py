@@ -186,12 +186,15 @@ class JobManager:
         with job.scope:
             async with self._venues.setdefault(job.exchange, trio.Lock()):
                 job.state = RUNNING
+                settings = self.config().exchanges.get(job.exchange)
                 runner = JobRunner(
                     job,
                     exchanges.get(job.exchange),
                     lambda: self._rest(job),
                     self.writer,
                     self._save,
+                    http=self.http,
+                    archive_url=settings.archive_url if settings else None,
                 )
                 try:
                     await runner.run()

@@ -1,4 +1,5 @@
-"""Run one backfill job: each symbol in turn, fetching only the open times not stored closed.
+"""Run one backfill job: each symbol in turn, fetching only the open times not stored closed:
+from the venue's bulk archive where it has one (older days), over REST for the rest.
 
 A symbol's cursor marks the open times done (stored closed, or asked for and found absent at
 the venue); it is saved in the same transaction as the candles that moved it, so a crash
@@ -12,9 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
+import httpx
 import trio
 
 from feedd.candle import Candle
+from feedd.engine.archive import fetch_archive
 from feedd.engine.rest import RestClient
 from feedd.errors import FeeddError, RateLimited, StoreError
 from feedd.exchanges.contract import ExchangeModule, Stream
@@ -84,12 +87,20 @@ class JobRunner:
         rest: Callable[[], RestClient],
         store: Runs,
         save: Save,
+        *,
+        http: httpx.AsyncClient | None = None,
+        archive_url: str | None = None,
     ) -> None:
         self.job = job
         self.module = module
         self.rest = rest
         self.store = store
         self.save = save
+        self.http = http
+        #: the venue's bulk archive, when it has one for the job's interval (else None)
+        archive = module.ARCHIVE
+        usable = archive is not None and job.interval in archive.intervals and http is not None
+        self.archive_url = (archive_url or archive.default_url) if archive and usable else None
 
     async def run(self) -> None:
         """Fill every symbol not finished yet; the job's state says how it ended."""
@@ -156,10 +167,50 @@ class JobRunner:
         runs = await self.store.closed_runs(job.exchange, sym.symbol, interval, job.first, job.end)
         sym.rows_done = sum(count(interval, a, b) for a, b in runs)
         for a, b in holes(interval, start, stop, runs):
-            for first, last in chunks(interval, a, b, CHUNK):
-                await self._fetch(sym, stream, first, last, server_now)
+            if self.archive_url is not None:
+                a = await self._from_archive(sym, stream, a, b, server_now)
+            if a <= b:
+                await self._rest_range(sym, stream, a, b, server_now)
         sym.cursor = next_open(interval, stop)
         await self.save(job, (), "rest")
+
+    async def _rest_range(
+        self, sym: SymbolJob, stream: Stream, a: int, b: int, server_now: int
+    ) -> None:
+        for first, last in chunks(self.job.interval, a, b, CHUNK):
+            await self._fetch(sym, stream, first, last, server_now)
+
+    async def _from_archive(
+        self, sym: SymbolJob, stream: Stream, a: int, b: int, server_now: int
+    ) -> int:
+        """Fill [a, b] from the archive, a file at a time; ranges it cannot serve (not
+        published, a bad file, holes in a file) go to REST. Returns where REST takes over."""
+        job = self.job
+        interval = job.interval
+        assert self.archive_url is not None and self.http is not None
+        batches = fetch_archive(
+            self.module, self.http, self.archive_url, sym.symbol, interval, a, b, server_now
+        )
+        async for batch in batches:
+            lo, hi = batch.first_open_ms, batch.last_open_ms
+            if not batch.ok:
+                if batch.error is not None:
+                    job.error(f"{sym.symbol}: archive: {batch.error}; fetching over REST")
+                await self._rest_range(sym, stream, lo, hi, server_now)
+                continue
+            got = {c.open_time: c for c in batch.candles if c.closed and lo <= c.open_time <= hi}
+            missing = holes(interval, lo, hi, [(t, t) for t in sorted(got)])
+            sym.rows_done += len(got)
+            job.fetched(len(got), "archive")
+            if not missing:
+                sym.cursor = next_open(interval, hi)
+            await self.save(job, list(got.values()), "archive")
+            for first, last in missing:
+                # A hole in the file: the venue's REST may have it (else it counts absent).
+                await self._rest_range(sym, stream, first, last, server_now)
+            sym.cursor = next_open(interval, hi)
+            a = next_open(interval, hi)
+        return a
 
     async def _fetch(
         self, sym: SymbolJob, stream: Stream, first: int, last: int, server_now: int
