@@ -92,10 +92,13 @@ async def finished(service: Service, job_id: str) -> dict[str, Any]:
     return jobs.jobs[job_id].document()
 
 
+#: nothing listens on the discard port: an archive there is unreachable, and jobs use REST
+CLOSED_PORT = "http://127.0.0.1:9"
+
+
 def no_archive(sim: Simulator) -> dict[str, Any]:
-    """Binance's archive answering 404 for every file: the job goes over REST."""
-    venue = sim.venues["binance_futures"]
-    return {"binance_futures": {"archive_url": venue.rest_url + "/no-archive"}}
+    """Binance's archive unreachable: the job goes over REST."""
+    return {"binance_futures": {"archive_url": CLOSED_PORT}}
 
 
 def differences(
@@ -336,3 +339,56 @@ async def test_heals_go_first_and_nothing_is_rate_limited(tmp_path: Path) -> Non
         assert done["state"] == "done"
         assert sim.venues["binance_futures"].stats["rest_throttled"] == 0
         assert stats.rest_rate_limited == 0
+
+
+async def test_sigkill_mid_job_resumes_without_fetching_again(tmp_path: Path) -> None:
+    from chaos.harness import FeeddProcess, config_doc, poll_until, write_config
+
+    settings = SimSettings(venues=("binance_futures",), history_days=27)
+    async with open_simulator(settings) as sim:
+        doc = config_doc(sim, {"binance_futures": []}, max_records=0)
+        doc["exchanges"]["binance_futures"].update(enabled=False, archive_url=CLOSED_PORT)
+        config_path = write_config(tmp_path / "config.json", doc)
+        feedd = FeeddProcess(config_path, tmp_path / "feedd.log")
+        venue = sim.venues["binance_futures"]
+        now = sim.now_ms()
+        since = floor_open("1m", now) - 25 * DAY_MS
+        end = floor_open("1m", now) - MINUTE_MS
+        try:
+            await feedd.start()
+            async with httpx.AsyncClient(base_url=feedd.url, timeout=10) as client:
+                job = await start_job(client, exchange="binance_futures", symbols=["BTCUSDT"],
+                                      interval="1m", since=since, until=end)  # fmt: skip
+                expected = job["rows_expected"]
+                assert expected == 25 * 1440
+
+                async def halfway() -> bool:
+                    got = (await client.get(f"/backfill/{job['id']}")).json()
+                    return bool(got["rows_done"] > expected // 2)
+
+                await poll_until(halfway, 40, "the job to pass half")
+            await feedd.kill()
+            stored = len(stored_closed(tmp_path / "ohlcv.db", "binance_futures", "BTCUSDT", "1m"))
+            assert expected // 3 < stored < expected, "killed too late to show a resume"
+            before = venue.stats["rest_requests"]
+            await feedd.start()
+            async with httpx.AsyncClient(base_url=feedd.url, timeout=10) as client:
+
+                async def done() -> bool:
+                    got = (await client.get(f"/backfill/{job['id']}")).json()
+                    assert got["state"] in ("queued", "running", "done"), got
+                    return bool(got["state"] == "done")
+
+                await poll_until(done, 40, "the resumed job to finish")
+                final = (await client.get(f"/backfill/{job['id']}")).json()
+            assert final["rows_done"] == final["rows_expected"] == expected
+            # Pages of 1,500 for what was missing, plus a server-time request or two.
+            missing_pages = -(-(expected - stored) // 1500)
+            assert venue.stats["rest_requests"] - before <= missing_pages + 3
+            assert (
+                differences(sim, tmp_path / "ohlcv.db", "binance_futures", "BTCUSDT", since, end)
+                == []
+            )
+            assert "Traceback" not in feedd.log_text()
+        finally:
+            await feedd.aclose()
