@@ -296,6 +296,11 @@ async def test_cancel_then_forget(tmp_path: Path) -> None:
         jobs = manager(service)
         with trio.fail_after(30):
             await jobs.wait_for(lambda: jobs.jobs[job["id"]].document()["rows_done"] > 0)
+        status = (await client.get("/status")).json()
+        binance = next(e for e in status["exchanges"] if e["name"] == "binance_futures")
+        assert [j["id"] for j in binance["backfill_jobs"]] == [job["id"]]
+        metrics = (await client.get("/metrics")).text
+        assert 'feedd_backfill_rows_total{exchange="binance_futures",source="rest"}' in metrics
         response = await client.delete(f"/backfill/{job['id']}", headers=JSON)
         assert response.status_code == 200
         assert response.json()["state"] == "cancelled" and response.json()["removed"] is False
