@@ -295,7 +295,7 @@ async def test_cancel_then_forget(tmp_path: Path) -> None:
                               interval="1m", since=now - 10 * DAY_MS, until=now)  # fmt: skip
         jobs = manager(service)
         with trio.fail_after(30):
-            await jobs.wait_for(lambda: jobs.jobs[job["id"]].document()["rows_done"] > 0)
+            await jobs.wait_for(lambda: sum(jobs.rows.values()) > 0)
         status = (await client.get("/status")).json()
         binance = next(e for e in status["exchanges"] if e["name"] == "binance_futures")
         assert [j["id"] for j in binance["backfill_jobs"]] == [job["id"]]
