@@ -89,6 +89,7 @@ async def finished(service: Service, job_id: str) -> dict[str, Any]:
     jobs = manager(service)
     with trio.fail_after(55):
         await jobs.wait_for(lambda: jobs.jobs[job_id].state not in ("queued", "running"))
+        await jobs.jobs[job_id].ended.wait()
     return jobs.jobs[job_id].document()
 
 
@@ -283,38 +284,38 @@ async def test_validation_errors_change_nothing(tmp_path: Path) -> None:
 
 async def test_cancel_then_forget(tmp_path: Path) -> None:
     settings = SimSettings(venues=("binance_futures",), history_days=12)
-    async with (
-        open_simulator(settings) as sim,
-        feedd_with_jobs(tmp_path, sim, {}) as (
-            service,
-            client,
-        ),
-    ):
-        now = sim.now_ms()
-        job = await start_job(client, exchange="binance_futures", symbols=["BTCUSDT", "ETHUSDT"],
-                              interval="1m", since=now - 10 * DAY_MS, until=now)  # fmt: skip
-        jobs = manager(service)
-        with trio.fail_after(30):
-            await jobs.wait_for(lambda: sum(jobs.rows.values()) > 0)
-        status = (await client.get("/status")).json()
-        binance = next(e for e in status["exchanges"] if e["name"] == "binance_futures")
-        assert [j["id"] for j in binance["backfill_jobs"]] == [job["id"]]
-        metrics = (await client.get("/metrics")).text
-        assert 'feedd_backfill_rows_total{exchange="binance_futures",source="rest"}' in metrics
-        response = await client.delete(f"/backfill/{job['id']}", headers=JSON)
-        assert response.status_code == 200
-        assert response.json()["state"] == "cancelled" and response.json()["removed"] is False
-        done = await finished(service, job["id"])
-        assert done["state"] == "cancelled"
-        assert {s["state"] for s in done["per_symbol"]} == {"cancelled"}
-        assert 0 < done["rows_done"] < done["rows_expected"]
-        saved = [orjson.loads(raw) for raw in await service.state.writer.load_jobs()]
-        assert [s["state"] for s in saved] == ["cancelled"]
-        # A finished job: DELETE forgets it.
-        response = await client.delete(f"/backfill/{job['id']}", headers=JSON)
-        assert response.json()["removed"] is True
-        assert (await client.get(f"/backfill/{job['id']}")).status_code == 404
-        assert await service.state.writer.load_jobs() == []
+    async with open_simulator(settings) as sim:
+        doc = exchanges_doc(sim, {}, **no_archive(sim))
+        async with feedd_with_jobs(tmp_path, sim, {}, exchanges=doc) as (service, client):
+            await cancel_then_forget(sim, service, client)
+
+
+async def cancel_then_forget(sim: Simulator, service: Service, client: httpx.AsyncClient) -> None:
+    now = sim.now_ms()
+    job = await start_job(client, exchange="binance_futures", symbols=["BTCUSDT", "ETHUSDT"],
+                          interval="1m", since=now - 10 * DAY_MS, until=now)  # fmt: skip
+    jobs = manager(service)
+    with trio.fail_after(30):
+        await jobs.wait_for(lambda: sum(jobs.rows.values()) > 0)
+    status = (await client.get("/status")).json()
+    binance = next(e for e in status["exchanges"] if e["name"] == "binance_futures")
+    assert [j["id"] for j in binance["backfill_jobs"]] == [job["id"]]
+    metrics = (await client.get("/metrics")).text
+    assert 'feedd_backfill_rows_total{exchange="binance_futures",source="rest"}' in metrics
+    response = await client.delete(f"/backfill/{job['id']}", headers=JSON)
+    assert response.status_code == 200
+    assert response.json()["state"] == "cancelled" and response.json()["removed"] is False
+    done = await finished(service, job["id"])
+    assert done["state"] == "cancelled"
+    assert {s["state"] for s in done["per_symbol"]} == {"cancelled"}
+    assert 0 < done["rows_done"] < done["rows_expected"]
+    saved = [orjson.loads(raw) for raw in await service.state.writer.load_jobs()]
+    assert [s["state"] for s in saved] == ["cancelled"]
+    # A finished job: DELETE forgets it.
+    response = await client.delete(f"/backfill/{job['id']}", headers=JSON)
+    assert response.json()["removed"] is True
+    assert (await client.get(f"/backfill/{job['id']}")).status_code == 404
+    assert await service.state.writer.load_jobs() == []
 
 
 async def test_heals_go_first_and_nothing_is_rate_limited(tmp_path: Path) -> None:

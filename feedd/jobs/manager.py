@@ -167,6 +167,7 @@ class JobManager:
                     sym.state = CANCELLED
             # The job's task saves the final state once its last write is behind it.
             job.scope.cancel()
+            await job.ended.wait()
             return job, False
         del self.jobs[job_id]
         await self.writer.delete_job(job_id)
@@ -184,6 +185,12 @@ class JobManager:
         return out
 
     async def _run(self, job: Job) -> None:
+        try:
+            await self._run_job(job)
+        finally:
+            job.ended.set()
+
+    async def _run_job(self, job: Job) -> None:
         with job.scope:
             async with self._venues.setdefault(job.exchange, trio.Lock()):
                 job.state = RUNNING
