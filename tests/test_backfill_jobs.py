@@ -249,7 +249,7 @@ async def test_validation_errors_change_nothing(tmp_path: Path) -> None:
     )
     async with (
         open_simulator(settings) as sim,
-        feedd_with_jobs(tmp_path, sim, {}, max_records=1000) as (service, client),
+        feedd_with_jobs(tmp_path, sim, {}, max_records=1000) as (_service, client),
     ):
         now = sim.now_ms()
         good = {"exchange": "bybit_futures", "symbols": ["BTCUSDT"], "interval": "1m",
@@ -329,7 +329,8 @@ async def test_heals_go_first_and_nothing_is_rate_limited(tmp_path: Path) -> Non
         now = sim.now_ms()
         # 40 days: 39 pages of weight 10, ~15 s at half of 2,400 weight a minute.
         job = await start_job(client, exchange="binance_futures", symbols=["XRPUSDT"],
-                              interval="1m", since=now - 40 * DAY_MS, until=now - MINUTE_MS)  # fmt: skip
+                              interval="1m", since=now - 40 * DAY_MS,
+                              until=now - MINUTE_MS)  # fmt: skip
         jobs = manager(service)
         stats = service.state.supervisor.stats["binance_futures"]
 

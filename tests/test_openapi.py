@@ -105,7 +105,7 @@ async def test_live_answers_match_the_document(tmp_path: Path) -> None:
                     "since": _sim.now_ms() - 3_600_000,
                     "until": _sim.now_ms(),
                 },
-            ),  # fmt: skip
+            ),
         ]
         assert {p for p, _ in posts} == {p for p, ops in doc["paths"].items() if "post" in ops}
         for path, payload in posts:

@@ -107,7 +107,7 @@ SCHEMAS: dict[str, Schema] = {
             "finished_at",
             "per_symbol",
             "sources",
-        ],  # fmt: skip
+        ],
         id=STRING,
         exchange=STRING,
         symbols=STRINGS,
