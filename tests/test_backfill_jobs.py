@@ -399,3 +399,38 @@ async def test_sigkill_mid_job_resumes_without_fetching_again(tmp_path: Path) ->
             assert "Traceback" not in feedd.log_text()
         finally:
             await feedd.aclose()
+
+
+def test_max_records_zero_keeps_everything(tmp_path: Path) -> None:
+    from feedd.candle import Candle, Source
+    from feedd.store.database import Database
+
+    assert config.parse({"max_records": 0}).config.max_records == 0
+    db = Database.open(tmp_path / "ohlcv.db")
+    try:
+        t0 = floor_open("1m", 1_700_000_000_000)
+        candles = [
+            Candle(
+                "bybit_futures",
+                "BTCUSDT",
+                "1m",
+                t0 + i * MINUTE_MS,
+                "1",
+                "2",
+                "0.5",
+                "1.5",
+                "10",
+                "15",
+                3,
+                True,
+                Source.REST,
+            )  # fmt: skip
+            for i in range(50)
+        ]
+        db.write(candles)
+        assert db.prune(0) == 0
+        assert len(stored_closed(tmp_path / "ohlcv.db", "bybit_futures", "BTCUSDT", "1m")) == 50
+        db.write(candles[:1])
+        assert db.prune(10) == 40
+    finally:
+        db.close()
