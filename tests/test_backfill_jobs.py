@@ -424,7 +424,7 @@ def test_max_records_zero_keeps_everything(tmp_path: Path) -> None:
                 3,
                 True,
                 Source.REST,
-            )  # fmt: skip
+            )
             for i in range(50)
         ]
         db.write(candles)
