@@ -346,6 +346,12 @@ async def test_heals_go_first_and_nothing_is_rate_limited(tmp_path: Path) -> Non
         assert done["state"] == "done"
         assert sim.venues["binance_futures"].stats["rest_throttled"] == 0
         assert stats.rest_rate_limited == 0
+        # The venue's budget (and any pause in it) outlives a restart of its ingest.
+        supervisor = service.state.supervisor
+        budget = supervisor.budget("binance_futures")
+        assert (await client.post("/restart", json={})).status_code == 200
+        assert supervisor.stats["binance_futures"] is not stats
+        assert supervisor.budget("binance_futures") is budget
 
 
 async def test_sigkill_mid_job_resumes_without_fetching_again(tmp_path: Path) -> None:
