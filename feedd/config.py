@@ -46,11 +46,14 @@ SECONDS_BOUNDS = {
     # listings change a few times a day; each refresh is one REST request
     "instruments_refresh": (60.0, 86400.0),
 }
+#: integer keys whose 0 means "no limit" (deep history kept by backfill jobs)
+UNLIMITED = frozenset({"max_records"})
 #: (low, high) per top-level integer key
 INTEGER_BOUNDS = {
     # milliseconds between commits: a crash loses at most this much of forming candles
     "batch_interval": (10, 60_000),
     # candles kept per series: 100 daily candles is a real need, 10**9 minutes is 1900 years
+    # (0, outside the bounds, keeps everything: see UNLIMITED)
     "max_records": (100, 10**9),
     "bootstrap_load": (0, 10**7),
     "port": (0, 65535),
@@ -316,8 +319,11 @@ def _integer(data: dict[str, Any], key: str, default: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(key, f"expected an integer, got {value!r}")
     low, high = INTEGER_BOUNDS[key]
+    if value == 0 and key in UNLIMITED:
+        return value
     if not low <= value <= high:
-        raise ConfigError(key, f"must be between {low} and {high}, got {value}")
+        unlimited = "0 (no limit) or " if key in UNLIMITED else ""
+        raise ConfigError(key, f"must be {unlimited}between {low} and {high}, got {value}")
     return value
 
 

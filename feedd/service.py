@@ -23,6 +23,7 @@ from feedd.config import Config, check_exposure
 from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
 from feedd.errors import ListenError, StoreError, leaves
+from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
 from feedd.monitor.taskcpu import TaskCpu
@@ -128,6 +129,7 @@ async def run_service(
             await root.start(run_writer)
             supervisor = Supervisor(candles_send, reader, http, cpu, store=writer)
             controller = Controller(config, config_path, supervisor, writer, http)
+            jobs = JobManager(writer, supervisor, http, lambda: controller.config)
             started_at = time.time()
             monitor = Monitor(database, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))
@@ -140,6 +142,7 @@ async def run_service(
                 logs=logs,
                 hub=hub,
                 started_at=started_at,
+                jobs=jobs,
             )
             await root.start(monitor.run)
             await root.start(hub.run)
@@ -171,6 +174,14 @@ async def run_service(
                         await supervisor.run(config, task_status=task_status)
 
             await root.start(run_ingest)
+            # Backfill jobs write through the writer: they stop with ingest, before it drains.
+            jobs_scope = trio.CancelScope()
+
+            async def run_jobs(*, task_status: trio.TaskStatus[None]) -> None:
+                with jobs_scope:
+                    await jobs.run(task_status=task_status)
+
+            await root.start(run_jobs)
             # Changes run in the controller's task, not a request's (see feedd/changes.py);
             # started once ingest runs, so a change sent earlier waits in the queue for it.
             await root.start(controller.run, stop)
@@ -182,6 +193,7 @@ async def run_service(
             # One deadline for the whole shutdown, so it is bounded whatever part is slow.
             deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
             ingest.cancel()
+            jobs_scope.cancel()
             with trio.move_on_at(deadline) as drain:
                 await writer_done.wait()
             if drain.cancelled_caught:

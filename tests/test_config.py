@@ -208,8 +208,8 @@ def test_durations_have_sane_bounds(key: str, value: object, words: str) -> None
     [
         ("batch_interval", 1, "between 10 and 60000"),
         ("batch_interval", 3_600_000, "between 10 and 60000"),
-        ("max_records", 1, "between 100 and 1000000000"),
-        ("max_records", 10**10, "between 100 and 1000000000"),
+        ("max_records", 1, "0 (no limit) or between 100 and 1000000000"),
+        ("max_records", 10**10, "0 (no limit) or between 100 and 1000000000"),
         ("bootstrap_load", 10**8, "between 0 and 10000000"),
         ("port", -1, "between 0 and 65535"),
     ],

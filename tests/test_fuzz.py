@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feedd import config
+from feedd import config, exchanges
 from feedd.candle import Candle, Source
 from feedd.errors import ConfigError, ExchangeError, ParseError
 from feedd.exchanges import REGISTRY
@@ -421,17 +421,28 @@ VALID_EXCHANGE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "enabled": st.booleans(),
     "ws_url": _url(["ws", "wss"]),
     "rest_url": _url(["http", "https"]),
+    "archive_url": _url(["http", "https"]),
     "connection_lifetime": SECONDS,
     "silence_timeout": SECONDS,
     "instruments_refresh": SECONDS,
 }
-VALID_EXCHANGE = st.fixed_dictionaries({}, optional=VALID_EXCHANGE_FIELDS)
+
+
+def valid_exchange(name: str) -> st.SearchStrategy[dict[str, Any]]:
+    """Settings valid for venue ``name`` (archive_url only where the venue has an archive:
+    elsewhere it is warned about)."""
+    fields = dict(VALID_EXCHANGE_FIELDS)
+    if exchanges.get(name).ARCHIVE is None:
+        del fields["archive_url"]
+    return st.fixed_dictionaries({}, optional=fields)
+
+
 VALID_CONFIG_FIELDS: dict[str, st.SearchStrategy[Any]] = {
-    "exchanges": st.dictionaries(st.sampled_from(VENUES), VALID_EXCHANGE, max_size=3),
+    "exchanges": st.fixed_dictionaries({}, optional={v: valid_exchange(v) for v in VENUES}),
     "intervals": st.lists(st.sampled_from(SHARED_INTERVALS), min_size=1, max_size=4),
     "database_path": st.text(min_size=1, max_size=30),
     "batch_interval": st.integers(*config.INTEGER_BOUNDS["batch_interval"]),
-    "max_records": st.integers(*config.INTEGER_BOUNDS["max_records"]),
+    "max_records": st.integers(*config.INTEGER_BOUNDS["max_records"]) | st.just(0),
     "bootstrap_load": st.integers(*config.INTEGER_BOUNDS["bootstrap_load"]),
     "port": st.integers(0, 65535),
     # Loopback: another host needs api_token, which the document may leave out.

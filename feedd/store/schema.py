@@ -2,7 +2,8 @@
 
 Prices and volumes are codec INTEGERs; ``flags`` bit 0 = closed, bit 1 = came from REST, bit 2 =
 came from a bulk archive. The view ``ohlcv`` shows them as REAL numbers with their series'
-names, for other tools.
+names, for other tools. ``jobs`` holds each backfill job's document (JSON), so a job outlives
+a restart or a crash.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ CREATE TABLE IF NOT EXISTS candles (
     trades INTEGER,
     flags INTEGER NOT NULL,
     PRIMARY KEY (series, open_time)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    doc TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE VIEW IF NOT EXISTS ohlcv AS
 SELECT series.exchange, series.symbol, series.interval, candles.open_time,

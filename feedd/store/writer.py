@@ -317,3 +317,32 @@ class Writer:
             self._room.set()
             await self._db.run(db.wipe)
         log.info("store wiped (%d held candles dropped)", dropped)
+
+    async def write_job(
+        self, candles: Sequence[Candle], job_id: str, created_at: int, doc: str
+    ) -> None:
+        """Commit ``candles`` (history a job fetched) with the job's document, at once and
+        in one transaction: they bypass the live batch, and are not published to listeners."""
+        async with self._db_lock:
+            db = await self._db.get()
+            await self._db.run(db.write_job, candles, job_id, created_at, doc)
+        self._counters.committed += len(candles)
+
+    async def delete_job(self, job_id: str) -> None:
+        async with self._db_lock:
+            db = await self._db.get()
+            await self._db.run(db.delete_job, job_id)
+
+    async def load_jobs(self) -> list[str]:
+        async with self._db_lock:
+            db = await self._db.get()
+            return await self._db.run(db.load_jobs)
+
+    async def closed_runs(
+        self, exchange: str, symbol: str, interval: str, start: int, end: int
+    ) -> list[tuple[int, int]]:
+        """Runs of closed candles stored in [start, end], read on the write connection so they
+        include everything a job committed a moment ago."""
+        async with self._db_lock:
+            db = await self._db.get()
+            return await self._db.run(db.closed_runs, exchange, symbol, interval, start, end)
