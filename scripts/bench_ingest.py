@@ -410,6 +410,7 @@ async def measure_feedd(
         "updates_per_s": round(received / elapsed),
         "rows_committed_per_s": round(committed / elapsed),
         "cpu_us_per_update": round(cpu_s / max(received, 1) * 1e6, 1),
+        "cpu_us_per_row": round(cpu_s / max(committed, 1) * 1e6, 1),
         "cpu_percent": round(cpu_s / elapsed * 100, 1),
         "simulator_cpu_s": round(sim_cpu, 1),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
@@ -480,15 +481,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         out[rate] = {
             "pairs": len(pairs),
-            "rate_ratio": _median([f["updates_per_s"] / r["frames_per_s"] for r, f in pairs]),
+            # rows committed, not updates received: a writer behind holds what it received
+            "rate_ratio": _median(
+                [f["rows_committed_per_s"] / r["frames_per_s"] for r, f in pairs]
+            ),
             "cpu_per_msg_ratio": _median(
-                [f["cpu_us_per_update"] / r["cpu_us_per_frame"] for r, f in pairs]
+                [_cpu_per_row(f) / r["cpu_us_per_frame"] for r, f in pairs]
             ),
             "reader_frames_per_s": _median([r["frames_per_s"] for r, _ in pairs]),
             "reader_cpu_us": _median([r["cpu_us_per_frame"] for r, _ in pairs]),
             "feedd_updates_per_s": _median([f["updates_per_s"] for _, f in pairs]),
             "feedd_rows_per_s": _median([f["rows_committed_per_s"] for _, f in pairs]),
-            "feedd_cpu_us": _median([f["cpu_us_per_update"] for _, f in pairs]),
+            "feedd_cpu_us_per_row": _median([_cpu_per_row(f) for _, f in pairs]),
             "feedd_cpu_percent": _median([f["cpu_percent"] for _, f in pairs]),
             "loadavg_1m": _median([r["loadavg_1m"] for r in rows if str(r["rate"]) == rate]),
         }
@@ -497,6 +501,15 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out[rate]["frame_to_ws_p50_ms"] = _median([w["p50"] for w in ws])
             out[rate]["frame_to_ws_p99_ms"] = _median([w["p99"] for w in ws])
     return out
+
+
+def _rows(feedd: dict[str, Any]) -> float:
+    return float(feedd["rows_committed_per_s"])
+
+
+def _cpu_per_row(feedd: dict[str, Any]) -> float:
+    """feedd's CPU per row committed: its work includes committing what it took in."""
+    return float(feedd["cpu_percent"]) * 1e4 / max(_rows(feedd), 1)
 
 
 def _median(values: list[float]) -> float:
@@ -535,6 +548,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None, help="only this rate (0: unpaced)")
     parser.add_argument("--only", choices=("reader", "feedd"), default=None)
     parser.add_argument("--ws-clients", type=int, default=0, help="/ws clients reading all candles")
+    parser.add_argument("--summarise", metavar="FILE", help="summarise the rows of a past run")
     parser.add_argument("--ws-client-process", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--ws-timer-process", nargs=1, help=argparse.SUPPRESS)
     parser.add_argument("--reader-process", nargs=4, help=argparse.SUPPRESS)
@@ -550,7 +564,11 @@ def main() -> None:
         venue, ws_base, count, seconds = args.reader_process
         run_reader(venue, ws_base, int(count), float(seconds))
         return
-    rows = trio.run(run_all, args)
+    if args.summarise:
+        lines = Path(args.summarise).read_text().splitlines()
+        rows = [json.loads(line) for line in lines if line.startswith('{"who"')]
+    else:
+        rows = trio.run(run_all, args)
     print(json.dumps({"summary": summarise(rows)}, indent=1))
 
 
