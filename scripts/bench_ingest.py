@@ -1,16 +1,31 @@
-"""Ingest benchmark: simulator (own process) -> WebSocket -> parse -> writer -> SQLite commit.
+"""Ingest benchmark: feedd against a bare reference reader, on the same simulator, in one run.
 
-Reports sustained candle updates/s from socket to committed row (simulator unpaced), and
-p50/p99 latency from frame sent to row committed at a fixed rate (default 1,000 updates/s),
-plus peak RSS of the feedd side. Send and commit times are both CLOCK_MONOTONIC, so they
-compare across the two processes.
+Each measurement starts a fresh simulator process (``python -m feedd.sim --bench-closed``: every
+frame is a new closed candle, so every update is a new row) and runs one of:
 
-    python scripts/bench_ingest.py --symbols 600 --seconds 10
-    python scripts/bench_ingest.py --exchange all
-    python scripts/bench_ingest.py --skip-throughput --ws-clients 200
+- **reader**: the bare reference reader, in a process of its own: the fastest WebSocket client
+  installed (websockets' trio client if importable, else trio-websocket) plus a typed msgspec
+  decode of each frame, storing nothing. It counts kline frames decoded.
+- **feedd**: the service in this process: WebSocket, parse, writer thread, SQLite commit, /ws.
+  ``updates`` are candles the sessions handed to the writer (every kline frame accepted),
+  ``rows`` are rows committed (equal to updates here, since no two frames share a key).
+
+at full load (simulator unpaced: it sends as fast as the client reads) and at a fixed rate
+(default 2,000 updates/s). CPU is the process's user + system time over the measured window
+(writer thread included), divided by the frames it took in. At the fixed rate a /ws client in
+its own process records when each candle arrived, and the simulator's send log gives when its
+frame left: frame -> /ws client latency (and frame -> commit, seen in this process). Send and
+receive times are both CLOCK_MONOTONIC, so they compare across processes.
+
+Because a shared machine's speed drifts, runs alternate (reader, feedd, reader, feedd, ...)
+and the summary gives feedd as a ratio of the reader next to it (median over the pairs).
+
+    python scripts/bench_ingest.py                       # 3 pairs at full load and 2,000/s
+    python scripts/bench_ingest.py --pairs 5 --seconds 10 --symbols 600
+    python scripts/bench_ingest.py --only feedd --exchange all --ws-clients 200
 
 ``--ws-clients N`` adds N /ws clients subscribed to every candle, in a process of their own
-(like real dashboards elsewhere), to show what fan-out costs ingest latency.
+(like real dashboards elsewhere), to show what fan-out costs ingest.
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ import base64
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,8 +53,7 @@ from feedd.service import Service, run_service
 from feedd.sim.symbols import universe
 
 VENUES = ("binance_futures", "bybit_futures", "okx_futures")
-
-
+WARM_UP_S = 3.0
 SIM_SEED = 1
 #: instruments the simulator lists; feedd only subscribes to listed symbols
 SIM_UNIVERSE = 2000
@@ -46,6 +61,11 @@ SIM_UNIVERSE = 2000
 
 def symbols(count: int) -> list[str]:
     return list(universe(SIM_SEED, SIM_UNIVERSE)[:count])
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 async def start_sim(venues: Sequence[str], rate: float) -> tuple[trio.Process, dict[str, Any]]:
@@ -60,6 +80,7 @@ async def start_sim(venues: Sequence[str], rate: float) -> tuple[trio.Process, d
             "1",
             "--rate",
             str(rate),
+            "--bench-closed",
             "--max-inbound",
             "0",
             "--seed",
@@ -104,6 +125,116 @@ def feedd_config(urls: dict[str, Any], count: int, db: Path) -> config_module.Co
         "port": 0,
     }
     return config_module.parse(doc).config
+
+
+# ----------------------------------------------------------------------------- the bare reader
+
+
+def run_reader(venue: str, ws_base: str, count: int, seconds: float) -> None:
+    """Child-process mode: read ``venue``'s kline frames with the fastest client installed,
+    decode each with msgspec into typed structs, store nothing; print one JSON line."""
+    import msgspec
+
+    from feedd.engine.supervisor import shard_streams
+    from feedd.exchanges import REGISTRY
+
+    module = REGISTRY[venue]
+    shards = shard_streams(module, symbols(count), ["1m"])
+    decode = _frame_decoder(venue, msgspec)
+    decoded = [0]
+    try:
+        from websockets.trio.client import connect
+
+        client = "websockets " + __import__("websockets").__version__
+    except ImportError:
+        connect = None
+        client = "trio-websocket " + __import__("trio_websocket").__version__
+
+    async def read(streams: Sequence[Any], task_status: trio.TaskStatus[None]) -> None:
+        url = module.ws_url(ws_base)
+        frames = [r.frame for r in module.subscribe_requests(streams, 1)]
+        if connect is not None:
+            async with connect(
+                url, compression=None, proxy=None, ping_interval=None, max_size=None
+            ) as ws:
+                for frame in frames:
+                    await ws.send(frame)
+                task_status.started()
+                async for message in ws:
+                    if decode(message):
+                        decoded[0] += 1
+        else:
+            import trio_websocket
+
+            async with trio_websocket.open_websocket_url(url, max_message_size=2**24) as tws:
+                for frame in frames:
+                    await tws.send_message(frame)
+                task_status.started()
+                while True:
+                    if decode(await tws.get_message()):
+                        decoded[0] += 1
+
+    async def main() -> None:
+        me = psutil.Process()
+        async with trio.open_nursery() as nursery:
+            for streams in shards:
+                await nursery.start(read, streams)
+            await trio.sleep(WARM_UP_S)
+            n0, c0, t0 = decoded[0], cpu_seconds(me), time.monotonic()
+            await trio.sleep(seconds)
+            n1, c1, t1 = decoded[0], cpu_seconds(me), time.monotonic()
+            print(json.dumps({"client": client, "frames": n1 - n0, "cpu_s": c1 - c0, "s": t1 - t0}))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def _frame_decoder(venue: str, msgspec: Any) -> Any:
+    """A function from one frame to whether it carried a kline, decoding into typed structs
+    (Binance's combined-stream payload); other venues decode untyped."""
+    if venue != "binance_futures":
+        untyped = msgspec.json.Decoder()
+        return lambda frame: "data" in untyped.decode(frame)
+
+    # defstruct: class bodies here would be evaluated lazily (postponed annotations)
+    strs = [(name, str) for name in ("s", "i", "o", "c", "h", "l", "v", "q")]
+    k = msgspec.defstruct("K", [("t", int), *strs, ("n", int), ("x", bool)])
+    data = msgspec.defstruct("Data", [("e", str), ("k", k)])
+    frame = msgspec.defstruct("Frame", [("data", data | None, None)])
+    decoder = msgspec.json.Decoder(frame)
+    return lambda frame: decoder.decode(frame).data is not None
+
+
+async def measure_reader(venue: str, count: int, seconds: float, rate: float) -> dict[str, Any]:
+    sim, urls = await start_sim([venue], rate)
+    sim_proc = psutil.Process(sim.pid)
+    try:
+        sim0 = cpu_seconds(sim_proc)
+        out = await trio.run_process(
+            [sys.executable, __file__, "--reader-process", venue, urls[venue]["ws_url"],
+             str(count), str(seconds)],
+            capture_stdout=True,
+        )  # fmt: skip
+        sim_cpu = cpu_seconds(sim_proc) - sim0
+    finally:
+        sim.kill()
+        await sim.wait()
+    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    frames, elapsed = result["frames"], result["s"]
+    return {
+        "who": "reader",
+        "client": result["client"],
+        "rate": rate or "unpaced",
+        "frames_per_s": round(frames / elapsed),
+        "cpu_us_per_frame": round(result["cpu_s"] / max(frames, 1) * 1e6, 1),
+        "cpu_percent": round(result["cpu_s"] / elapsed * 100, 1),
+        # over warm-up and window: only to see whether the simulator was the bottleneck
+        "simulator_cpu_s": round(sim_cpu, 1),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+# ----------------------------------------------------------------------------- /ws clients
 
 
 SUBSCRIBE_ALL = b'{"op":"subscribe","topic":"candles"}'
@@ -152,10 +283,40 @@ async def run_ws_clients(url: str, count: int) -> None:
                 break
 
 
-async def start_ws_clients(service: Service, count: int) -> trio.Process:
+async def run_ws_timer(url: str) -> None:
+    """Child-process mode: one /ws client that notes when each candle arrived, keyed as the
+    simulator's send log keys frames; at SIGTERM it prints them as one JSON line."""
+    import orjson
+    import trio_websocket
+
+    arrived: list[tuple[str, str, int, float, float]] = []
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio_websocket.open_websocket_url(url.replace("http", "ws") + "/ws") as ws:
+            await ws.send_message(SUBSCRIBE_ALL.decode())
+            print("connected", flush=True)
+            async with trio.open_nursery() as nursery:
+
+                async def read() -> None:
+                    while True:
+                        message = await ws.get_message()
+                        now = time.monotonic()
+                        body = orjson.loads(message)
+                        if body.get("type") == "candles":
+                            for c in body["data"]:
+                                key = (c["exchange"], c["symbol"], c["open_time"], c["close"])
+                                arrived.append((*key, now))
+
+                nursery.start_soon(read)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+    sys.stdout.write(orjson.dumps(arrived).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def start_child(mode: str, *args: str) -> trio.Process:
     process = await trio.lowlevel.open_process(
-        [sys.executable, __file__, "--ws-client-process", service.url, str(count)],
-        stdout=subprocess.PIPE,
+        [sys.executable, __file__, mode, *args], stdout=subprocess.PIPE
     )
     assert process.stdout is not None
     with trio.fail_after(60):
@@ -164,12 +325,27 @@ async def start_ws_clients(service: Service, count: int) -> trio.Process:
     return process
 
 
-async def run_once(
+async def stop_child(process: trio.Process) -> bytes:
+    assert process.stdout is not None
+    process.terminate()
+    out = b""
+    while chunk := await process.stdout.receive_some():
+        out += chunk
+    await process.wait()
+    return out
+
+
+# ----------------------------------------------------------------------------- feedd
+
+
+async def measure_feedd(
     venues: Sequence[str], count: int, seconds: float, rate: float, ws_clients: int = 0
 ) -> dict[str, Any]:
     sim, urls = await start_sim(venues, rate)
     clients: trio.Process | None = None
+    timer: trio.Process | None = None
     commits: dict[tuple[str, str, int, str], float] = {}
+    arrivals: list[list[Any]] = []
     peak_rss = 0
     me = psutil.Process()
     try:
@@ -192,12 +368,12 @@ async def run_once(
 
                 if rate:
                     nursery.start_soon(record_commits)
+                    timer = await start_child("--ws-timer-process", service.url)
                 if ws_clients:
-                    clients = await start_ws_clients(service, ws_clients)
-                await trio.sleep(3)  # warm-up: connect, subscribe, first commits
+                    clients = await start_child("--ws-client-process", service.url, str(ws_clients))
+                await trio.sleep(WARM_UP_S)  # connect, subscribe, first commits
                 sim_proc = psutil.Process(sim.pid)
-                sim_proc.cpu_percent()
-                me.cpu_percent()
+                sim0, cpu0 = cpu_seconds(sim_proc), cpu_seconds(me)
                 received0, committed0 = writer.stats.received, writer.stats.committed
                 t0 = time.monotonic()
                 end = t0 + seconds
@@ -205,50 +381,75 @@ async def run_once(
                     await trio.sleep(0.5)
                     peak_rss = max(peak_rss, me.memory_info().rss)
                 elapsed = time.monotonic() - t0
-                cpu = {"feedd": me.cpu_percent(), "simulator": sim_proc.cpu_percent()}
+                cpu_s = cpu_seconds(me) - cpu0
+                sim_cpu = cpu_seconds(sim_proc) - sim0
                 received = writer.stats.received - received0
                 committed = writer.stats.committed - committed0
-                latencies = await _latencies(urls, commits, t0, end) if rate else []
+                if timer is not None:
+                    arrivals = json.loads((await stop_child(timer)).decode().strip() or "[]")
+                    timer = None
+                sent = await _send_log(urls, t0, end) if rate else {}
                 overflows = service.state.hub.overflows
                 if clients is not None:
-                    clients.terminate()
-                    await clients.wait()
+                    await stop_child(clients)
                     clients = None
                 recording.cancel()
                 service.stop.set()
     finally:
         sim.kill()
         await sim.wait()
-        if clients is not None:
-            clients.terminate()
-            await clients.wait()
+        for child in (clients, timer):
+            if child is not None:
+                child.kill()
+                await child.wait()
     result: dict[str, Any] = {
+        "who": "feedd",
         "venues": list(venues),
         "symbols": count,
         "rate": rate or "unpaced",
         "updates_per_s": round(received / elapsed),
         "rows_committed_per_s": round(committed / elapsed),
+        "cpu_us_per_update": round(cpu_s / max(received, 1) * 1e6, 1),
+        "cpu_us_per_row": round(cpu_s / max(committed, 1) * 1e6, 1),
+        "cpu_percent": round(cpu_s / elapsed * 100, 1),
+        "simulator_cpu_s": round(sim_cpu, 1),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
-        "cpu_percent": cpu,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     if ws_clients:
         result["ws_clients"] = ws_clients
         result["ws_clients_dropped"] = overflows
-    if latencies:
-        latencies.sort()
-        result["latency_ms"] = {
-            "samples": len(latencies),
-            "p50": round(latencies[len(latencies) // 2] * 1000, 1),
-            "p99": round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
-            "max": round(latencies[-1] * 1000, 1),
-        }
+    if sent:
+        to_commit = [
+            commits[key] - t for key, t in sent.items() if key in commits and commits[key] >= t
+        ]
+        # /ws sends prices as numbers: the close string becomes a float on the way.
+        by_float = {(v, s, o, float(c)): t for (v, s, o, c), t in sent.items()}
+        to_ws = [now - by_float[(v, s, o, c)] for v, s, o, c, now in arrivals
+                 if (v, s, o, c) in by_float]  # fmt: skip
+        result["frame_to_commit_ms"] = _percentiles(to_commit, len(sent))
+        result["frame_to_ws_ms"] = _percentiles(to_ws, len(sent))
     return result
 
 
-async def _latencies(
-    urls: dict[str, Any], commits: dict[tuple[str, str, int, str], float], t0: float, end: float
-) -> list[float]:
-    out: list[float] = []
+def _percentiles(samples: list[float], sent: int) -> dict[str, Any]:
+    if not samples:
+        return {"samples": 0, "sent": sent}
+    samples.sort()
+    return {
+        "samples": len(samples),
+        "sent": sent,
+        "p50": round(samples[len(samples) // 2] * 1000, 2),
+        "p99": round(samples[int(len(samples) * 0.99)] * 1000, 2),
+        "max": round(samples[-1] * 1000, 2),
+    }
+
+
+async def _send_log(
+    urls: dict[str, Any], t0: float, end: float
+) -> dict[tuple[str, str, int, str], float]:
+    """When each frame sent inside [t0, end] left the simulator, keyed like a candle."""
+    out: dict[tuple[str, str, int, str], float] = {}
     async with httpx.AsyncClient() as client:
         for venue, entry in urls.items():
             after = 0
@@ -257,14 +458,82 @@ async def _latencies(
                     await client.get(entry["rest_url"] + "/_sim/sendlog", params={"after": after})
                 ).json()
                 for symbol, open_ms, close, sent in body["rows"]:
-                    committed = commits.get((venue, symbol, open_ms, close))
-                    if committed is not None and t0 <= sent <= end:
-                        out.append(committed - sent)
+                    if t0 <= sent <= end:
+                        out[(venue, symbol, open_ms, close)] = sent
                 # The simulator keeps sending while we read: stop past the window.
                 if not body["rows"] or body["rows"][-1][3] > end:
                     break
                 after = body["next"]
     return out
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """feedd over the reader next to it, per load: the median of the pairs' ratios."""
+    out: dict[str, Any] = {}
+    for rate in sorted({str(r["rate"]) for r in rows}):
+        readers = [r for r in rows if str(r["rate"]) == rate and r["who"] == "reader"]
+        feedds = [r for r in rows if str(r["rate"]) == rate and r["who"] == "feedd"]
+        pairs = list(zip(readers, feedds, strict=False))
+        if not pairs:
+            continue
+        out[rate] = {
+            "pairs": len(pairs),
+            # rows committed, not updates received: a writer behind holds what it received
+            "rate_ratio": _median(
+                [f["rows_committed_per_s"] / r["frames_per_s"] for r, f in pairs]
+            ),
+            "cpu_per_msg_ratio": _median(
+                [_cpu_per_row(f) / r["cpu_us_per_frame"] for r, f in pairs]
+            ),
+            "reader_frames_per_s": _median([r["frames_per_s"] for r, _ in pairs]),
+            "reader_cpu_us": _median([r["cpu_us_per_frame"] for r, _ in pairs]),
+            "feedd_updates_per_s": _median([f["updates_per_s"] for _, f in pairs]),
+            "feedd_rows_per_s": _median([f["rows_committed_per_s"] for _, f in pairs]),
+            "feedd_cpu_us_per_row": _median([_cpu_per_row(f) for _, f in pairs]),
+            "feedd_cpu_percent": _median([f["cpu_percent"] for _, f in pairs]),
+            "loadavg_1m": _median([r["loadavg_1m"] for r in rows if str(r["rate"]) == rate]),
+        }
+        ws = [f["frame_to_ws_ms"] for _, f in pairs if f.get("frame_to_ws_ms", {}).get("samples")]
+        if ws:
+            out[rate]["frame_to_ws_p50_ms"] = _median([w["p50"] for w in ws])
+            out[rate]["frame_to_ws_p99_ms"] = _median([w["p99"] for w in ws])
+    return out
+
+
+def _rows(feedd: dict[str, Any]) -> float:
+    return float(feedd["rows_committed_per_s"])
+
+
+def _cpu_per_row(feedd: dict[str, Any]) -> float:
+    """feedd's CPU per row committed: its work includes committing what it took in."""
+    return float(feedd["cpu_percent"]) * 1e4 / max(_rows(feedd), 1)
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3 if max(values) < 10 else 1)
+
+
+async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    venues = VENUES if args.exchange == "all" else (args.exchange,)
+    rates = [0.0] if args.rate is None else []
+    rates += [args.latency_rate] if args.latency_rate else []
+    if args.rate is not None:
+        rates = [args.rate]
+    rows = []
+    for rate in rates:
+        for _ in range(args.pairs):
+            if args.only in (None, "reader"):
+                row = await measure_reader(venues[0], args.symbols, args.seconds, rate)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+            if args.only in (None, "feedd"):
+                row = await measure_feedd(venues, args.symbols, args.seconds, rate, args.ws_clients)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -273,26 +542,34 @@ def main() -> None:
         "--exchange", default="binance_futures", help="venue name, or 'all' for the three at once"
     )
     parser.add_argument("--symbols", type=int, default=600)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--latency-rate", type=float, default=1000.0)
-    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--pairs", type=int, default=3, help="alternating reader/feedd pairs")
+    parser.add_argument("--latency-rate", type=float, default=2000.0, help="0: skip")
+    parser.add_argument("--rate", type=float, default=None, help="only this rate (0: unpaced)")
+    parser.add_argument("--only", choices=("reader", "feedd"), default=None)
     parser.add_argument("--ws-clients", type=int, default=0, help="/ws clients reading all candles")
+    parser.add_argument("--summarise", metavar="FILE", help="summarise the rows of a past run")
     parser.add_argument("--ws-client-process", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--ws-timer-process", nargs=1, help=argparse.SUPPRESS)
+    parser.add_argument("--reader-process", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ws_client_process:
         url, count = args.ws_client_process
         trio.run(run_ws_clients, url, int(count))
         return
-    venues = VENUES if args.exchange == "all" else (args.exchange,)
-    if not args.skip_throughput:
-        print(json.dumps(trio.run(run_once, venues, args.symbols, args.seconds, 0.0)))
-    print(
-        json.dumps(
-            trio.run(
-                run_once, venues, args.symbols, args.seconds, args.latency_rate, args.ws_clients
-            )
-        )
-    )
+    if args.ws_timer_process:
+        trio.run(run_ws_timer, args.ws_timer_process[0])
+        return
+    if args.reader_process:
+        venue, ws_base, count, seconds = args.reader_process
+        run_reader(venue, ws_base, int(count), float(seconds))
+        return
+    if args.summarise:
+        lines = Path(args.summarise).read_text().splitlines()
+        rows = [json.loads(line) for line in lines if line.startswith('{"who"')]
+    else:
+        rows = trio.run(run_all, args)
+    print(json.dumps({"summary": summarise(rows)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ Protocol facts: ../shared/PROTOCOLS.md section 1. Klines are served only on the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 from feedd.candle import Candle, Source
 from feedd.errors import ExchangeError, ParseError, RateLimited
@@ -114,7 +116,71 @@ def ping_frame(seq: int) -> str | None:
 # ----------------------------------------------------------------------------- incoming WS
 
 
+class _Kline(msgspec.Struct):
+    """The ``k`` object of a kline event, as far as a candle needs it."""
+
+    open_time: int = msgspec.field(name="t")
+    symbol: str = msgspec.field(name="s")
+    interval: str = msgspec.field(name="i")
+    open: str = msgspec.field(name="o")
+    high: str = msgspec.field(name="h")
+    low: str = msgspec.field(name="l")
+    close: str = msgspec.field(name="c")
+    volume: str = msgspec.field(name="v")
+    quote_volume: str = msgspec.field(name="q")
+    trades: int | None = msgspec.field(name="n")
+    closed: bool = msgspec.field(name="x")
+
+
+class _KlineEvent(msgspec.Struct):
+    e: Literal["kline"]
+    k: _Kline
+
+
+class _CombinedKline(msgspec.Struct):
+    """A combined-stream kline frame: ``stream`` must be there, whatever it holds."""
+
+    stream: Any
+    data: _KlineEvent
+
+
+_COMBINED_KLINE = msgspec.json.Decoder(_CombinedKline)
+_INT64 = range(0, 2**63)
+
+
 def parse_frame(text: str) -> list[Event]:
+    # Nearly every frame is a combined-stream kline: decode it typed, in one pass. Anything
+    # else, garbage included, takes the general path, which decides alone what a frame is.
+    try:
+        k = _COMBINED_KLINE.decode(text).data.k
+    except ValueError:  # msgspec's errors, and UnicodeEncodeError for lone surrogates
+        return _parse_general(text)
+    if (
+        k.interval in _CANONICAL
+        and k.open_time in _INT64
+        and (k.trades is None or k.trades in _INT64)  # None first: range would scan for it
+    ):
+        return [
+            Candle(
+                exchange=NAME,
+                symbol=k.symbol,
+                interval=_CANONICAL[k.interval],
+                open_time=k.open_time,
+                open=f.decimal(k.open, "k.o"),
+                high=f.decimal(k.high, "k.h"),
+                low=f.decimal(k.low, "k.l"),
+                close=f.decimal(k.close, "k.c"),
+                volume=f.decimal(k.volume, "k.v"),
+                quote_volume=f.decimal(k.quote_volume, "k.q"),
+                trades=k.trades,
+                closed=k.closed,
+                source=Source.WS,
+            )
+        ]
+    return _parse_general(text)  # says what is wrong with it
+
+
+def _parse_general(text: str) -> list[Event]:
     message = f.load_object(text)
     data = message.get("data")
     if isinstance(data, dict) and "stream" in message:

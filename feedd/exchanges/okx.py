@@ -9,6 +9,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from feedd.candle import Candle, Source
 from feedd.errors import ExchangeError, ParseError, RateLimited
 from feedd.exchanges import fields as f
@@ -146,6 +148,34 @@ def parse_frame(text: str) -> list[Event]:
         return [Pong()]
     if text == "ping":
         return [ServerPing("pong")]
+    # Nearly every frame is a candle push: decode it typed, in one pass. Anything else,
+    # garbage and events included, takes the general path, which decides what a frame is.
+    try:
+        frame = _CANDLE_FRAME.decode(text)
+    except ValueError:  # msgspec's errors, and UnicodeEncodeError for lone surrogates
+        return _parse_general(text)
+    if frame.event is not msgspec.UNSET or not frame.arg.channel.startswith("candle"):
+        return _parse_general(text)
+    stream = parse_arg(frame.arg.channel, frame.arg.instId)
+    return [_candle(stream, row, Source.WS) for row in frame.data]
+
+
+class _Arg(msgspec.Struct):
+    channel: str
+    instId: Any  # any JSON value: parse_arg checks it, as on the general path
+
+
+class _CandleFrame(msgspec.Struct):
+    arg: _Arg
+    data: list[list[str]]
+    #: an event frame (ack, error) carrying candle-like fields is no candle push
+    event: Any = msgspec.UNSET
+
+
+_CANDLE_FRAME = msgspec.json.Decoder(_CandleFrame)
+
+
+def _parse_general(text: str) -> list[Event]:
     message = f.load_object(text)
     if "event" in message:
         return _event(message)

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark: total updates/s per venue (implies --bench; 0 = unpaced)",
     )
     p.add_argument(
+        "--bench-closed",
+        action="store_true",
+        help="benchmark: every frame a new closed candle, so every update is a new row",
+    )
+    p.add_argument(
         "--fault",
         type=parse_fault,
         action="append",
@@ -102,7 +107,8 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
         okx_idle_s=args.okx_idle,
         universe_size=args.symbols,
         unlisted=frozenset(s for s in args.unlisted.split(",") if s),
-        bench=args.bench or args.rate is not None,
+        bench=args.bench or args.rate is not None or args.bench_closed,
+        bench_closed=args.bench_closed,
         bench_rate=args.rate or 0.0,
         lifetime_s=args.lifetime,
         history_days=args.history_days,

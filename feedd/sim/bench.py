@@ -12,6 +12,9 @@ from collections import deque
 
 import trio
 
+from feedd.intervals import floor_open, next_open
+from feedd.sim.session import Sub
+
 LogRow = tuple[str, int, str, float]
 
 
@@ -36,6 +39,19 @@ class SendLog:
 
     def as_dict(self) -> dict[tuple[str, int, str], float]:
         return {(s, o, c): t for s, o, c, t in self._rows}
+
+
+def bench_open_ms(sub: Sub, now_ms: int, closed: bool) -> int:
+    """The open time of a stream's next benchmark frame: the current candle's while frames are
+    forming updates; with ``closed``, the candle after the stream's last one (the first is the
+    current candle), so each frame closes a new candle and becomes a row of its own."""
+    if not closed:
+        return floor_open(sub.interval, now_ms)
+    if sub.open_ms is None:
+        sub.open_ms = floor_open(sub.interval, now_ms)
+    else:
+        sub.open_ms = next_open(sub.interval, sub.open_ms)
+    return sub.open_ms
 
 
 def monotonic() -> float:

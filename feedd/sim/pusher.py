@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from feedd.intervals import close_time, floor_open, next_open
-from feedd.sim.bench import monotonic
+from feedd.sim.bench import bench_open_ms, monotonic
 from feedd.sim.market import Bar
 from feedd.sim.session import Session, Sub
 
@@ -73,8 +73,10 @@ def _push_sub(venue: Venue, session: Session, sub: Sub, now_ms: int, now: float)
 
 
 async def _run_bench(venue: Venue, session: Session) -> None:
-    """Forming frames round-robin over the session's streams, paced by the venue's pacer."""
+    """Forming (or, with ``bench_closed``, closed) frames round-robin over the session's
+    streams, paced by the venue's pacer."""
     log = venue.send_log
+    closed = venue.settings.bench_closed
     while True:
         subs = [s for s in session.subs.values() if not session.silent]
         if not subs or session.closing or not venue.faults.gate.is_open():
@@ -84,7 +86,7 @@ async def _run_bench(venue: Venue, session: Session) -> None:
         now_ms = venue.clock.now_ms()
         sent = monotonic()
         for sub in subs:
-            open_ms = floor_open(sub.interval, now_ms)
+            open_ms = bench_open_ms(sub, now_ms, closed)
             spec = venue.market.spec(sub.symbol)
             sub.bench_seq += 1
             close = spec.base + sub.bench_seq % 1_000_000 * spec.tick
@@ -97,7 +99,7 @@ async def _run_bench(venue: Venue, session: Session) -> None:
                 quote=seq * spec.base, taker_volume=0, taker_quote=0, trades=seq, first_id=1,
                 last_id=seq, last_trade_ms=now_ms,
             )  # fmt: skip
-            session.send(venue.kline_frame(session, sub, bar, False, now_ms))
+            session.send(venue.kline_frame(session, sub, bar, closed, now_ms))
             log.record(sub.symbol, open_ms, spec.price(close), sent)
         venue.stats["bench_frames"] += len(subs)
         await session.peer.wait_room()

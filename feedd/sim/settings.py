@@ -50,6 +50,9 @@ class SimSettings:
     bench: bool = False
     #: benchmark total updates per second across a venue's connections (0: unpaced)
     bench_rate: float = 0.0
+    #: benchmark frames are closed candles, each opening one interval after the stream's last,
+    #: so that every update is a new row (forming frames of one candle coalesce in the writer)
+    bench_closed: bool = False
     bench_log_size: int = 2_000_000
     #: days of candle history before the start (REST and truth serve nothing older)
     history_days: float = 30.0
