@@ -12,6 +12,8 @@ class Source(enum.IntEnum):
 
     WS = 0
     REST = 1
+    #: a venue's bulk archive file (always closed): history, never pushed live
+    ARCHIVE = 2
 
 
 @attrs.frozen(slots=True)

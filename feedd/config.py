@@ -39,6 +39,8 @@ class ExchangeConfig:
     enabled: bool = True
     ws_url: str | None = None
     rest_url: str | None = None
+    #: base URL of the venue's bulk archive (None: the module's ``ARCHIVE.default_url``)
+    archive_url: str | None = None
     #: seconds before the venue's forced disconnect at which to rotate (None: module's limit)
     connection_lifetime: float | None = None
     #: seconds without any frame before a connection is presumed dead (None: module default)
@@ -122,7 +124,7 @@ def parse(data: object) -> Loaded:
         intervals=intervals,
         database_path=_string(data, "database_path", defaults.database_path),
         batch_interval=_integer(data, "batch_interval", defaults.batch_interval, 1, 3_600_000),
-        max_records=_integer(data, "max_records", defaults.max_records, 1, 10**10),
+        max_records=_integer(data, "max_records", defaults.max_records, 0, 10**10),
         bootstrap_load=_integer(data, "bootstrap_load", defaults.bootstrap_load, 0, 10**7),
         port=_integer(data, "port", defaults.port, 0, 65535),
         host=_string(data, "host", defaults.host),
@@ -155,6 +157,8 @@ def _exchanges(
         if not isinstance(enabled, bool):
             raise ConfigError(f"{path}.enabled", f"expected true or false, got {enabled!r}")
         module = exchanges.get(name)
+        if "archive_url" in settings and module.ARCHIVE is None:
+            warnings.append(f"{path}.archive_url: {name} has no bulk archive, ignored")
         for interval in intervals:
             if interval not in module.INTERVALS:
                 raise ConfigError("intervals", f"{name} does not offer the {interval} interval")
@@ -164,6 +168,7 @@ def _exchanges(
             enabled=enabled,
             ws_url=_url(settings, "ws_url", path, ("ws", "wss")),
             rest_url=_url(settings, "rest_url", path, ("http", "https")),
+            archive_url=_url(settings, "archive_url", path, ("http", "https")),
             connection_lifetime=_seconds(settings, "connection_lifetime", path),
             silence_timeout=_seconds(settings, "silence_timeout", path),
             instruments_refresh=_seconds(settings, "instruments_refresh", path) or 600.0,

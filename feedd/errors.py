@@ -6,6 +6,7 @@ FeeddError
 ├── ExchangeError      the exchange answered with an error envelope (REST or WS)
 │   └── RateLimited    the exchange asked us to slow down (429/418, retCode/code limits)
 ├── TransportError     a socket or HTTP request failed (connect, reset, timeout)
+├── ArchiveError       a bulk archive file is unusable (checksum, zip, CSV, size); names it
 └── StoreError         SQLite could not be written (locked, read-only, disk full)
 """
 
@@ -50,6 +51,15 @@ class RateLimited(ExchangeError):
 
 class TransportError(FeeddError):
     """The network failed underneath a request or connection."""
+
+
+class ArchiveError(FeeddError):
+    """A venue's bulk archive file could not be used; its range is left to REST."""
+
+    def __init__(self, file: str, problem: str) -> None:
+        super().__init__(f"archive file {file}: {problem}")
+        self.file = file
+        self.problem = problem
 
 
 class StoreError(FeeddError):

@@ -21,6 +21,7 @@ from feedd.config import Config
 from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
 from feedd.errors import ConfigError
+from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
 from feedd.monitor.taskcpu import TaskCpu
@@ -96,6 +97,7 @@ async def run_service(
             await root.start(run_writer)
             supervisor = Supervisor(candles_send, reader, http, cpu)
             controller = Controller(config, config_path, supervisor, writer, http)
+            jobs = JobManager(writer, supervisor, http, lambda: controller.config)
             started_at = time.time()
             monitor = Monitor(database, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))
@@ -108,6 +110,7 @@ async def run_service(
                 logs=logs,
                 hub=hub,
                 started_at=started_at,
+                jobs=jobs,
             )
             await root.start(monitor.run)
             await root.start(hub.run)
@@ -132,6 +135,14 @@ async def run_service(
                         await supervisor.run(config, task_status=task_status)
 
             await root.start(run_ingest)
+            # Backfill jobs write through the writer: they stop with ingest, before it drains.
+            jobs_scope = trio.CancelScope()
+
+            async def run_jobs(*, task_status: trio.TaskStatus[None]) -> None:
+                with jobs_scope:
+                    await jobs.run(task_status=task_status)
+
+            await root.start(run_jobs)
             # Changes run in the controller's task, not a request's (see feedd/changes.py);
             # started once ingest runs, so a change sent earlier waits in the queue for it.
             await root.start(controller.run, stop)
@@ -143,6 +154,7 @@ async def run_service(
             # One deadline for the whole shutdown, so it is bounded whatever part is slow.
             deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
             ingest.cancel()
+            jobs_scope.cancel()
             with trio.move_on_at(deadline) as drain:
                 await writer_done.wait()
             if drain.cancelled_caught:

@@ -160,7 +160,7 @@ async def test_coverage_route_and_feedctl(tmp_path: Path, capsys: Any) -> None:
                     "exchange": EX, "symbol": "ETHUSDT", "interval": "1m",
                     "first_open_time": T0, "last_open_time": T0 + 999 * MINUTE_MS,
                     "candles": 1000 - 311, "missing_candles": 311, "missing": expected_holes(),
-                    "sources": {"ws": 900 - 301, "rest": 100 - 10},
+                    "sources": {"ws": 900 - 301, "rest": 100 - 10, "archive": 0},
                 }
             ]
         }  # fmt: skip

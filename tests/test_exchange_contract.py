@@ -236,6 +236,34 @@ def test_urls(venue: tuple[ExchangeModule, Case]) -> None:
     assert module.ws_url("ws://127.0.0.1:8765/") == "ws://127.0.0.1:8765" + path
 
 
+@pytest.mark.parametrize("interval", CANONICAL_INTERVALS)
+def test_archive_is_optional_and_plans_contiguous_files(
+    venue: tuple[ExchangeModule, Case], interval: str
+) -> None:
+    """A venue's archive, if any: files oldest first, each whole intervals, back to back, all
+    closed before now; the engine knows nothing else of the layout."""
+    module, _ = venue
+    layout = module.ARCHIVE
+    if layout is None:
+        return
+    assert re.fullmatch(r"https://[a-z0-9.-]+", layout.default_url)
+    assert layout.intervals <= set(module.INTERVALS)
+    now = 1_772_461_800_000  # 2026-03-02 14:30 UTC
+    start = now - 100 * 86_400_000 + 12_345
+    files = layout.files("BTCUSDT", interval, start, now, now)
+    if interval not in layout.intervals:
+        assert files == []
+        return
+    assert files and files[0].first_open_ms <= start < files[0].last_open_ms
+    for file in files:
+        assert floor_open(interval, file.first_open_ms) == file.first_open_ms
+        assert floor_open(interval, file.last_open_ms) == file.last_open_ms
+        assert next_open(interval, file.last_open_ms) <= now
+        assert file.checksum_path.startswith(file.path) and file.path.startswith("/")
+    for a, b in itertools.pairwise(files):
+        assert b.first_open_ms == next_open(interval, a.last_open_ms)
+
+
 def test_limits_and_heartbeat(venue: tuple[ExchangeModule, Case]) -> None:
     module, _ = venue
     limits = module.LIMITS

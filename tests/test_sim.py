@@ -816,6 +816,8 @@ async def test_cli_prints_urls() -> None:
         async with httpx.AsyncClient() as http:
             r = await http.get(lines[0]["rest_url"] + "/fapi/v1/time")
             assert r.status_code == 200
+            assert lines[0]["archive_url"] == lines[0]["rest_url"] + "/archive"
+            assert "archive_url" not in lines[1]
     finally:
         proc.terminate()
         await proc.wait()

@@ -6,6 +6,9 @@ when the venue says to slow down: HTTP 429/418 here, or a limit the module reads
 (Bybit retCode 10006, its 403 ban, OKX 50011). Without a Retry-After the wait grows from 1 s,
 since the venues' windows differ (OKX counts per 2 s, Bybit per 5 s, Binance per minute).
 Errors come out as feedd errors; nothing here knows a venue by name.
+
+One budget (``rest_budget``) per venue is shared by every client of that venue: live heals
+spend it first, backfill jobs (``background``) only what heals leave.
 """
 
 from __future__ import annotations
@@ -40,19 +43,27 @@ class RestClient:
         client: httpx.AsyncClient,
         stats: ExchangeStats,
         log: logging.Logger,
+        *,
+        pacer: Pacer | None = None,
+        background: bool = False,
     ) -> None:
         self.module = module
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.stats = stats
         self.log = log
-        budget = module.LIMITS.rest_weight_per_minute
-        self._pacer = Pacer(budget * BUDGET_SHARE / 60, burst=max(1.0, budget * 0.05))
+        self._pacer = pacer if pacer is not None else rest_budget(module)
+        #: yield to the urgent users of the same budget (a backfill job behind live heals)
+        self.background = background
 
     async def get(self, request: RestRequest) -> tuple[int, bytes]:
         """One request: (status, body). Raises RateLimited on 429/418, TransportError; the
         caller pauses (``call`` does)."""
-        await self._pacer.acquire(min(request.weight, self._pacer.burst))
+        units = min(request.weight, self._pacer.burst)
+        if self.background:
+            await self._pacer.acquire_background(units)
+        else:
+            await self._pacer.acquire(units)
         self.stats.rest_requests += 1
         url = self.base_url + request.path
         query = request.query()  # encoded by the request itself: httpx would re-encode a cursor
@@ -108,6 +119,12 @@ class RestClient:
             except ExchangeError:
                 raise
         raise AssertionError("unreachable")
+
+
+def rest_budget(module: ExchangeModule) -> Pacer:
+    """A fresh REST budget for ``module``'s venue: a share of its published weight."""
+    budget = module.LIMITS.rest_weight_per_minute
+    return Pacer(budget * BUDGET_SHARE / 60, burst=max(1.0, budget * 0.05))
 
 
 def _retry_after(value: str | None) -> float | None:

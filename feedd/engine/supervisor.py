@@ -22,7 +22,7 @@ from feedd.engine.backfill import Backfill, StoredHistory
 from feedd.engine.context import ExchangeContext, HealRequest
 from feedd.engine.instruments import Discovery
 from feedd.engine.pacing import Pacer
-from feedd.engine.rest import RestClient
+from feedd.engine.rest import RestClient, rest_budget
 from feedd.engine.shard import run_shard
 from feedd.engine.stats import ExchangeStats
 from feedd.exchanges.contract import ExchangeModule, Stream
@@ -81,6 +81,15 @@ class Supervisor:
         self._running: dict[str, _Running] = {}
         self._lock = trio.Lock()
         self.stats: dict[str, ExchangeStats] = {}
+        #: one REST budget per venue, kept across restarts and shared with backfill jobs
+        self._budgets: dict[str, Pacer] = {}
+
+    def budget(self, name: str) -> Pacer:
+        """The REST budget of venue ``name`` (made on first use, whether it runs or not)."""
+        pacer = self._budgets.get(name)
+        if pacer is None:
+            pacer = self._budgets[name] = rest_budget(exchanges.get(name))
+        return pacer
 
     async def run(
         self, config: Config, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -176,7 +185,9 @@ class Supervisor:
             connect_pacer=Pacer(module.LIMITS.connects_per_second),
             log=log,
         )
-        rest = RestClient(module, ctx.rest_base, self._http, stats, log)
+        rest = RestClient(
+            module, ctx.rest_base, self._http, stats, log, pacer=self.budget(module.NAME)
+        )
         discovery = Discovery(
             ctx, rest, settings.symbols, plan.intervals, settings.instruments_refresh
         )

@@ -12,8 +12,16 @@ from typing import Any
 from feedd.candle import Candle, Source
 from feedd.errors import ExchangeError, ParseError, RateLimited
 from feedd.exchanges import fields as f
+from feedd.exchanges.binance_archive import (
+    ARCHIVE_INTERVALS,
+    DEFAULT_ARCHIVE_URL,
+    archive_files,
+    checksum_of,
+    parse_archive_csv,
+)
 from feedd.exchanges.common import page_windows
 from feedd.exchanges.contract import (
+    ArchiveLayout,
     Event,
     Ignored,
     InstrumentsPage,
@@ -53,6 +61,10 @@ LIMITS = Limits(
 PING_INTERVAL_S: float | None = None
 # Klines push every 250 ms while a symbol trades; a minute of nothing means a dead socket.
 SILENCE_TIMEOUT_S = 60.0
+#: data.binance.vision's daily and monthly kline zips (see ``binance_archive``)
+ARCHIVE: ArchiveLayout | None = ArchiveLayout(
+    DEFAULT_ARCHIVE_URL, ARCHIVE_INTERVALS, archive_files, parse_archive_csv, checksum_of
+)
 
 #: streams per SUBSCRIBE frame: small enough for the ~4 KB frame limit some clients report.
 SUBSCRIBE_CHUNK = 50

@@ -13,6 +13,7 @@ from feedd.errors import ExchangeError, ParseError, RateLimited
 from feedd.exchanges import fields as f
 from feedd.exchanges.common import batched, ohlcv_candle, page_windows, parse_guard
 from feedd.exchanges.contract import (
+    ArchiveLayout,
     ErrorEvent,
     Event,
     Ignored,
@@ -59,6 +60,8 @@ LIMITS = Limits(
 PING_INTERVAL_S: float | None = 20.0
 # Klines push every 1-60 s and pongs every 20 s, so 75 s of nothing means a dead socket.
 SILENCE_TIMEOUT_S = 75.0
+#: no public bulk archive of klines: history comes over REST only
+ARCHIVE: ArchiveLayout | None = None
 
 #: one bad topic can fail a whole subscribe request (section 2.2): keep requests small
 SUBSCRIBE_CHUNK = 10

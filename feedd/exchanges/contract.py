@@ -9,7 +9,7 @@ module against :class:`ExchangeModule`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 from urllib.parse import quote
 
@@ -160,6 +160,56 @@ class InstrumentsPage:
     next_cursor: str | None
 
 
+# ----------------------------------------------------------------------------- bulk archive
+
+
+@attrs.frozen(slots=True)
+class ArchiveFile:
+    """One file of a venue's bulk archive: its path and its checksum's path under the archive
+    base URL (already percent-encoded), and the candle open times it covers, both inclusive."""
+
+    path: str
+    checksum_path: str
+    first_open_ms: int
+    last_open_ms: int
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+class ArchivePlanner(Protocol):
+    """The published files that cover open times ``start_ms`` .. ``end_ms`` as of ``now_ms``,
+    oldest first; open times it leaves out (today, unsupported intervals) are REST's."""
+
+    def __call__(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int, now_ms: int
+    ) -> list[ArchiveFile]: ...
+
+
+class ArchiveParser(Protocol):
+    """The closed candles (source ARCHIVE) of one file's unzipped CSV, oldest first."""
+
+    def __call__(self, data: bytes, symbol: str, interval: str) -> list[Candle]: ...
+
+
+@attrs.frozen(slots=True)
+class ArchiveLayout:
+    """A venue's bulk archive of closed candles: where it lives, which files cover a range,
+    how to read a file and its checksum. The engine downloads; the module only plans and
+    parses."""
+
+    default_url: str
+    #: canonical intervals the archive has files for
+    intervals: frozenset[str]
+    files: ArchivePlanner
+    parse_csv: ArchiveParser
+    #: the SHA-256 hex digest named by a checksum file's text
+    checksum_of: Callable[[str], str]
+    #: the largest zip (and unzipped CSV) the engine accepts; a month of 1m is about 2 MB zipped
+    max_file_bytes: int = 64 * 1024 * 1024
+
+
 # ----------------------------------------------------------------------------- the module
 
 
@@ -176,6 +226,8 @@ class ExchangeModule(Protocol):
     PING_INTERVAL_S: float | None
     #: seconds without any inbound frame after which the connection is presumed dead
     SILENCE_TIMEOUT_S: float
+    #: the venue's bulk archive of history, if it publishes one
+    ARCHIVE: ArchiveLayout | None
 
     # symbols
     def to_native(self, symbol: str) -> str: ...

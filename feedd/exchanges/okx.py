@@ -14,6 +14,7 @@ from feedd.errors import ExchangeError, ParseError, RateLimited
 from feedd.exchanges import fields as f
 from feedd.exchanges.common import batched, ohlcv_candle, page_window, parse_guard
 from feedd.exchanges.contract import (
+    ArchiveLayout,
     ErrorEvent,
     Event,
     Ignored,
@@ -61,6 +62,8 @@ LIMITS = Limits(
 # The server closes after 30 s without traffic; pong counts as traffic.
 PING_INTERVAL_S: float | None = 20.0
 SILENCE_TIMEOUT_S = 45.0
+#: no public bulk archive of klines: history comes over REST only
+ARCHIVE: ArchiveLayout | None = None
 
 #: every request costs one of 480 per hour, so batch generously (args may total 64 KB)
 SUBSCRIBE_CHUNK = 100

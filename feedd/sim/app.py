@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from feedd.intervals import DAY_MS, floor_open
 from feedd.sim.binance import BinanceVenue
 from feedd.sim.bybit import BybitVenue
 from feedd.sim.clock import SimClock, wall_clock_ms
@@ -47,10 +48,15 @@ class Simulator:
         await self.clock.sleep_until_ms(sim_ms)
 
     def urls(self) -> list[dict[str, str]]:
-        return [
-            {"exchange": v.name, "ws_url": v.ws_url, "rest_url": v.rest_url}
-            for v in self.venues.values()
-        ]
+        """Each venue's base URLs, with ``archive_url`` where it serves a bulk archive."""
+        out = []
+        for v in self.venues.values():
+            urls = {"exchange": v.name, "ws_url": v.ws_url, "rest_url": v.rest_url}
+            archive_url = getattr(v, "archive_url", None)
+            if archive_url is not None:
+                urls["archive_url"] = archive_url
+            out.append(urls)
+        return out
 
 
 @asynccontextmanager
@@ -64,7 +70,10 @@ async def open_simulator(settings: SimSettings | None = None) -> AsyncIterator[S
     ctx = SimContext(
         settings,
         SimClock(start_ms, settings.speed),
-        Market(settings.seed, settings.unlisted, history_start),
+        # Minutes older than the day before the start are never pushed live: cheap bars.
+        Market(
+            settings.seed, settings.unlisted, history_start, floor_open("1d", start_ms) - DAY_MS
+        ),
     )
     venues: dict[str, Venue] = {}
     async with trio.open_nursery() as nursery:

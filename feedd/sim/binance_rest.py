@@ -1,5 +1,6 @@
 """Simulated Binance USD-M REST (``/fapi/v1``): klines oldest first, time, exchangeInfo, the
-per-minute request weight with ``X-MBX-USED-WEIGHT-1M``, and HTTP 4xx error bodies.
+per-minute request weight with ``X-MBX-USED-WEIGHT-1M``, and HTTP 4xx error bodies; the bulk
+archive (``feedd.sim.archive``) under ``/archive``.
 
 Protocol facts: PROTOCOLS.md sections 1.6 and 1.7.
 """
@@ -10,6 +11,8 @@ import math
 from typing import Any, ClassVar
 
 from feedd.intervals import floor_open
+from feedd.sim.archive import PREFIX as ARCHIVE_PREFIX
+from feedd.sim.archive import SimArchive
 from feedd.sim.faults import RestFault
 from feedd.sim.instruments import binance_symbols
 from feedd.sim.market import Bar
@@ -58,8 +61,15 @@ class BinanceRest(Venue):
         super().__init__(*args, **kwargs)
         self._weight_minute = -1
         self._weight_used = 0
+        self.archive = SimArchive(self)
 
-    def _row(self, bar: Bar) -> list[Any]:
+    @property
+    def archive_url(self) -> str:
+        """The base URL of this venue's bulk archive (feedd's ``archive_url``)."""
+        return self.rest_url + ARCHIVE_PREFIX
+
+    def kline_row(self, bar: Bar) -> list[Any]:
+        """``bar`` as a ``/fapi/v1/klines`` row (and an archive CSV line)."""
         t = self.truth_candle(bar)
         spec = self.market.spec(bar.symbol)
         return [
@@ -93,6 +103,8 @@ class BinanceRest(Venue):
         return True, (("X-MBX-USED-WEIGHT-1M", str(self._weight_used)),)
 
     def handle_rest(self, path: str, query: dict[str, str]) -> Response:
+        if path.startswith(ARCHIVE_PREFIX + "/"):
+            return self.archive.respond(path)  # a static file host: no request weight
         weight = 1
         if path == "/fapi/v1/klines":
             weight = _kline_weight(limit_param(query, "limit", 500, 1500))
@@ -144,7 +156,7 @@ class BinanceRest(Venue):
         else:
             opens = opens_backward(interval, self.first_open(interval), last, limit)[::-1]
         bars = [self.market.candle(symbol, interval, t, now) for t in opens]
-        return json_response([self._row(bar) for bar in bars])
+        return json_response([self.kline_row(bar) for bar in bars])
 
     def _exchange_info(self, now: int) -> dict[str, Any]:
         return {

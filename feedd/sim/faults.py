@@ -66,6 +66,10 @@ class Faults:
         #: OKX: seconds between the 64008 notice and the close
         self.notice_lead_s = 1.0
         self._rest: list[RestFault] = []
+        #: Binance archive file names (``BTCUSDT-1m-2026-02.zip``) answered with a checksum
+        #: that does not match, or with 404
+        self.archive_corrupt: set[str] = set()
+        self.archive_missing: set[str] = set()
 
     # ------------------------------------------------------------------ connections
 
@@ -180,6 +184,16 @@ class Faults:
                 return self._rest.pop(index)
         return None
 
+    # ------------------------------------------------------------------ bulk archive
+
+    def corrupt_archive(self, name: str) -> None:
+        """Publish a checksum that does not match archive file ``name`` (Binance only)."""
+        self.archive_corrupt.add(name)
+
+    def hide_archive(self, name: str) -> None:
+        """Answer 404 for archive file ``name`` and its checksum, as if not published yet."""
+        self.archive_missing.add(name)
+
     # ------------------------------------------------------------------ all at once
 
     def clear(self) -> None:
@@ -189,6 +203,8 @@ class Faults:
         self._skip_final.clear()
         self._duplicate_final.clear()
         self._rest.clear()
+        self.archive_corrupt.clear()
+        self.archive_missing.clear()
         self.lifetime_s = None
 
     def apply(self, spec: dict[str, Any]) -> object:
@@ -218,5 +234,7 @@ _ACTIONS = [
     "duplicate_final",
     "rest_throttle",
     "rest_error",
+    "corrupt_archive",
+    "hide_archive",
     "clear",
 ]

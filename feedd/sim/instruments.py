@@ -21,6 +21,13 @@ def _step(spec: SymbolSpec) -> str:
     return fmt(spec.qty_step, spec.qty_decimals)
 
 
+def listing_ms(market: Market) -> int:
+    """When the symbols listed: their first candle, so that a collector going back to the
+    listing finds history right there (never before the real USD-M launch)."""
+    minute = 60_000
+    return max(LAUNCH_MS, -(-market.history_start_ms // minute) * minute)
+
+
 def listed_symbols(market: Market, size: int) -> tuple[str, ...]:
     return universe(market.seed, size, frozenset(market.unlisted))
 
@@ -37,7 +44,7 @@ def binance_symbols(market: Market, size: int) -> list[dict[str, Any]]:
             "pair": symbol.split("_")[0],
             "contractType": contract,
             "deliveryDate": NEVER_MS if "PERPETUAL" in contract else 1_774_598_400_000,
-            "onboardDate": LAUNCH_MS,
+            "onboardDate": listing_ms(market),
             "status": status,
             "baseAsset": base,
             "quoteAsset": quote,
@@ -101,7 +108,7 @@ def bybit_instruments(market: Market, size: int) -> list[dict[str, Any]]:
             "status": "Trading",
             "baseCoin": base,
             "quoteCoin": settle,
-            "launchTime": str(LAUNCH_MS),
+            "launchTime": str(listing_ms(market)),
             "deliveryTime": "0" if contract == "LinearPerpetual" else "1774598400000",
             "deliveryFeeRate": "",
             "priceScale": str(spec.price_decimals),
@@ -162,7 +169,7 @@ def okx_instruments(market: Market, size: int) -> list[dict[str, Any]]:
             "ctMult": "1",
             "ctValCcy": "USD" if inverse else base,
             "ctType": "inverse" if inverse else "linear",
-            "listTime": str(LAUNCH_MS),
+            "listTime": str(listing_ms(market)),
             "expTime": "",
             "lever": "100",
             "alias": "",

@@ -1,7 +1,9 @@
 """The deterministic market: trades per (seed, symbol, minute) and candles aggregated from them.
 
 Prices are integer ticks and quantities integer lot steps, so every decimal string is exact;
-a price is a smooth function of time plus hashed noise, so consecutive candles join up.
+a price is a smooth function of time plus hashed noise, so consecutive candles join up. Minutes
+before ``detail_from_ms`` (deep history, never pushed live) have no trades: their bars are
+drawn directly, an hour at a time (``feedd.sim.history``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable
 import attrs
 
 from feedd.intervals import HOUR_MS, MINUTE_MS, close_time
+from feedd.sim.history import Draw, aggregate, hour_draws
 from feedd.sim.symbols import SymbolSpec, spec_for
 from feedd.symbols import is_symbol
 
@@ -84,15 +87,24 @@ def _hash64(*parts: object) -> int:
 class Market:
     """Deterministic trades and candles for any canonical symbol (``feedd.symbols``)."""
 
-    def __init__(self, seed: int, unlisted: Iterable[str] = (), history_start_ms: int = 0) -> None:
+    def __init__(
+        self,
+        seed: int,
+        unlisted: Iterable[str] = (),
+        history_start_ms: int = 0,
+        detail_from_ms: int | None = None,
+    ) -> None:
         self.seed = seed
         #: no candle opens before this (venues answer REST windows from here on)
         self.history_start_ms = history_start_ms
+        #: minutes opening before this are drawn without trades (None: every minute has trades)
+        self.detail_from_ms = detail_from_ms
         self.unlisted: set[str] = set(unlisted)
         self._specs: dict[str, SymbolSpec] = {}
         self._trades: dict[tuple[str, int], tuple[Trade, ...]] = {}
         self._minutes: dict[tuple[str, int], Bar] = {}
         self._hours: dict[tuple[str, int], Bar] = {}
+        self._hour_draws: dict[tuple[str, int], list[Draw]] = {}
 
     def listed(self, symbol: str) -> bool:
         return is_symbol(symbol) and symbol not in self.unlisted
@@ -148,10 +160,12 @@ class Market:
 
     def _minute(self, symbol: str, minute_ms: int, as_of_ms: int | None) -> Bar:
         """A 1m bar from the trades at or before ``as_of_ms`` (None: the whole minute)."""
-        if as_of_ms is None:
+        if as_of_ms is None or as_of_ms >= minute_ms + MINUTE_MS - 1:
             cached = self._minutes.get((symbol, minute_ms))
             if cached is not None:
                 return cached
+            if self.detail_from_ms is not None and minute_ms < self.detail_from_ms:
+                return self._remember(self._quick_minute(symbol, minute_ms))
         trades = self.trades(symbol, minute_ms)
         if as_of_ms is not None:
             trades = tuple(t for t in trades if t.time_ms <= as_of_ms)
@@ -178,20 +192,46 @@ class Market:
                 last_id=first_id + len(trades) - 1,
                 last_trade_ms=trades[-1].time_ms,
             )
-        if as_of_ms is None:
-            if len(self._minutes) > _CACHE_LIMIT:
-                self._minutes.clear()
-            self._minutes[(symbol, minute_ms)] = bar
+        return self._remember(bar) if as_of_ms is None else bar
+
+    def _remember(self, bar: Bar) -> Bar:
+        if len(self._minutes) > _CACHE_LIMIT:
+            self._minutes.clear()
+        self._minutes[(bar.symbol, bar.open_ms)] = bar
         return bar
+
+    def _quick_minute(self, symbol: str, minute_ms: int) -> Bar:
+        """A closed 1m bar of the deep history (``feedd.sim.history``)."""
+        hour_ms = minute_ms - minute_ms % HOUR_MS
+        draw = self._draws(symbol, hour_ms)[(minute_ms - hour_ms) // MINUTE_MS]
+        return _drawn(symbol, "1m", minute_ms, minute_ms, draw, draw[8])
+
+    def _draws(self, symbol: str, hour_ms: int) -> list[Draw]:
+        key = (symbol, hour_ms)
+        cached = self._hour_draws.get(key)
+        if cached is None:
+            spec = self.spec(symbol)
+            cached = hour_draws(self.seed, spec, hour_ms, MAX_TRADES_PER_MINUTE)
+            if len(self._hour_draws) > _CACHE_LIMIT // 60:
+                self._hour_draws.clear()
+            self._hour_draws[key] = cached
+        return cached
 
     def _hour(self, symbol: str, hour_ms: int) -> Bar:
         """A closed hour, cached: long candles are built from hours, not 1,440 minutes."""
         cached = self._hours.get((symbol, hour_ms))
         if cached is None:
-            minutes = [
-                self._minute(symbol, m, None) for m in range(hour_ms, hour_ms + HOUR_MS, MINUTE_MS)
-            ]
-            cached = _aggregate("1h", hour_ms, minutes)
+            if self.detail_from_ms is not None and hour_ms + HOUR_MS <= self.detail_from_ms:
+                # Deep history: summed from the hour's draws, no Bar per minute.
+                draws = self._draws(symbol, hour_ms)
+                last = hour_ms + HOUR_MS - MINUTE_MS
+                cached = _drawn(symbol, "1h", hour_ms, last, aggregate(draws), draws[-1][8])
+            else:
+                minutes = [
+                    self._minute(symbol, m, None)
+                    for m in range(hour_ms, hour_ms + HOUR_MS, MINUTE_MS)
+                ]
+                cached = _aggregate("1h", hour_ms, minutes)
             if len(self._hours) > _CACHE_LIMIT:
                 self._hours.clear()
             self._hours[(symbol, hour_ms)] = cached
@@ -230,6 +270,31 @@ class Market:
             return self._minute(symbol, open_ms, None)
         end = close_time(interval, open_ms)
         return _aggregate(interval, open_ms, self._span(symbol, open_ms, end, end - 1))
+
+
+def _drawn(
+    symbol: str, interval: str, open_ms: int, last_minute_ms: int, draw: Draw, last_count: int
+) -> Bar:
+    """A bar of drawn minutes from ``open_ms`` to ``last_minute_ms`` (which has ``last_count``
+    trades); trade ids number the minutes' trades as for real ones."""
+    o, high, low, close, volume, quote, taker_volume, taker_quote, trades = draw
+    return Bar(
+        symbol=symbol,
+        interval=interval,
+        open_ms=open_ms,
+        open=o,
+        high=high,
+        low=low,
+        close=close,
+        volume=volume,
+        quote=quote,
+        taker_volume=taker_volume,
+        taker_quote=taker_quote,
+        trades=trades,
+        first_id=(open_ms // MINUTE_MS) * MAX_TRADES_PER_MINUTE,
+        last_id=(last_minute_ms // MINUTE_MS) * MAX_TRADES_PER_MINUTE + last_count - 1,
+        last_trade_ms=last_minute_ms + 59_000,
+    )
 
 
 def _aggregate(interval: str, open_ms: int, minutes: list[Bar]) -> Bar:

@@ -10,12 +10,12 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from feedd.candle import Candle, Source
+from feedd.candle import Candle
 from feedd.errors import StoreError
 from feedd.intervals import INTERVAL_MS
 from feedd.store import coverage
 from feedd.store.codec import encode
-from feedd.store.schema import FLAG_CLOSED, FLAG_REST, connect_writer, store_error
+from feedd.store.schema import FLAG_CLOSED, SOURCE_FLAGS, connect_writer, store_error
 
 log = logging.getLogger("feedd.store")
 
@@ -88,7 +88,7 @@ class Database:
         for c in candles:
             key = (c.exchange, c.symbol, c.interval)
             sid = ids.get(key) or new_ids.get(key) or self._mint(key, new_ids)
-            flags = (FLAG_CLOSED if c.closed else 0) | (FLAG_REST if c.source is Source.REST else 0)
+            flags = (FLAG_CLOSED if c.closed else 0) | SOURCE_FLAGS[c.source]
             try:
                 row = (sid, c.open_time, encode(c.open), encode(c.high), encode(c.low),
                        encode(c.close), encode(c.volume), encode(c.quote_volume), c.trades,
@@ -129,9 +129,68 @@ class Database:
         self._intervals[sid] = key[2]
         return int(sid)
 
+    def write_job(self, candles: Sequence[Candle], job_id: str, created_at: int, doc: str) -> int:
+        """Upsert ``candles`` and save job ``job_id``'s document in one transaction, so a
+        job's saved progress never runs ahead of its stored candles; returns rows changed."""
+        new_ids: dict[SeriesKey, int] = {}
+        rows: list[Row] = []
+        changed = 0
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if candles:
+                    rows = self._rows(candles, new_ids)
+                    changed = self._conn.executemany(_UPSERT, rows).rowcount
+                    self._record_closed(rows)
+                self._conn.execute(
+                    "INSERT INTO jobs (id, created_at, doc) VALUES (?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                    (job_id, created_at, doc),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise store_error(exc, "cannot write to", self.path) from exc
+        self._ids.update(new_ids)
+        self._dirty.update(row[0] for row in rows)
+        return changed
+
+    def delete_job(self, job_id: str) -> None:
+        try:
+            self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        except sqlite3.Error as exc:
+            raise store_error(exc, "cannot write to", self.path) from exc
+
+    def load_jobs(self) -> list[str]:
+        """Every saved job document, oldest first."""
+        try:
+            rows = self._conn.execute("SELECT doc FROM jobs ORDER BY created_at, id").fetchall()
+        except sqlite3.Error as exc:
+            raise store_error(exc, "cannot read", self.path) from exc
+        return [row[0] for row in rows]
+
+    def closed_runs(
+        self, exchange: str, symbol: str, interval: str, start: int, end: int
+    ) -> list[tuple[int, int]]:
+        """Runs of stored closed candles overlapping [start, end], clipped to it, ascending."""
+        try:
+            rows = self._conn.execute(
+                "SELECT runs.start, runs.end FROM runs JOIN series ON series.id = runs.series"
+                " WHERE series.exchange = ? AND series.symbol = ? AND series.interval = ?"
+                " AND runs.end >= ? AND runs.start <= ? ORDER BY runs.end",
+                (exchange, symbol, interval, start, end),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise store_error(exc, "cannot read", self.path) from exc
+        return [(max(a, start), min(b, end)) for a, b in rows]
+
     def prune(self, max_records: int) -> int:
-        """Keep the newest ``max_records`` candles of every series written since the last prune."""
-        if not self._dirty:
+        """Keep the newest ``max_records`` candles of every series written since the last prune
+        (0: keep everything)."""
+        if not self._dirty or max_records <= 0:
+            self._dirty.clear()
             return 0
         deleted = 0
         try:

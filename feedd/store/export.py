@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from feedd.intervals import next_open
 from feedd.store import resample as rs
-from feedd.store.schema import FLAG_CLOSED, FLAG_REST
+from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST
 
 FORMATS = ("csv", "ndjson", "parquet")
 MEDIA_TYPES = {
@@ -75,7 +75,8 @@ class Chunk:
     values: tuple[pa.Array, ...]
     trades: pa.Array
     closed: pa.Array
-    rest: pa.Array
+    #: strings: ws, rest or archive
+    source: pa.Array
     exact: bool
 
 
@@ -112,7 +113,11 @@ def stored_chunk(rows: list[tuple[Any, ...]]) -> Chunk:
         tuple(columns[1:7]),
         columns[7],
         pc.not_equal(pc.bit_wise_and(flags, FLAG_CLOSED), 0),
-        pc.not_equal(pc.bit_wise_and(flags, FLAG_REST), 0),
+        pc.if_else(
+            pc.not_equal(pc.bit_wise_and(flags, FLAG_ARCHIVE), 0),
+            "archive",
+            pc.if_else(pc.not_equal(pc.bit_wise_and(flags, FLAG_REST), 0), "rest", "ws"),
+        ),
         exact=True,
     )
 
@@ -124,7 +129,7 @@ def resampled_chunk(rows: list[rs.Resampled]) -> Chunk:
         tuple(pa.array(c, pa.float64()) for c in columns[1:7]),
         pa.array(columns[7], pa.int64()),
         pa.array(columns[8], pa.bool_()),
-        pa.array([s == "rest" for s in columns[9]], pa.bool_()),
+        pa.array(columns[9], pa.string()),
         exact=False,
     )
 
@@ -136,7 +141,7 @@ def _texts(chunk: Chunk, null_trades: str) -> list[pa.Array]:
         *values,
         pc.fill_null(pc.cast(chunk.trades, pa.string()), null_trades),
         pc.if_else(chunk.closed, "true", "false"),
-        pc.if_else(chunk.rest, "rest", "ws"),
+        chunk.source,
     ]
 
 
@@ -173,9 +178,8 @@ def ndjson_bytes(chunk: Chunk) -> bytes:
 
 def parquet_table(chunk: Chunk) -> pa.Table:
     values = [decoded(v) if chunk.exact else v for v in chunk.values]
-    source = pc.if_else(chunk.rest, "rest", "ws")
     return pa.Table.from_arrays(
-        [chunk.open_time, *values, chunk.trades, chunk.closed, source], schema=PARQUET_SCHEMA
+        [chunk.open_time, *values, chunk.trades, chunk.closed, chunk.source], schema=PARQUET_SCHEMA
     )
 
 

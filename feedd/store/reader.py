@@ -21,7 +21,14 @@ from feedd.store import coverage as cov
 from feedd.store import resample as rs
 from feedd.store.codec import sql_decode
 from feedd.store.export import Export, ExportRequest
-from feedd.store.schema import FLAG_CLOSED, FLAG_REST, connect_reader, store_error
+from feedd.store.schema import (
+    FLAG_ARCHIVE,
+    FLAG_CLOSED,
+    FLAG_REST,
+    connect_reader,
+    source_name,
+    store_error,
+)
 
 T = TypeVar("T")
 
@@ -46,7 +53,7 @@ class CandleRow:
     quote_volume: float
     trades: int | None
     closed: bool
-    source: str  # "ws" | "rest"
+    source: str  # "ws" | "rest" | "archive"
 
 
 @attrs.frozen
@@ -79,7 +86,7 @@ def _to_dict(row: Row) -> dict[str, Any]:
     d = dict(zip(_FIELDS, row, strict=False))
     flags = row[8]
     d["closed"] = bool(flags & FLAG_CLOSED)
-    d["source"] = "rest" if flags & FLAG_REST else "ws"
+    d["source"] = source_name(flags)
     return d
 
 
@@ -235,14 +242,16 @@ class Reader:
 
         def query(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute(
-                f"SELECT flags & {FLAG_REST}, count(*) FROM candles WHERE series = {_SERIES_ID}"
-                f" AND flags & {FLAG_CLOSED} GROUP BY 1",
+                f"SELECT flags & {FLAG_REST | FLAG_ARCHIVE}, count(*) FROM candles"
+                f" WHERE series = {_SERIES_ID} AND flags & {FLAG_CLOSED} GROUP BY 1",
                 (exchange, symbol, interval),
             ).fetchall()
-            found = {"rest" if flag else "ws": int(n) for flag, n in rows}
-            return {"ws": found.get("ws", 0), "rest": found.get("rest", 0)}
+            found = dict.fromkeys(_SOURCES, 0)
+            for flags, n in rows:
+                found[source_name(flags)] += int(n)
+            return found
 
-        return await self._run(query, {"ws": 0, "rest": 0})
+        return await self._run(query, dict.fromkeys(_SOURCES, 0))
 
     async def export(self, request: ExportRequest) -> AsyncIterator[bytes]:
         """``request``'s file a chunk at a time, each read and encoded in a worker thread on a
@@ -320,8 +329,8 @@ def _page(body: bytes, open_times: list[int]) -> JsonPage:
     return JsonPage(body, len(open_times), open_times[0], open_times[-1])
 
 
-def _source(flags: int) -> str:
-    return "rest" if flags & FLAG_REST else "ws"
+_SOURCES = ("ws", "rest", "archive")
+_source = source_name
 
 
 def _candles_query(

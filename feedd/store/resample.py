@@ -15,7 +15,7 @@ from typing import Any
 
 from feedd.intervals import DAY_MS, INTERVAL_MS, MINUTE_MS, WEEK_MS, floor_open, next_open
 from feedd.store.codec import MAX_DECIMALS, decode_float
-from feedd.store.schema import FLAG_CLOSED, FLAG_REST
+from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST
 
 BASE_INTERVAL = "1m"
 #: Monday-aligned weeks: 1970-01-05 00:00 UTC
@@ -23,8 +23,10 @@ _WEEK_OFFSET_MS = 4 * DAY_MS
 _BUCKETS = "temp.feedd_buckets"
 #: newest rows whose decimals set the first guess of each field's scale (see ``_scaled``)
 _SAMPLE_ROWS = 64
-#: the flags sum counts REST minutes above this unit; a month has fewer than 2**20 minutes
+#: the flags sum counts REST minutes above this unit and archive minutes above the next; a month
+#: has fewer than 2**20 minutes, so the three counts never carry into each other
 _REST_UNIT = 1 << 20
+_ARCHIVE_UNIT = 1 << 40
 _POW10: tuple[int, ...] = tuple(10**d for d in range(MAX_DECIMALS + 1))
 _FIELDS = ("high", "low", "volume", "quote_volume")
 _MAX_DECIMALS = ", ".join(f"max({f} & 15)" for f in _FIELDS)
@@ -108,23 +110,21 @@ def _scaled(column: str, scale: int, out_of_scale: str) -> str:
 @lru_cache(maxsize=256)
 def _aggregate_sql(scales: Scales) -> str:
     """Parameter: series. One row per listed bucket, oldest first: bucket, end, minutes,
-    closed + REST minutes, high, low, volume, quote volume (scaled), trades, open, close codes.
+    the flags sum (closed, REST and archive minutes), high, low, volume, quote volume (scaled),
+    trades, open, close codes.
 
     The outer loop walks the bucket table by primary key, so GROUP BY needs no sorter; each
     column costs a read per row, hence flags mapped by one CASE rather than two masks.
     """
     high, low, volume, quote = (f"c.{name}" for name in _FIELDS)
-    closed, rest = FLAG_CLOSED, FLAG_REST
-    flags = " ".join(
-        f"WHEN {f} THEN {(1 if f & closed else 0) + (_REST_UNIT if f & rest else 0)}"
-        for f in range(1, (closed | rest) + 1)
-    )
+    known = FLAG_CLOSED | FLAG_REST | FLAG_ARCHIVE
+    flags = " ".join(f"WHEN {f} THEN {_flag_units(f)}" for f in range(1, known + 1))
     edge = (
         "(SELECT x.{col} FROM candles AS x WHERE x.series = ?1 AND x.open_time >= b.t"
         " AND x.open_time < b.e ORDER BY x.open_time {order} LIMIT 1)"
     )
     return f"""
-SELECT b.t, b.e, count(*), sum(CASE c.flags & {closed | rest} {flags} ELSE 0 END),
+SELECT b.t, b.e, count(*), sum(CASE c.flags & {known} {flags} ELSE 0 END),
        max({_scaled(high, scales[0], "1e300")}), min({_scaled(low, scales[1], "-1e300")}),
        sum({_scaled(volume, scales[2], "1e300")}), sum({_scaled(quote, scales[3], "1e300")}),
        sum(c.trades), {edge.format(col="open", order="ASC")},
@@ -217,8 +217,25 @@ def _candle(row: tuple[Any, ...], scales: Scales) -> Resampled:
         quote / p[scales[3]],
         trades,
         n == expected_minutes(t, e) and flags % _REST_UNIT == n,
-        "rest" if flags >= _REST_UNIT else "ws",
+        _bucket_source(flags),
     )
+
+
+def _flag_units(flags: int) -> int:
+    """One 1m row's term of the bucket's flags sum (see ``_REST_UNIT``)."""
+    return (
+        (1 if flags & FLAG_CLOSED else 0)
+        + (_REST_UNIT if flags & FLAG_REST else 0)
+        + (_ARCHIVE_UNIT if flags & FLAG_ARCHIVE else 0)
+    )
+
+
+def _bucket_source(units: int) -> str:
+    """A bucket's source from its flags sum: ``rest`` if any minute came over REST, else
+    ``archive`` if any came from an archive, else ``ws``."""
+    if units % _ARCHIVE_UNIT >= _REST_UNIT:
+        return "rest"
+    return "archive" if units >= _ARCHIVE_UNIT else "ws"
 
 
 def _aggregate_in_python(
@@ -263,5 +280,5 @@ def _aggregate_exact(t: int, e: int, rows: list[tuple[Any, ...]]) -> Resampled:
         total([r[6] for r in rows]),
         sum(trades) if trades else None,
         len(rows) == expected_minutes(t, e) and all(r[8] & FLAG_CLOSED for r in rows),
-        "rest" if any(r[8] & FLAG_REST for r in rows) else "ws",
+        _bucket_source(sum(_flag_units(r[8]) for r in rows)),
     )

@@ -1,7 +1,9 @@
 """Opening SQLite connections for feedd and creating its schema (idempotent).
 
-Prices and volumes are codec INTEGERs; ``flags`` bit 0 = closed, bit 1 = came from REST. The
-view ``ohlcv`` shows them as REAL numbers with their series' names, for other tools.
+Prices and volumes are codec INTEGERs; ``flags`` bit 0 = closed, bit 1 = came from REST, bit 2 =
+came from a bulk archive. The view ``ohlcv`` shows them as REAL numbers with their series'
+names, for other tools. ``jobs`` holds each backfill job's document (JSON), so a job outlives
+a restart or a crash.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+from feedd.candle import Source
 from feedd.errors import StoreError
 from feedd.store import coverage
 from feedd.store.codec import sql_decode
@@ -20,6 +23,9 @@ SCHEMA_VERSION = 2
 
 FLAG_CLOSED = 1
 FLAG_REST = 2
+FLAG_ARCHIVE = 4
+#: the flag bit of each candle source (WS has none)
+SOURCE_FLAGS = {Source.WS: 0, Source.REST: FLAG_REST, Source.ARCHIVE: FLAG_ARCHIVE}
 
 #: columns of ``candles`` after the key, in the order every statement uses
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "trades", "flags")
@@ -49,13 +55,20 @@ CREATE TABLE IF NOT EXISTS candles (
     flags INTEGER NOT NULL,
     PRIMARY KEY (series, open_time)
 ) WITHOUT ROWID;
-CREATE VIEW IF NOT EXISTS ohlcv AS
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    doc TEXT NOT NULL
+) WITHOUT ROWID;
+DROP VIEW IF EXISTS ohlcv;
+CREATE VIEW ohlcv AS
 SELECT series.exchange, series.symbol, series.interval, candles.open_time,
     strftime('%Y-%m-%dT%H:%M:%SZ', candles.open_time / 1000, 'unixepoch') AS time,
     {open} AS open, {high} AS high, {low} AS low, {close} AS close,
     {volume} AS volume, {quote_volume} AS quote_volume, candles.trades,
     candles.flags & 1 AS closed,
-    CASE WHEN candles.flags & 2 THEN 'rest' ELSE 'ws' END AS source
+    CASE WHEN candles.flags & 4 THEN 'archive' WHEN candles.flags & 2 THEN 'rest' ELSE 'ws' END
+        AS source
 FROM candles JOIN series ON series.id = candles.series;
 """.format(
     **{
@@ -63,6 +76,11 @@ FROM candles JOIN series ON series.id = candles.series;
         for name in ("open", "high", "low", "close", "volume", "quote_volume")
     }
 )
+
+
+def source_name(flags: int) -> str:
+    """A stored row's source as the API names it: ``ws``, ``rest`` or ``archive``."""
+    return "archive" if flags & FLAG_ARCHIVE else "rest" if flags & FLAG_REST else "ws"
 
 
 def connect_writer(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connection:

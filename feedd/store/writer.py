@@ -265,6 +265,35 @@ class Writer:
             await self._in_thread(db.wipe)
         log.info("store wiped (%d held candles dropped)", dropped)
 
+    async def write_job(
+        self, candles: Sequence[Candle], job_id: str, created_at: int, doc: str
+    ) -> None:
+        """Commit ``candles`` (history a job fetched) with the job's document, at once and
+        in one transaction: they bypass the live batch, and are not published to listeners."""
+        db = self._require_db()
+        async with self._db_lock:
+            await self._in_thread(db.write_job, candles, job_id, created_at, doc)
+        self._counters.committed += len(candles)
+
+    async def delete_job(self, job_id: str) -> None:
+        db = self._require_db()
+        async with self._db_lock:
+            await self._in_thread(db.delete_job, job_id)
+
+    async def load_jobs(self) -> list[str]:
+        db = self._require_db()
+        async with self._db_lock:
+            return await self._in_thread(db.load_jobs)
+
+    async def closed_runs(
+        self, exchange: str, symbol: str, interval: str, start: int, end: int
+    ) -> list[tuple[int, int]]:
+        """Runs of closed candles stored in [start, end], read on the write connection so they
+        include everything a job committed a moment ago."""
+        db = self._require_db()
+        async with self._db_lock:
+            return await self._in_thread(db.closed_runs, exchange, symbol, interval, start, end)
+
     def _require_db(self) -> Database:
         if self._db is None:
             raise StoreError("the store writer is not running")

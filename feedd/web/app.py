@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from feedd.errors import ConfigError, FeeddError, StoreError
 from feedd.web.admin import admin
 from feedd.web.api import api
+from feedd.web.backfill import backfill
 from feedd.web.errors import ApiError, error_response
 from feedd.web.hardening import contain_connection_errors
 from feedd.web.limits import RequestLimits, has_body
@@ -35,7 +36,7 @@ def create_app(state: AppState) -> QuartTrio:
     app.config["FEEDD_STATE"] = state
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Static routes go last: werkzeug prefers fixed paths, but keep the intent readable.
-    for blueprint in (api, admin, observe, openapi, live, static):
+    for blueprint in (api, admin, backfill, observe, openapi, live, static):
         app.register_blueprint(blueprint)
     app.before_request(check_request)
     app.before_websocket(check_websocket)

@@ -44,7 +44,7 @@ def candle_dict(candle: Candle) -> dict[str, Any]:
         "quote_volume": float(candle.quote_volume),
         "trades": candle.trades,
         "closed": candle.closed,
-        "source": "rest" if candle.source == Source.REST else "ws",
+        "source": candle.source.name.lower(),
     }
 
 

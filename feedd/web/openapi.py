@@ -48,7 +48,7 @@ CANDLE_FIELDS = {
     "quote_volume": NUMBER,
     "trades": {"type": ["integer", "null"]},
     "closed": BOOLEAN,
-    "source": {"enum": ["ws", "rest"]},
+    "source": {"enum": ["ws", "rest", "archive"]},
 }
 
 SCHEMAS: dict[str, Schema] = {
@@ -351,7 +351,12 @@ def document() -> Schema:
                                         candles=INTEGER,
                                     ),
                                 },
-                                sources=obj(["ws", "rest"], ws=INTEGER, rest=INTEGER),
+                                sources=obj(
+                                    ["ws", "rest", "archive"],
+                                    ws=INTEGER,
+                                    rest=INTEGER,
+                                    archive=INTEGER,
+                                ),
                             ),
                         },
                     ),

@@ -12,6 +12,7 @@ from quart import current_app
 from feedd.config import Config
 from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
+from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
 from feedd.store.reader import Reader
@@ -29,6 +30,8 @@ class AppState:
     logs: LogRing
     hub: LiveHub
     started_at: float = attrs.field(factory=time.time)
+    #: backfill jobs (None in apps built without them, as some tests do)
+    jobs: JobManager | None = None
     #: set before the server shuts down so long-lived handlers close cleanly themselves
     closing: trio.Event = attrs.field(factory=trio.Event)
 

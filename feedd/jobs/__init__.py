@@ -1,0 +1,1 @@
+"""Backfill jobs: any range of history fetched in the background, persisted, resumable."""
