@@ -44,7 +44,15 @@ CHART_DRAWN = "window.feeddChart?.loaded && window.feeddChart.bars > 0"
 #: the target for the console's main-thread busy share with 600 symbols streaming
 BUSY_TARGET = 0.20
 #: screenshots the README shows (copied to docs/screenshots/ with FEEDD_UPDATE_SCREENSHOTS=1)
-README_SHOTS = {"console-600.png", "chart.png", "console-narrow.png", "console-disconnected.png"}
+README_SHOTS = {
+    "console-600.png",
+    "chart.png",
+    "console-narrow.png",
+    "console-disconnected.png",
+    "console-coverage.png",
+    "console-jobs.png",
+    "chart-history.png",
+}
 
 _problem = chromium_problem()
 if _problem is None:
@@ -594,7 +602,10 @@ def holed(browser: Browser, tmp_path: Path) -> Iterator[tuple[LiveFeedd, Pages, 
     hole = write_history_with_hole(
         tmp_path / "ohlcv.db", BN, "ETHUSDT", HISTORY_MINUTES, HOLE_MINUTES
     )
-    with LiveFeedd(tmp_path, {BN: ["BTCUSDT", "ETHUSDT"]}, batch_interval=100) as live:
+    # max_records=0: the jobs API checks retention against this machine's clock, which is far
+    # ahead of the simulator's; with the default it refuses ranges in the sim's past.
+    symbols = {BN: ["BTCUSDT", "ETHUSDT"]}
+    with LiveFeedd(tmp_path, symbols, batch_interval=100, max_records=0) as live:
         pages = Pages(browser, live.url)
         try:
             yield live, pages, hole
@@ -653,7 +664,7 @@ def test_coverage_strip_shows_a_hole_and_a_click_backfills_exactly_it(
     expect(job).to_be_visible()
     assert posts == [
         {"exchange": BN, "symbols": ["ETHUSDT"], "interval": "1m", "since": hole.start,
-         "until": hole.end}
+         "until": hole.end + 59_999}
     ]  # fmt: skip
     expect(job).to_have_attribute("data-state", "done")
     expect(job.locator('[data-field="rows"]')).to_have_text(f"{hole.candles} / {hole.candles}")
@@ -736,6 +747,16 @@ SCROLL_TO_OLDEST = """() => {
   const ts = window.feeddChart.chart().timeScale();
   ts.scrollToPosition(-(window.feeddChart.bars - 100), false);
 }"""
+#: scroll to the oldest bar until an older page is asked for (again at each poll: a reload of
+#: the chart, after the test's /ws fell quiet on a busy machine, puts the view back at the end)
+SCROLLED_TO_OLDEST = """() => {
+  if (window.feeddChart.olderInFlight === 1) return true;
+  if (window.feeddChart.loaded) {
+    const ts = window.feeddChart.chart().timeScale();
+    ts.scrollToPosition(-(window.feeddChart.bars - 100), false);
+  }
+  return false;
+}"""
 #: the time under a point of the view 90 % of the way to its right edge, once drawn
 TIME_AT_RIGHT = """() => new Promise((resolve) => requestAnimationFrame(() => {
   const ts = window.feeddChart.chart().timeScale();
@@ -751,10 +772,10 @@ def scroll_back_to_the_start(chart: Page, held: list[Any], bar_s: int) -> int:
     while a page is on its way must not send a second request. A live candle may move the
     view by a bar meanwhile (``bar_s`` seconds); a page is 1000 bars."""
     pages = 0
+    landed = chart.evaluate("window.feeddChart.olderPages")  # pages of earlier intervals
     while not chart.evaluate("window.feeddChart.exhausted"):
         assert pages < 20, "the chart never reached the oldest stored candle"
-        chart.evaluate(SCROLL_TO_OLDEST)
-        chart.wait_for_function("window.feeddChart.olderInFlight === 1")
+        chart.wait_for_function(SCROLLED_TO_OLDEST, polling=500)
         at_right = chart.evaluate(TIME_AT_RIGHT)
         chart.evaluate(SCROLL_TO_OLDEST.replace("- 100", "- 60"))  # more scrolling meanwhile
         chart.evaluate(TIME_AT_RIGHT)
@@ -763,9 +784,11 @@ def scroll_back_to_the_start(chart: Page, held: list[Any], bar_s: int) -> int:
         assert len(held) == 1, "two older pages asked for at once"
         held.pop().continue_()
         pages += 1
-        chart.wait_for_function(f"window.feeddChart.olderPages >= {pages}")
+        chart.wait_for_function(f"window.feeddChart.olderPages >= {landed + pages}")
         moved = chart.evaluate(TIME_AT_RIGHT) - at_right
-        assert abs(moved) <= 2 * bar_s, f"the view jumped by {moved / bar_s} bars as a page landed"
+        assert abs(moved) <= 2 * bar_s, (
+            f"the view jumped by {moved / bar_s} bars as page {pages} of {bar_s} s bars landed"
+        )
     return pages
 
 
@@ -813,8 +836,7 @@ def test_chart_loads_older_history_as_the_view_scrolls_left(
             chart.locator('#intervals button[data-interval="5m"]').click()
             chart.wait_for_function(CHART_DRAWN)
             assert not chart.evaluate("window.feeddChart.exhausted")
-            before = chart.evaluate("window.feeddChart.olderPages")
-            assert scroll_back_to_the_start(chart, held, 300) + before >= before + 1
+            assert scroll_back_to_the_start(chart, held, 300) >= 1
             assert drawn_equals_served(chart, "5m") >= 1200
             assert chart.evaluate("window.feeddChart.olderMaxInFlight") == 1
             assert len(fetches) == len(set(fetches)), "a page was fetched twice"

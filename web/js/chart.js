@@ -43,6 +43,7 @@ const debug = (window.feeddChart = {
   olderPages: 0,
   olderInFlight: 0,
   olderMaxInFlight: 0,
+  loads: 0,
 });
 
 let chart = null;
@@ -324,6 +325,7 @@ async function load() {
   const gen = ++generation;
   loading = [];
   older = { busy: false, done: true, retryAt: 0 };
+  chart.timeScale().scrollToPosition(3, false); // a new series starts at its newest bar
   debug.exhausted = false;
   debug.oldest = null;
   buckets = new Map();
@@ -358,7 +360,9 @@ async function load() {
       const width = Math.max(200, $("chart").clientWidth - 80);
       const spacing = Math.min(14, Math.max(5, width / rows.length));
       chart.timeScale().applyOptions({ barSpacing: spacing, rightOffset: 3 });
-      chart.timeScale().scrollToRealTime();
+      // Not scrollToRealTime: from far in the past it animates for a second through ranges
+      // near the oldest bar, and each would ask for an older page nobody scrolled to.
+      chart.timeScale().scrollToPosition(3, false);
     } else {
       renderLegend(null);
       setEmpty(
@@ -377,6 +381,7 @@ async function load() {
       loading = null;
       for (const c of queued) applyLive(c, gen);
       debug.loaded = true;
+      debug.loads += 1;
     }
   }
 }
@@ -451,8 +456,10 @@ function main() {
   buildChart();
   debug.series = () => candleSeries.data();
   debug.chart = () => chart;
-  chart.timeScale().subscribeVisibleLogicalRangeChange((range) => {
-    if (range && range.from < OLDER_MARGIN) loadOlder();
+  // The range handed to the handler may be stale (notifications come a frame late, after a
+  // reload may have moved the view back to the newest bar): ask the time scale itself.
+  chart.timeScale().subscribeVisibleLogicalRangeChange(() => {
+    if (nearOldest()) loadOlder();
   });
   let wasOpen = false;
   const socket = new LiveSocket({

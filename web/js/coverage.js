@@ -2,7 +2,7 @@
 // in each symbol row: first..last stored candle, holes in a contrasting colour. One click on a
 // hole starts a backfill of exactly that hole.
 
-import { api, ApiError, fmtTime, intervalMs } from "./api.js";
+import { api, ApiError, bucketEnd, fmtTime, intervalMs } from "./api.js";
 import { activeRanges, onJobFinished, startBackfill } from "./jobs.js";
 import { rowKey } from "./store.js";
 
@@ -190,7 +190,8 @@ export const CoverageStrip = {
           symbols: [this.symbol],
           interval: this.interval,
           since: seg.start,
-          until: seg.end,
+          // through the end of the last missing candle (a one-candle hole is a range too)
+          until: bucketEnd(this.interval, seg.end) - 1,
         });
       } catch (_) {
         /* shown in the jobs panel and the terminal */

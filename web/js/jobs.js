@@ -147,7 +147,8 @@ export async function startBackfill(body) {
 
 export async function cancelJob(id) {
   try {
-    await command("DELETE", `/backfill/${encodeURIComponent(id)}`);
+    // feedd takes state changes as JSON only, a DELETE included: an empty object.
+    await command("DELETE", `/backfill/${encodeURIComponent(id)}`, {});
     jobsState.error = "";
   } catch (err) {
     jobsState.error = `DELETE /backfill/${id}: ` + describe(err);

@@ -40,7 +40,10 @@ export const JobsPanel = {
       return typeof job.rate_per_s === "number" ? fmtNum(job.rate_per_s, 0) + "/s" : "—";
     },
     eta(job) {
-      if (!ACTIVE.has(job.state)) return "";
+      if (!ACTIVE.has(job.state)) {
+        const took = job.finished_at && job.created_at ? (job.finished_at - job.created_at) / 1000 : null;
+        return took === null ? "" : "took " + fmtDuration(Math.max(0, took));
+      }
       return typeof job.eta_s === "number" ? "ETA " + fmtDuration(job.eta_s) : "ETA —";
     },
     symbols(job) {
