@@ -25,7 +25,16 @@ export const jobsState = reactive({
 export const jobs = shallowRef([]);
 
 // key -> [{since, until}] of the queued and running jobs, for the strips' "filling" holes.
+// The same Map while the set of active jobs stays the same: strips with holes re-render when
+// a job starts or ends, not at every poll.
+let lastRanges = new Map();
+let lastRangesSig = "";
 export const activeRanges = computed(() => {
+  const sig = jobs.value
+    .filter((j) => ACTIVE.has(j.state))
+    .map((j) => j.id)
+    .join(",");
+  if (sig === lastRangesSig) return lastRanges;
   const map = new Map();
   for (const job of jobs.value) {
     if (!ACTIVE.has(job.state)) continue;
@@ -35,6 +44,8 @@ export const activeRanges = computed(() => {
       map.get(key).push({ since: job.since, until: job.until ?? null });
     }
   }
+  lastRanges = map;
+  lastRangesSig = sig;
   return map;
 });
 
@@ -51,7 +62,13 @@ function order(a, b) {
   return rank(a) - rank(b) || (b.created_at || 0) - (a.created_at || 0);
 }
 
+let lastPublished = "";
+
 function publish(list) {
+  // An idle feedd answers the same list at every poll: nothing to re-render then.
+  const text = JSON.stringify(list);
+  if (text === lastPublished) return;
+  lastPublished = text;
   const sorted = [...list].sort(order);
   const active = sorted.filter((j) => ACTIVE.has(j.state));
   const done = sorted.filter((j) => !ACTIVE.has(j.state)).slice(0, KEEP_FINISHED);
