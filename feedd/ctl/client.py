@@ -82,6 +82,10 @@ class Client:
         # httpx's json= sets Content-Type: application/json, which state-changing routes need.
         return self._send("POST", path, json=body)
 
+    def delete(self, path: str) -> Any:
+        # A change like any other: the server wants Content-Type: application/json.
+        return decode(self._send("DELETE", path, json={}))
+
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return decode(self.get_raw(path, params))
 

@@ -13,7 +13,7 @@ import re
 from urllib.parse import urlsplit
 
 from feedd import __version__
-from feedd.ctl import commands, export, history, tail
+from feedd.ctl import backfill, commands, export, history, tail
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 #: restarts of several exchanges take seconds; the wait bounds a hung server, not a slow one
@@ -274,6 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--missing-only", action="store_true", help="only series with holes, holes listed"
     )
     covered.set_defaults(run=history.coverage)
+
+    jobs = add(
+        sub,
+        "backfill",
+        "fetch any range of history in the background; list or cancel jobs",
+        "feedctl backfill EXCHANGE SYMBOL... --since TIME [--until TIME]: start a job (POST "
+        "/backfill) and follow it with a progress bar (plain lines when piped); Ctrl-C stops "
+        "following, the job goes on. feedctl backfill list: every job. feedctl backfill cancel "
+        "ID: cancel a running job, or remove a finished one from the list.",
+    )
+    jobs.add_argument("words", nargs="+", metavar="EXCHANGE SYMBOL... | list | cancel ID")
+    jobs.add_argument("--interval", type=export.interval_name, default="1m", help="default: 1m")
+    jobs.add_argument("--since", type=moment, metavar="TIME", help="first open time")
+    jobs.add_argument("--until", type=moment, metavar="TIME", help="last open time (default: now)")
+    jobs.add_argument("--detach", action="store_true", help="print the job's id and return")
+    jobs.set_defaults(run=backfill.run)
 
     live = add(
         sub,

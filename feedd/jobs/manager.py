@@ -97,19 +97,20 @@ class JobManager:
             task_status.started()
             await trio.sleep_forever()
 
-    def check_retention(self, interval: str, since: int) -> None:
-        """Refuse a range retention would prune at once (the newest ``max_records`` stay)."""
+    def check_retention(self, interval: str, since: int, until: int) -> None:
+        """Refuse a range retention would prune at once: it keeps the newest ``max_records``
+        candles of a series, so a range holding more loses its oldest part as it lands."""
         keep = self.writer.settings.max_records
         if keep <= 0:
             return
         first = first_open(interval, since)
-        newest = last_wanted(interval, now_ms(), now_ms())
+        newest = last_wanted(interval, until, now_ms())
         wanted = count(interval, first, newest) if first <= newest else 0
         if wanted > keep:
             raise JobError(
                 400,
                 f"max_records is {keep}: retention keeps that many {interval} candles per series"
-                f" and would delete most of this range ({wanted} candles from since to now) as"
+                f" and would delete most of this range ({wanted} candles from since to until) as"
                 " soon as it is stored; set max_records to 0 (keep everything) or at least"
                 f" {wanted} and restart feedd",
                 "since",
@@ -119,7 +120,7 @@ class JobManager:
         self, exchange: str, symbols: Sequence[str], interval: str, since: int, until: int
     ) -> Job:
         assert self._nursery is not None, "create() before run()"
-        self.check_retention(interval, since)
+        self.check_retention(interval, since, until)
         created = now_ms()
         end = last_wanted(interval, until, created)
         if first_open(interval, since) > end:
@@ -166,6 +167,7 @@ class JobManager:
                     sym.state = CANCELLED
             # The job's task saves the final state once its last write is behind it.
             job.scope.cancel()
+            await job.ended.wait()
             return job, False
         del self.jobs[job_id]
         await self.writer.delete_job(job_id)
@@ -183,6 +185,12 @@ class JobManager:
         return out
 
     async def _run(self, job: Job) -> None:
+        try:
+            await self._run_job(job)
+        finally:
+            job.ended.set()
+
+    async def _run_job(self, job: Job) -> None:
         with job.scope:
             async with self._venues.setdefault(job.exchange, trio.Lock()):
                 job.state = RUNNING

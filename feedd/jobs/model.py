@@ -58,6 +58,8 @@ class Job:
     errors: list[str] = attrs.field(factory=list)
     sources: dict[str, int] = attrs.field(factory=lambda: {"rest": 0, "archive": 0})
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: set once the job's task has ended and saved its final state
+    ended: trio.Event = attrs.field(factory=trio.Event)
     #: (trio time, rows fetched) samples for the rate
     _samples: deque[tuple[float, int]] = attrs.field(factory=deque)
 

@@ -17,7 +17,7 @@ import httpx
 import trio
 
 from feedd.candle import Candle
-from feedd.engine.archive import fetch_archive
+from feedd.engine.archive import ArchiveBatch, fetch_archive
 from feedd.engine.rest import RestClient
 from feedd.errors import FeeddError, RateLimited, StoreError
 from feedd.exchanges.contract import ExchangeModule, Stream
@@ -191,26 +191,43 @@ class JobRunner:
         batches = fetch_archive(
             self.module, self.http, self.archive_url, sym.symbol, interval, a, b, server_now
         )
-        async for batch in batches:
-            lo, hi = batch.first_open_ms, batch.last_open_ms
-            if not batch.ok:
-                if batch.error is not None:
-                    job.error(f"{sym.symbol}: archive: {batch.error}; fetching over REST")
-                await self._rest_range(sym, stream, lo, hi, server_now)
-                continue
-            got = {c.open_time: c for c in batch.candles if c.closed and lo <= c.open_time <= hi}
-            missing = holes(interval, lo, hi, [(t, t) for t in sorted(got)])
-            sym.rows_done += len(got)
-            job.fetched(len(got), "archive")
-            if not missing:
-                sym.cursor = next_open(interval, hi)
-            await self.save(job, list(got.values()), "archive")
-            for first, last in missing:
-                # A hole in the file: the venue's REST may have it (else it counts absent).
-                await self._rest_range(sym, stream, first, last, server_now)
-            sym.cursor = next_open(interval, hi)
-            a = next_open(interval, hi)
+        try:
+            async for batch in batches:
+                a = await self._archive_batch(sym, stream, batch, server_now)
+        except RateLimited:
+            raise  # the round waits and comes back; the archive is still the way
+        except FeeddError as exc:
+            # The archive is a shortcut: unreachable (an offline box, a proxy), REST serves.
+            job.error(f"archive unusable, fetching over REST: {exc}")
+            log.warning("job %s: archive unusable, using REST: %s", job.id, exc)
+            self.archive_url = None
         return a
+
+    async def _archive_batch(
+        self, sym: SymbolJob, stream: Stream, batch: ArchiveBatch, server_now: int
+    ) -> int:
+        """Store one archive file's candles (REST for what it lacks); returns the open time
+        after it."""
+        job = self.job
+        interval = job.interval
+        lo, hi = batch.first_open_ms, batch.last_open_ms
+        if not batch.ok:
+            if batch.error is not None:
+                job.error(f"{sym.symbol}: archive: {batch.error}; fetching over REST")
+            await self._rest_range(sym, stream, lo, hi, server_now)
+            return next_open(interval, hi)
+        got = {c.open_time: c for c in batch.candles if c.closed and lo <= c.open_time <= hi}
+        missing = holes(interval, lo, hi, [(t, t) for t in sorted(got)])
+        sym.rows_done += len(got)
+        job.fetched(len(got), "archive")
+        if not missing:
+            sym.cursor = next_open(interval, hi)
+        await self.save(job, list(got.values()), "archive")
+        for first, last in missing:
+            # A hole in the file: the venue's REST may have it (else it counts absent).
+            await self._rest_range(sym, stream, first, last, server_now)
+        sym.cursor = next_open(interval, hi)
+        return sym.cursor
 
     async def _fetch(
         self, sym: SymbolJob, stream: Stream, first: int, last: int, server_now: int

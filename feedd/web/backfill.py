@@ -72,7 +72,7 @@ async def create() -> Response:
     until = now_ms() if until is None else until
     if since >= until:
         raise ApiError(400, "since must be before until", "since")
-    jobs.check_retention(interval, since)
+    jobs.check_retention(interval, since, until)
     await _check_listed(exchange, symbols)
     job = await jobs.create(exchange, symbols, interval, since, until)
     return json_response(job.document(), 201)

@@ -195,6 +195,7 @@ class FeeddCollector(Collector):
             state.writer.commit_seconds,
         )
         yield from self._exchanges()
+        yield self._backfill_rows()
         yield self._event_loop_busy()
         yield self._last_closed()
 
@@ -247,6 +248,17 @@ class FeeddCollector(Collector):
         yield from gauges.values()
         yield streams
         yield last_message
+
+    def _backfill_rows(self) -> Metric:
+        family = CounterMetricFamily(
+            "feedd_backfill_rows",
+            "Closed candles stored by backfill jobs, by exchange and source (rest, archive).",
+            labels=["exchange", "source"],
+        )
+        jobs = self.state.jobs
+        for (exchange, source), rows in sorted(jobs.rows.items() if jobs else ()):
+            family.add_metric([exchange, source], rows)
+        return family
 
     def _event_loop_busy(self) -> Metric:
         family = CounterMetricFamily(

@@ -89,6 +89,52 @@ SCHEMAS: dict[str, Schema] = {
             "allowed_hosts": STRINGS,
         },
     },
+    "BackfillJob": obj(
+        [
+            "id",
+            "exchange",
+            "symbols",
+            "interval",
+            "since",
+            "until",
+            "state",
+            "rows_done",
+            "rows_expected",
+            "rate_per_s",
+            "eta_s",
+            "errors",
+            "created_at",
+            "finished_at",
+            "per_symbol",
+            "sources",
+        ],
+        id=STRING,
+        exchange=STRING,
+        symbols=STRINGS,
+        interval=STRING,
+        since=INTEGER,
+        until=INTEGER,
+        state={"enum": ["queued", "running", "done", "failed", "cancelled"]},
+        rows_done=INTEGER,
+        rows_expected=INTEGER,
+        rate_per_s=NUMBER,
+        eta_s=NULLABLE_NUMBER,
+        errors=STRINGS,
+        created_at=INTEGER,
+        finished_at={"type": ["integer", "null"]},
+        per_symbol={
+            "type": "array",
+            "items": obj(
+                ["symbol", "state", "rows_done", "rows_expected"],
+                symbol=STRING,
+                state={"enum": ["queued", "running", "done", "failed", "cancelled"]},
+                rows_done=INTEGER,
+                rows_expected=INTEGER,
+            ),
+        },
+        sources=obj(["rest", "archive"], rest=INTEGER, archive=INTEGER),
+        removed=BOOLEAN,
+    ),
     "Worker": obj(
         ["name", "enabled", "state", "health", "streams", "connections"],
         name=STRING,
@@ -113,6 +159,17 @@ SCHEMAS: dict[str, Schema] = {
         rest_weight_used=INTEGER,
         rest_rate_limited=INTEGER,
         backfill_pending=INTEGER,
+        backfill_jobs={
+            "type": "array",
+            "items": obj(
+                ["id", "state", "rows_done", "rows_expected", "eta_s"],
+                id=STRING,
+                state={"enum": ["queued", "running"]},
+                rows_done=INTEGER,
+                rows_expected=INTEGER,
+                eta_s=NULLABLE_NUMBER,
+            ),
+        },
         last_message_age_s=NULLABLE_NUMBER,
         last_error=NULLABLE_STRING,
         symbols={
@@ -201,7 +258,8 @@ ERRORS = {
     "400": "bad input (the field is named)",
     "401": "API token missing or wrong",
     "403": "cross-origin request or Host not allowed",
-    "404": "unknown route or exchange",
+    "404": "unknown route, exchange or job",
+    "409": "too many backfill jobs queued or running",
     "413": "body over 1 MiB",
     "415": "body is not Content-Type: application/json",
     "429": "too many requests in progress from this address; retry after Retry-After seconds",
@@ -238,6 +296,12 @@ def operation(
         op["requestBody"] = {"required": True, "content": json_content(body)}
         for code in ("413", "415"):
             responses[code] = {"description": ERRORS[code], "content": json_content(ref("Error"))}
+    return op
+
+
+def created(op: Schema) -> Schema:
+    """``op`` answering 201 Created where ``operation`` says 200."""
+    op["responses"] = {"201" if k == "200" else k: v for k, v in op["responses"].items()}
     return op
 
 
@@ -508,6 +572,44 @@ def document() -> Schema:
                     body=obj(["confirm"], confirm={"const": "DELETE"}),
                     errors=("400", "401", "403", "503"),
                 )
+            },
+            "/backfill": {
+                "get": operation(
+                    "Backfill jobs, oldest first",
+                    obj(["jobs"], jobs={"type": "array", "items": ref("BackfillJob")}),
+                    errors=("401", "403"),
+                ),
+                "post": created(
+                    operation(
+                        "Start a backfill job: closed candles of [since, until] not stored yet",
+                        ref("BackfillJob"),
+                        body=obj(
+                            ["exchange", "symbols", "interval", "since"],
+                            exchange=EXCHANGE,
+                            symbols={"type": "array", "items": SYMBOL, "minItems": 1},
+                            interval=STRING,
+                            since=INTEGER,
+                            until=INTEGER,
+                        ),
+                        errors=("400", "401", "403", "404", "409", "503"),
+                    )
+                ),
+            },
+            "/backfill/{job_id}": {
+                "get": operation(
+                    "One backfill job",
+                    ref("BackfillJob"),
+                    parameters=[path_param("job_id", STRING)],
+                    errors=("401", "403", "404"),
+                ),
+                "delete": operation(
+                    "Cancel a queued or running job (kept, as cancelled); forget a finished "
+                    "one (removed: true). Needs Content-Type: application/json like every "
+                    "change.",
+                    ref("BackfillJob"),
+                    parameters=[path_param("job_id", STRING)],
+                    errors=("401", "403", "404", "415"),
+                ),
             },
             "/openapi.json": {
                 "get": operation("This document", {"type": "object"}, errors=("401", "403"))

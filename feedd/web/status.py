@@ -122,6 +122,7 @@ def worker(state: AppState, name: str, *, symbols: bool = True) -> dict[str, Any
     out.update(attrs.asdict(rates))
     if symbols:
         out["symbols"] = symbol_rows(state, settings, stats)
+    out["backfill_jobs"] = state.jobs.active().get(name, []) if state.jobs else []
     return out
 
 

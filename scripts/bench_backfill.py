@@ -1,0 +1,190 @@
+"""Backfill benchmark: job rate per venue as a share of the venue's limits, and what a running
+job costs live ingest latency.
+
+The simulator runs in its own process at real speed (its REST limits per real minute, as the
+venues'). For each venue one job fetches ``--days`` of BTCUSDT 1m over REST (Binance's
+archive pointed nowhere, so REST is measured) while that venue's live ingest is off; the
+rate is taken over the second half (past the bucket's initial burst) and set against what the
+venue's documented limit allows (PROTOCOLS.md) and against feedd's budget (half of it).
+Then live ingest p50/p99 (frame sent -> row committed, ``scripts/bench_ingest.py``'s method)
+is measured with and without a Binance job running.
+
+    python scripts/bench_backfill.py --days 28 --symbols 200 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_ingest
+
+from feedd import config as config_module
+from feedd.service import Service, run_service
+
+DAY_MS = 86_400_000
+CLOSED_PORT = "http://127.0.0.1:9"
+#: rows per second the venue's documented limit allows for 1m history (PROTOCOLS.md)
+DOCUMENTED_ROWS_PER_S = {
+    # 2,400 weight/min, 1,500-row pages at weight 10: 240 pages/min
+    "binance_futures": 2400 / 10 * 1500 / 60,
+    # 600 requests / 5 s per IP, 1,000-row pages
+    "bybit_futures": 600 / 5 * 1000,
+    # history-candles: 20 requests / 2 s, 100-row pages
+    "okx_futures": 20 / 2 * 100,
+}
+
+
+def config(urls: dict[str, Any], db: Path, live: dict[str, list[str]]) -> config_module.Config:
+    doc = {
+        "exchanges": {
+            name: {
+                "symbols": live.get(name, []),
+                "enabled": name in live,
+                "ws_url": u["ws_url"],
+                "rest_url": u["rest_url"],
+                "archive_url": CLOSED_PORT if name == "binance_futures" else None,
+                "silence_timeout": 30,
+            }
+            for name, u in urls.items()
+        },
+        "intervals": ["1m"],
+        "database_path": str(db),
+        "bootstrap_load": 0,
+        "batch_interval": 50,
+        "max_records": 0,
+        "port": 0,
+    }
+    for settings in doc["exchanges"].values():  # type: ignore[attr-defined]
+        if settings["archive_url"] is None:
+            del settings["archive_url"]
+    return config_module.parse(doc).config
+
+
+async def start_job(service: Service, venue: str, days: int) -> str:
+    now = int(time.time() * 1000)
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        response = await client.post(
+            "/backfill",
+            json={"exchange": venue, "symbols": ["BTCUSDT"], "interval": "1m",
+                  "since": now - days * DAY_MS},
+        )  # fmt: skip
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+
+async def job_rate(venue: str, days: int) -> dict[str, Any]:
+    sim, urls = await bench_ingest.start_sim([venue], 0)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "bench.db"
+            async with trio.open_nursery() as nursery:
+                service: Service = await nursery.start(run_service, config(urls, db, {}), db)
+                jobs = service.state.jobs
+                assert jobs is not None
+                job_id = await start_job(service, venue, days)
+                job = jobs.jobs[job_id]
+                expected = job.document()["rows_expected"]
+                await jobs.wait_for(lambda: job.document()["rows_done"] >= expected * 0.5)
+                rows0, t0 = job.document()["rows_done"], time.monotonic()
+                await jobs.wait_for(lambda: job.state not in ("queued", "running"))
+                rows1, t1 = job.document()["rows_done"], time.monotonic()
+                stats = service.state.supervisor.stats.get(venue)
+                limited = stats.rest_rate_limited if stats else 0
+                service.stop.set()
+    finally:
+        sim.kill()
+        await sim.wait()
+    rate = (rows1 - rows0) / (t1 - t0)
+    module_budget = DOCUMENTED_ROWS_PER_S[venue]
+    return {
+        "venue": venue,
+        "rows": expected,
+        "state": job.state,
+        "rows_per_s": round(rate),
+        "share_of_documented_limit": round(rate / module_budget, 3),
+        "rate_limited": limited,
+    }
+
+
+async def ingest_latency(
+    symbols: int, seconds: float, rate: float, with_job: bool
+) -> dict[str, Any]:
+    venue = "binance_futures"
+    sim, urls = await bench_ingest.start_sim([venue], rate)
+    commits: dict[tuple[str, str, int, str], float] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "bench.db"
+            cfg = config(urls, db, {venue: bench_ingest.symbols(symbols)})
+            async with trio.open_nursery() as nursery:
+                service: Service = await nursery.start(run_service, cfg, db)
+                recording = trio.CancelScope()
+
+                async def record() -> None:
+                    listener = service.state.writer.open_commit_listener(max_buffer=100_000)
+                    with recording, listener as batches:
+                        async for batch in batches:
+                            now = time.monotonic()
+                            for c in batch:
+                                commits.setdefault(
+                                    (c.exchange, c.symbol, c.open_time, c.close), now
+                                )
+
+                nursery.start_soon(record)
+                await trio.sleep(3)
+                if with_job:
+                    await start_job(service, venue, 25)
+                    await trio.sleep(1)
+                t0 = time.monotonic()
+                await trio.sleep(seconds)
+                end = time.monotonic()
+                latencies = sorted(await bench_ingest._latencies(urls, commits, t0, end))
+                jobs = service.state.jobs
+                fetched = sum(jobs.rows.values()) if jobs else 0
+                recording.cancel()
+                service.stop.set()
+    finally:
+        sim.kill()
+        await sim.wait()
+    return {
+        "job_running": with_job,
+        "job_rows_fetched": fetched,
+        "samples": len(latencies),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 1) if latencies else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=28, help="history per job (sim keeps 30)")
+    parser.add_argument("--okx-days", type=int, default=4, help="OKX: 100-row pages, slow")
+    parser.add_argument("--venues", default=",".join(DOCUMENTED_ROWS_PER_S))
+    parser.add_argument("--symbols", type=int, default=200, help="live symbols for latency")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--latency-rate", type=float, default=1000.0)
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+    for venue in args.venues.split(","):
+        days = args.okx_days if venue == "okx_futures" else args.days
+        print(json.dumps(trio.run(job_rate, venue, days)), flush=True)
+    if not args.skip_latency:
+        for with_job in (False, True):
+            result = trio.run(
+                ingest_latency, args.symbols, args.seconds, args.latency_rate, with_job
+            )
+            print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
