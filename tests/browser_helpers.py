@@ -21,9 +21,12 @@ import trio
 from e2e import feedd_config
 
 from feedd import config
+from feedd.candle import Candle, Source
 from feedd.service import Service, run_service
 from feedd.sim.app import Simulator, open_simulator
+from feedd.sim.clock import DEFAULT_START_MS
 from feedd.sim.settings import SimSettings
+from feedd.store.database import Database
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -46,6 +49,18 @@ def chromium_problem() -> str | None:
     except ImportError:
         return "the playwright Python package is missing: pip install -e '.[dev]'"
     return None
+
+
+def sim_config(sim: Simulator, symbols: dict[str, list[str]], **extra: Any) -> config.Config:
+    """e2e's config, with each venue's bulk archive on the simulator too (backfill jobs would
+    otherwise reach for the real one)."""
+    cfg = feedd_config(sim, symbols, **extra)
+    archives = {u["exchange"]: u["archive_url"] for u in sim.urls() if "archive_url" in u}
+    exchanges = {
+        name: attrs.evolve(ex, archive_url=archives[name]) if name in archives else ex
+        for name, ex in cfg.exchanges.items()
+    }
+    return attrs.evolve(cfg, exchanges=exchanges)
 
 
 class LiveFeedd:
@@ -117,7 +132,7 @@ class LiveFeedd:
         self._done = trio.Event()
         async with open_simulator(self.sim_settings) as sim:
             self.sim = sim
-            config.save(self.config_path, feedd_config(sim, self.symbols, **self.extra))
+            config.save(self.config_path, sim_config(sim, self.symbols, **self.extra))
             port = 0
             while True:
                 # One round runs feedd until stop_feedd() or exit; start_feedd() begins the
@@ -159,8 +174,59 @@ class LiveFeedd:
         trio.from_thread.run_sync(self.service.stop.set, trio_token=self._token)
         self._wait_ready()
 
+    def in_trio(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` (synchronous) in the trio thread, e.g. a simulator fault."""
+        assert self._token is not None
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+
     def start_feedd(self) -> None:
         """Start feedd again on the same port and wait until it serves."""
         assert self._token is not None and self._want_feedd is not None
         trio.from_thread.run_sync(self._want_feedd.set, trio_token=self._token)
         self._wait_ready()
+
+
+# ---- history with a known hole, written before feedd starts --------------------------------
+
+#: the simulator's clock at start (sim time runs a minute per real second from there)
+SIM_START_MS = DEFAULT_START_MS
+MINUTE_MS = 60_000
+
+
+@attrs.frozen
+class Hole:
+    start: int
+    end: int
+
+    @property
+    def candles(self) -> int:
+        return (self.end - self.start) // MINUTE_MS + 1
+
+
+def candle(exchange: str, symbol: str, t: int) -> Candle:
+    prices = ("100.5", "101", "100", "100.75")
+    return Candle(exchange, symbol, "1m", t, *prices, "3", "302", 7, True, Source.REST)
+
+
+def write_history_with_hole(
+    db: Path, exchange: str, symbol: str, minutes: int, hole: tuple[int, int]
+) -> Hole:
+    """Closed 1m candles of ``symbol`` for the ``minutes`` before the simulator's start, except
+    the minutes ``hole`` (counted back from the start, inclusive) which are left out. feedd's
+    bootstrap and its session heal only reach back to the newest stored candle, so the hole
+    stays until something backfills it."""
+    older, newer = hole
+    first, last = SIM_START_MS - older * MINUTE_MS, SIM_START_MS - newer * MINUTE_MS
+    missing = range(first, last + 1, MINUTE_MS)
+    store = Database.open(db)
+    try:
+        store.write(
+            [
+                candle(exchange, symbol, t)
+                for t in range(SIM_START_MS - minutes * MINUTE_MS, SIM_START_MS, MINUTE_MS)
+                if t not in missing
+            ]
+        )
+    finally:
+        store.close()
+    return Hole(missing[0], missing[-1])

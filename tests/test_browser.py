@@ -25,8 +25,10 @@ from browser_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
     OFFLINE_NOISE,
+    Hole,
     LiveFeedd,
     chromium_problem,
+    write_history_with_hole,
 )
 
 from feedd.sim.symbols import universe
@@ -42,7 +44,15 @@ CHART_DRAWN = "window.feeddChart?.loaded && window.feeddChart.bars > 0"
 #: the target for the console's main-thread busy share with 600 symbols streaming
 BUSY_TARGET = 0.20
 #: screenshots the README shows (copied to docs/screenshots/ with FEEDD_UPDATE_SCREENSHOTS=1)
-README_SHOTS = {"console-600.png", "chart.png", "console-narrow.png", "console-disconnected.png"}
+README_SHOTS = {
+    "console-600.png",
+    "chart.png",
+    "console-narrow.png",
+    "console-disconnected.png",
+    "console-coverage.png",
+    "console-jobs.png",
+    "chart-history.png",
+}
 
 _problem = chromium_problem()
 if _problem is None:
@@ -573,3 +583,263 @@ def test_console_main_thread_busy_time_with_600_symbols(browser: Browser, tmp_pa
     print("\nconsole main-thread busy time, 600 symbols streaming:", json.dumps(result))
     assert result["candles_per_s"] > 600, "the load did not reach the page"
     assert result["busy_share"] < BUSY_TARGET, result
+
+
+# ---- coverage, backfill jobs ---------------------------------------------------------------
+
+BN = "binance_futures"
+#: ETHUSDT on binance: ten hours of 1m candles before the sim's start, 07:50-08:19 UTC missing
+HISTORY_MINUTES = 600
+HOLE_MINUTES = (400, 371)
+HOLE_TITLE = (
+    "missing 2026-03-02 07:50 → 2026-03-02 08:19 UTC · 30 candles (30m) · click to backfill"
+)
+
+
+@pytest.fixture
+def holed(browser: Browser, tmp_path: Path) -> Iterator[tuple[LiveFeedd, Pages, Hole]]:
+    """feedd on binance BTCUSDT + ETHUSDT, ETHUSDT's stored history with a known hole."""
+    hole = write_history_with_hole(
+        tmp_path / "ohlcv.db", BN, "ETHUSDT", HISTORY_MINUTES, HOLE_MINUTES
+    )
+    # max_records=0: the jobs API checks retention against this machine's clock, which is far
+    # ahead of the simulator's; with the default it refuses ranges in the sim's past.
+    symbols = {BN: ["BTCUSDT", "ETHUSDT"]}
+    with LiveFeedd(tmp_path, symbols, batch_interval=100, max_records=0) as live:
+        pages = Pages(browser, live.url)
+        try:
+            yield live, pages, hole
+            assert pages.problems() == [], "console errors on the page"
+        finally:
+            pages.close()
+
+
+def open_settled_console(pages: Pages) -> Page:
+    """The console once binance is live, its bootstrap done and coverage asked for again (the
+    strips refresh every 15 s; a hole the bootstrap was still filling must not count)."""
+    page = pages.open("/")
+    expect(page.locator(".topbar .conn")).to_have_text("live")
+    w = worker(page, BN)
+    expect(w.locator('[data-field="state"]')).to_have_text("live")
+    expect(w.locator('[data-field="backfill"]')).to_have_text("0")
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        expect(row(page, BN, symbol)).to_have_attribute("data-state", "live")
+    page.evaluate("window.feeddCoverage.refresh()")
+    return page
+
+
+def backfill_posts(page: Page) -> list[Any]:
+    posts: list[Any] = []
+
+    def on_request(request: Any) -> None:
+        if request.method == "POST" and request.url.endswith("/backfill"):
+            posts.append(request.post_data_json)
+
+    page.on("request", on_request)
+    return posts
+
+
+def test_coverage_strip_shows_a_hole_and_a_click_backfills_exactly_it(
+    holed: tuple[LiveFeedd, Pages, Hole],
+) -> None:
+    _live, pages, hole = holed
+    page = open_settled_console(pages)
+    eth = row(page, BN, "ETHUSDT").locator(".cov-strip .hole")
+    expect(eth).to_have_count(1)
+    expect(eth).to_have_attribute("data-start", str(hole.start))
+    expect(eth).to_have_attribute("data-end", str(hole.end))
+    expect(eth).to_have_attribute("title", HOLE_TITLE)
+    btc = row(page, BN, "BTCUSDT").locator(".cov-strip")
+    expect(btc).not_to_have_class(re.compile("none"))
+    expect(btc.locator(".hole")).to_have_count(0)
+    # the hole sits where it is in the series: 200 of 600+ minutes from the first candle
+    box, strip = eth.bounding_box(), row(page, BN, "ETHUSDT").locator(".cov-strip").bounding_box()
+    assert box and strip
+    assert 0.15 < (box["x"] - strip["x"]) / strip["width"] < 0.34, (box, strip)
+    screenshot(page, "console-coverage.png")
+
+    posts = backfill_posts(page)
+    eth.click()
+    job = page.locator("section.jobs li.job").first
+    expect(job).to_be_visible()
+    assert posts == [
+        {"exchange": BN, "symbols": ["ETHUSDT"], "interval": "1m", "since": hole.start,
+         "until": hole.end + 59_999}
+    ]  # fmt: skip
+    expect(job).to_have_attribute("data-state", "done")
+    expect(job.locator('[data-field="rows"]')).to_have_text(f"{hole.candles} / {hole.candles}")
+    expect(job.locator(".job-bar")).to_have_attribute("aria-valuenow", "100")
+    # the finished job makes the console ask for coverage again: the hole is gone
+    expect(eth).to_have_count(0)
+    screenshot(page, "console-jobs.png")
+
+
+def test_backfill_form_starts_a_job_that_shows_progress_and_can_be_cancelled(
+    holed: tuple[LiveFeedd, Pages, Hole],
+) -> None:
+    live, pages, _hole = holed
+    page = open_settled_console(pages)
+    posts = backfill_posts(page)
+    row(page, BN, "BTCUSDT").locator('button[data-action="backfill"]').click()
+    form = page.get_by_role("dialog", name="Backfill")
+    form.locator('input[name="since"]').fill("2026-02-10")
+    form.locator('input[name="until"]').fill("2026-02-20")
+    # Retry-After pauses keep the job running long enough to watch and cancel it.
+    assert live.sim is not None
+    live.in_trio(
+        lambda: live.sim.venues[BN].faults.rest_throttle(20, 429, 2.0, "klines")  # type: ignore[union-attr]
+    )
+    form.locator('button[data-action="start"]').click()
+    expect(form).to_have_count(0)
+    since = 1_770_681_600_000  # 2026-02-10 00:00 UTC
+    assert posts == [
+        {"exchange": BN, "symbols": ["BTCUSDT"], "interval": "1m", "since": since,
+         "until": since + 11 * 86_400_000 - 1}
+    ]  # fmt: skip
+    job = page.locator("section.jobs li.job").first
+    expect(job).to_have_attribute("data-state", re.compile("^(queued|running)$"))
+    expect(job).to_have_class(re.compile("fresh"))
+    expect(job.locator('[data-field="rows"]')).to_have_text(re.compile(r"^[\d,]+ / [1-9][\d,]*$"))
+    expect(job.locator('[data-field="eta"]')).to_contain_text("ETA")
+    expect(job.locator(".job-range")).to_have_text("2026-02-10 00:00 → 2026-02-20 23:59 UTC")
+    job.locator('button[data-action="cancel"]').click()
+    expect(job).to_have_attribute("data-state", "cancelled")
+    expect(job.locator('button[data-action="cancel"]')).to_have_count(0)
+    expect(page.locator(".term-box .ln.lv-cmd", has_text="DELETE /backfill/")).to_be_visible()
+    live.in_trio(live.sim.venues[BN].faults.clear)  # type: ignore[union-attr]
+
+
+def test_backfill_unavailable_is_said_clearly(holed: tuple[LiveFeedd, Pages, Hole]) -> None:
+    """A feedd without the /backfill routes (404): the panel and the form say so."""
+    _live, pages, _hole = holed
+    pages.allow("Failed to load resource")  # the 404s under test
+    page = pages.context.new_page()
+    not_found = json.dumps({"error": "not found"})
+    page.route(
+        re.compile(r".*/backfill(/.*)?$"),
+        lambda route: route.fulfill(status=404, content_type="application/json", body=not_found),
+    )
+    page.goto("/")
+    expect(page.locator('section.jobs [data-field="unavailable"]')).to_have_text(
+        "backfill unavailable — this feedd has no backfill API (HTTP 404)"
+    )
+    expect(page.locator("section.jobs li.job")).to_have_count(0)
+    row(page, BN, "ETHUSDT").locator('button[data-action="backfill"]').click()
+    form = page.get_by_role("dialog", name="Backfill")
+    form.locator('button[data-action="start"]').click()
+    expect(form.locator('[data-field="error"]')).to_contain_text("backfill unavailable")
+    page.keyboard.press("Escape")
+    expect(form).to_have_count(0)
+    # the strip still shows the hole; a click on it is answered the same way, nothing breaks
+    page.evaluate("window.feeddCoverage.refresh()")
+    hole = row(page, BN, "ETHUSDT").locator(".cov-strip .hole")
+    expect(hole).to_have_count(1)
+    hole.click()
+    expect(page.locator('section.jobs [data-field="unavailable"]')).to_be_visible()
+    expect(page.locator(".term-box .ln.lv-cmd", has_text="> POST /backfill")).to_have_count(2)
+    expect(page.locator(".term-box .ln.lv-error", has_text="HTTP 404").last).to_be_visible()
+
+
+# ---- chart: older history ------------------------------------------------------------------
+
+#: scroll the view so that its right edge is 100 bars after the oldest loaded one
+SCROLL_TO_OLDEST = """() => {
+  const ts = window.feeddChart.chart().timeScale();
+  ts.scrollToPosition(-(window.feeddChart.bars - 100), false);
+}"""
+#: scroll to the oldest bar until an older page is asked for (again at each poll: a reload of
+#: the chart, after the test's /ws fell quiet on a busy machine, puts the view back at the end)
+SCROLLED_TO_OLDEST = """() => {
+  if (window.feeddChart.olderInFlight === 1) return true;
+  if (window.feeddChart.loaded) {
+    const ts = window.feeddChart.chart().timeScale();
+    ts.scrollToPosition(-(window.feeddChart.bars - 100), false);
+  }
+  return false;
+}"""
+#: the time under a point of the view 90 % of the way to its right edge, once drawn
+TIME_AT_RIGHT = """() => new Promise((resolve) => requestAnimationFrame(() => {
+  const ts = window.feeddChart.chart().timeScale();
+  resolve(ts.coordinateToTime(ts.width() * 0.9));
+}))"""
+
+
+def scroll_back_to_the_start(chart: Page, held: list[Any], bar_s: int) -> int:
+    """Scroll left until the chart has loaded every older page; returns the pages loaded.
+
+    ``held`` collects the routes of older-page requests, held until the test lets them go: the
+    view is measured before and after each page lands (it must not move), and scrolling on
+    while a page is on its way must not send a second request. A live candle may move the
+    view by a bar meanwhile (``bar_s`` seconds); a page is 1000 bars."""
+    pages = 0
+    landed = chart.evaluate("window.feeddChart.olderPages")  # pages of earlier intervals
+    while not chart.evaluate("window.feeddChart.exhausted"):
+        assert pages < 20, "the chart never reached the oldest stored candle"
+        chart.wait_for_function(SCROLLED_TO_OLDEST, polling=500)
+        at_right = chart.evaluate(TIME_AT_RIGHT)
+        chart.evaluate(SCROLL_TO_OLDEST.replace("- 100", "- 60"))  # more scrolling meanwhile
+        chart.evaluate(TIME_AT_RIGHT)
+        chart.evaluate(SCROLL_TO_OLDEST)
+        chart.evaluate(TIME_AT_RIGHT)
+        assert len(held) == 1, "two older pages asked for at once"
+        held.pop().continue_()
+        pages += 1
+        chart.wait_for_function(f"window.feeddChart.olderPages >= {landed + pages}")
+        moved = chart.evaluate(TIME_AT_RIGHT) - at_right
+        assert abs(moved) <= 2 * bar_s, (
+            f"the view jumped by {moved / bar_s} bars as page {pages} of {bar_s} s bars landed"
+        )
+    return pages
+
+
+def drawn_equals_served(chart: Page, interval: str) -> int:
+    """Every candle /ohlcv holds up to two bars before the live edge is drawn, once."""
+    drawn = [bar["time"] * 1000 for bar in chart.evaluate("window.feeddChart.series()")]
+    assert drawn == sorted(set(drawn)), "bars out of order or repeated"
+    cutoff = drawn[-1] - 2 * {"1m": 60_000, "5m": 300_000}[interval]
+    text = chart.evaluate(
+        "(u) => fetch(u).then((r) => r.text())",
+        f"/ohlcv/{BN}/BTCUSDT/{interval}?format=ndjson&until={cutoff}",
+    )
+    served = [json.loads(line)["open_time"] for line in text.splitlines() if line]
+    assert [t for t in drawn if t <= cutoff] == served
+    return len(served)
+
+
+def test_chart_loads_older_history_as_the_view_scrolls_left(
+    browser: Browser, tmp_path: Path
+) -> None:
+    with LiveFeedd(tmp_path, {BN: ["BTCUSDT"]}, batch_interval=100, bootstrap_load=6000) as live:
+        pages = Pages(browser, live.url)
+        try:
+            console = pages.open("/")
+            expect(worker(console, BN).locator('[data-field="backfill"]')).to_have_text("0")
+            expect(row(console, BN, "BTCUSDT")).to_have_attribute("data-state", "live")
+            console.close()
+            fetches: list[str] = []
+            held: list[Any] = []
+            older_page = re.compile(r"/ohlcv/.*\?until=\d+&limit=1000$")
+            chart = pages.context.new_page()
+            chart.on(
+                "request", lambda r: fetches.append(r.url) if older_page.search(r.url) else None
+            )
+            chart.route(older_page, lambda route: held.append(route))
+            chart.goto(f"/chart.html?exchange={BN}&symbol=BTCUSDT&interval=1m")
+            chart.wait_for_function(CHART_DRAWN)
+            assert chart.evaluate("window.feeddChart.bars") >= 1000
+            assert not chart.evaluate("window.feeddChart.exhausted")
+            assert scroll_back_to_the_start(chart, held, 60) >= 5  # 6000 stored: six pages of 1000
+            assert drawn_equals_served(chart, "1m") >= 6000
+            screenshot(chart, "chart-history.png")
+
+            # a resampled interval pages the same way: 1200 5m buckets, one older page
+            chart.locator('#intervals button[data-interval="5m"]').click()
+            chart.wait_for_function(CHART_DRAWN)
+            assert not chart.evaluate("window.feeddChart.exhausted")
+            assert scroll_back_to_the_start(chart, held, 300) >= 1
+            assert drawn_equals_served(chart, "5m") >= 1200
+            assert chart.evaluate("window.feeddChart.olderMaxInFlight") == 1
+            assert len(fetches) == len(set(fetches)), "a page was fetched twice"
+            assert pages.problems() == []
+        finally:
+            pages.close()

@@ -33,7 +33,18 @@ const symbol = (params.get("symbol") || "").toUpperCase();
 let interval = params.get("interval") || "1m";
 
 // Exposed for the browser tests and for curious operators in the devtools console.
-const debug = (window.feeddChart = { bars: 0, liveUpdates: 0, lastBar: null, loaded: false });
+const debug = (window.feeddChart = {
+  bars: 0,
+  liveUpdates: 0,
+  lastBar: null,
+  loaded: false,
+  oldest: null, // open time of the oldest candle loaded
+  exhausted: false, // a page of older history came back short: nothing older is stored
+  olderPages: 0,
+  olderInFlight: 0,
+  olderMaxInFlight: 0,
+  loads: 0,
+});
 
 let chart = null;
 let candleSeries = null;
@@ -43,6 +54,7 @@ let loading = null; // queue of live candles that arrived while (re)loading
 let buckets = new Map(); // bucket open time -> Map(1m open time -> {candle, seeded})
 let lastBucket = null;
 let hasData = false;
+let older = { busy: false, done: true, retryAt: 0 }; // paging into older history
 
 function showError(message) {
   $("error").textContent = message;
@@ -131,6 +143,63 @@ function buildChart() {
       renderLegend(debug.lastBar);
     }
   });
+}
+
+// ---- older history: a page before the oldest candle as the view nears it ----------------
+
+// Bars between the left edge of the view and the oldest loaded one that start the next page.
+const OLDER_MARGIN = 40;
+const OLDER_RETRY_MS = 5000;
+
+function nearOldest() {
+  const range = chart.timeScale().getVisibleLogicalRange();
+  return range !== null && range.from < OLDER_MARGIN;
+}
+
+// One fetch at a time, per load (a reload or interval switch starts a new `older`); a short
+// page means the store holds nothing older. The page lands without moving the view.
+async function loadOlder() {
+  const state = older;
+  if (state.busy || state.done || loading || !hasData || Date.now() < state.retryAt) return;
+  const bars = candleSeries.data();
+  if (!bars.length) return;
+  const oldest = bars[0].time * 1000;
+  const gen = generation;
+  state.busy = true;
+  debug.olderInFlight += 1;
+  debug.olderMaxInFlight = Math.max(debug.olderMaxInFlight, debug.olderInFlight);
+  let landed = false;
+  try {
+    const rows = await api(
+      `/ohlcv/${encodeURIComponent(exchange)}/${encodeURIComponent(symbol)}/${interval}` +
+        `?until=${oldest - 1}&limit=${HISTORY_LIMIT}`,
+    );
+    if (gen !== generation) return;
+    if (rows.length < HISTORY_LIMIT) state.done = true;
+    const page = rows.filter((c) => c.open_time < oldest);
+    if (page.length) prepend(page);
+    debug.olderPages += 1;
+    debug.exhausted = state.done;
+    landed = true;
+  } catch (err) {
+    if (gen !== generation) return;
+    state.retryAt = Date.now() + OLDER_RETRY_MS;
+    console.warn("chart: loading older candles failed; retrying when scrolled again", err);
+  } finally {
+    debug.olderInFlight -= 1;
+    state.busy = false;
+  }
+  // Zoomed far out, one page may not reach the edge of the view: take the next one.
+  if (landed && gen === generation && nearOldest()) loadOlder();
+}
+
+// The time scale keeps its distance from the newest bar across setData, so the bars on screen
+// stay put (the browser test checks it) while the logical range shifts by the page's length.
+function prepend(rows) {
+  candleSeries.setData(rows.map(toBar).concat(candleSeries.data()));
+  volumeSeries.setData(rows.map(toVolume).concat(volumeSeries.data()));
+  debug.bars = candleSeries.data().length;
+  debug.oldest = rows[0].open_time;
 }
 
 function aggregate(start, minutes) {
@@ -255,6 +324,10 @@ function onCandles(list) {
 async function load() {
   const gen = ++generation;
   loading = [];
+  older = { busy: false, done: true, retryAt: 0 };
+  chart.timeScale().scrollToPosition(3, false); // a new series starts at its newest bar
+  debug.exhausted = false;
+  debug.oldest = null;
   buckets = new Map();
   seeding.clear();
   lastBucket = null;
@@ -269,6 +342,10 @@ async function load() {
     candleSeries.setData(rows.map(toBar));
     volumeSeries.setData(rows.map(toVolume));
     debug.bars = rows.length;
+    debug.oldest = rows.length ? rows[0].open_time : null;
+    // A short first page is all there is; a full one may have older pages before it.
+    older = { busy: false, done: rows.length < HISTORY_LIMIT, retryAt: 0 };
+    debug.exhausted = older.done;
     if (rows.length) {
       const last = rows[rows.length - 1];
       lastBucket = last.open_time;
@@ -283,7 +360,9 @@ async function load() {
       const width = Math.max(200, $("chart").clientWidth - 80);
       const spacing = Math.min(14, Math.max(5, width / rows.length));
       chart.timeScale().applyOptions({ barSpacing: spacing, rightOffset: 3 });
-      chart.timeScale().scrollToRealTime();
+      // Not scrollToRealTime: from far in the past it animates for a second through ranges
+      // near the oldest bar, and each would ask for an older page nobody scrolled to.
+      chart.timeScale().scrollToPosition(3, false);
     } else {
       renderLegend(null);
       setEmpty(
@@ -302,6 +381,7 @@ async function load() {
       loading = null;
       for (const c of queued) applyLive(c, gen);
       debug.loaded = true;
+      debug.loads += 1;
     }
   }
 }
@@ -375,6 +455,12 @@ function main() {
   }
   buildChart();
   debug.series = () => candleSeries.data();
+  debug.chart = () => chart;
+  // The range handed to the handler may be stale (notifications come a frame late, after a
+  // reload may have moved the view back to the newest bar): ask the time scale itself.
+  chart.timeScale().subscribeVisibleLogicalRangeChange(() => {
+    if (nearOldest()) loadOlder();
+  });
   let wasOpen = false;
   const socket = new LiveSocket({
     onMessage: (msg) => {

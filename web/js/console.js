@@ -1,6 +1,9 @@
 // index.html, the console: one /ws for status, logs and candles; panels; dangerous actions.
 
 import { api, ApiError, fmtTime, getToken, LiveSocket, onAuthRequired, setToken } from "./api.js";
+import { refreshCoverage } from "./coverage.js";
+import { refreshJobs } from "./jobs.js";
+import { BackfillForm, JobsPanel } from "./jobs_panel.js";
 import { ConfirmDialog, command, SymbolsManager } from "./manager.js";
 import { SymbolsPanel, SystemPanel, WorkersPanel } from "./panels.js";
 import { applyStatus, onCandles, status, ui } from "./store.js";
@@ -69,6 +72,8 @@ const App = {
     TerminalPanel,
     SymbolsManager,
     ConfirmDialog,
+    JobsPanel,
+    BackfillForm,
   },
   setup() {
     return { ui, status };
@@ -132,6 +137,8 @@ const App = {
       this.ui.authNeeded = false;
       this.tokenInput = "";
       loadInitial();
+      refreshCoverage();
+      refreshJobs();
       socket.retryNow();
     },
   },
@@ -161,12 +168,14 @@ const App = {
     <main class="grid-main">
       <SystemPanel class="area-system" />
       <WorkersPanel class="area-workers" />
+      <JobsPanel class="area-jobs" />
       <SymbolsPanel class="area-symbols" />
       <TapePanel class="area-tape" />
       <TerminalPanel class="area-terminal" />
     </main>
     <SymbolsManager v-if="managerOpen" @close="managerOpen = false" />
     <ConfirmDialog v-if="dialog" :dialog="dialog" @close="dialog = null" />
+    <BackfillForm v-if="ui.backfillTarget" :target="ui.backfillTarget" @close="ui.backfillTarget = null" />
   </div>`,
 };
 
@@ -194,4 +203,5 @@ if (!window.Vue) {
   writeLocal(`console opened${getToken() ? " (with an API token)" : ""}`, "info");
   loadInitial();
   startSocket();
+  refreshCoverage();
 }

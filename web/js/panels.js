@@ -10,7 +10,8 @@ import {
   fmtDuration,
   fmtNum,
 } from "./api.js";
-import { registerCells, rows, status, unregisterCells } from "./store.js";
+import { CoverageStrip } from "./coverage.js";
+import { registerCells, rows, status, ui, unregisterCells } from "./store.js";
 
 const CHART_INTERVALS = ["1m", "5m", "15m", "1h", "4h"];
 
@@ -128,6 +129,7 @@ export const WorkersPanel = {
 // template and painted by the store, so a candle never re-renders a row.
 const SymbolRow = {
   name: "SymbolRow",
+  components: { CoverageStrip },
   props: { row: { type: Object, required: true } },
   setup() {
     return { CHART_INTERVALS };
@@ -162,6 +164,10 @@ const SymbolRow = {
     href(interval) {
       return chartUrl(this.row.exchange, this.row.symbol, interval);
     },
+    backfill() {
+      const { exchange, symbol, interval } = this.row;
+      ui.backfillTarget = { exchange, symbol, interval };
+    },
   },
   template: `
   <div class="srow" role="row" :data-key="row.key" :data-symbol="row.symbol"
@@ -179,6 +185,11 @@ const SymbolRow = {
     <span ref="lo" class="c num lo" role="cell"></span>
     <span ref="vol" class="c num vol" role="cell"></span>
     <span ref="time" class="c num time" role="cell"></span>
+    <span class="c cov" role="cell">
+      <CoverageStrip :exchange="row.exchange" :symbol="row.symbol" :interval="row.interval" />
+      <button type="button" class="btn tiny bf" data-action="backfill" :title="'backfill ' + row.symbol + '…'"
+              :aria-label="'backfill ' + row.symbol" @click="backfill">⟲</button>
+    </span>
     <span class="c charts" role="cell">
       <a v-for="iv in CHART_INTERVALS" :key="iv" class="btn tiny" :href="href(iv)" target="_blank"
          rel="noopener" :data-interval="iv" @click.prevent="open(iv)">{{ iv }}</a>
@@ -242,6 +253,7 @@ export const SymbolsPanel = {
         <span class="c sym">symbol</span><span class="c ex">exchange</span><span class="c st">status</span>
         <span class="c num">last</span><span class="c num chg">chg</span><span class="c num hi">high</span>
         <span class="c num lo">low</span><span class="c num vol">volume</span><span class="c num time" title="candle open time, UTC">time</span>
+        <span class="c cov" title="stored history, first to last candle; holes in red (click one to backfill it)">coverage</span>
         <span class="c charts">chart</span>
       </div>
       <div class="sbody">

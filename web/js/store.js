@@ -12,6 +12,7 @@ export const ui = reactive({
   retryIn: 0,
   everOpen: false,
   authNeeded: false,
+  backfillTarget: null, // {exchange, symbol, interval} while the backfill form is open
 });
 
 // The whole /status document; components read what they show.
