@@ -32,7 +32,7 @@ def main() -> int:
             entry = json.loads(line) if line.startswith("{") else {}
             settings = config["exchanges"].get(entry.get("exchange"))
             if settings is not None:
-                settings.update(ws_url=entry["ws_url"], rest_url=entry["rest_url"])
+                settings.update({k: v for k, v in entry.items() if k.endswith("_url")})
                 venues += 1
         config["database_path"] = str(ROOT / "data" / "demo.db")
         config["bootstrap_load"] = min(config.get("bootstrap_load", 10000), 1440)

@@ -51,18 +51,6 @@ def chromium_problem() -> str | None:
     return None
 
 
-def sim_config(sim: Simulator, symbols: dict[str, list[str]], **extra: Any) -> config.Config:
-    """e2e's config, with each venue's bulk archive on the simulator too (backfill jobs would
-    otherwise reach for the real one)."""
-    cfg = feedd_config(sim, symbols, **extra)
-    archives = {u["exchange"]: u["archive_url"] for u in sim.urls() if "archive_url" in u}
-    exchanges = {
-        name: attrs.evolve(ex, archive_url=archives[name]) if name in archives else ex
-        for name, ex in cfg.exchanges.items()
-    }
-    return attrs.evolve(cfg, exchanges=exchanges)
-
-
 class LiveFeedd:
     """Simulator + feedd in a background trio thread."""
 
@@ -132,7 +120,7 @@ class LiveFeedd:
         self._done = trio.Event()
         async with open_simulator(self.sim_settings) as sim:
             self.sim = sim
-            config.save(self.config_path, sim_config(sim, self.symbols, **self.extra))
+            config.save(self.config_path, feedd_config(sim, self.symbols, **self.extra))
             port = 0
             while True:
                 # One round runs feedd until stop_feedd() or exit; start_feedd() begins the

@@ -22,12 +22,18 @@ from feedd.store import codec
 Row = tuple[str, str, str, str, str, str, int | None]
 
 
+def venue_urls(sim: Simulator, name: str) -> dict[str, str]:
+    """The simulated venue's base URLs as config keys (its bulk archive too, where it serves
+    one: backfill jobs would otherwise reach for the real one)."""
+    (urls,) = (u for u in sim.urls() if u["exchange"] == name)
+    return {key: value for key, value in urls.items() if key != "exchange"}
+
+
 def feedd_config(sim: Simulator, symbols: dict[str, list[str]], **extra: Any) -> config.Config:
     exchanges = {
         name: {
             "symbols": syms,
-            "ws_url": sim.venues[name].ws_url,
-            "rest_url": sim.venues[name].rest_url,
+            **venue_urls(sim, name),
             # At 60x speed a real second is a minute: tighten the watchdog accordingly.
             "silence_timeout": 3,
         }

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from e2e import compare
+from e2e import compare, venue_urls
 
 from feedd.intervals import MINUTE_MS, floor_open
 from feedd.sim.app import Simulator
@@ -42,8 +42,7 @@ def config_doc(sim: Simulator, plan: Plan, **extra: Any) -> dict[str, Any]:
         "exchanges": {
             name: {
                 "symbols": list(symbols),
-                "ws_url": sim.venues[name].ws_url,
-                "rest_url": sim.venues[name].rest_url,
+                **venue_urls(sim, name),
                 # At 60x a real second is a sim minute: a stall is noticed within 3 s.
                 "silence_timeout": 3,
             }
