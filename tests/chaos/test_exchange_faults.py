@@ -84,6 +84,29 @@ async def until_sim(
     await service.state.writer.wait_committed(lambda: all(check(v) for v in venues))
 
 
+async def inject_until_reconnected(
+    service: Service, sim: Simulator, fault: Callable[[Faults], int], count: int
+) -> None:
+    """Give each venue's connections ``fault`` until the venue has reconnected ``count``
+    times. A fault returns how many connections it reached: right after a reconnect the
+    simulator may not have registered the new session yet (0), and the venue is asked again
+    after the next commit rather than waited for forever."""
+    stats, writer = service.state.supervisor.stats, service.state.writer
+    reached: set[str] = set()
+    while not all(reconnected(count)(stats[n]) for n in VENUES):
+        for name in VENUES:
+            if name not in reached and fault(sim.venues[name].faults) > 0:
+                reached.add(name)
+        batches = writer.stats.batches
+
+        def moved(before: int = batches) -> bool:
+            return writer.stats.batches > before or all(
+                reconnected(count)(stats[n]) for n in VENUES
+            )
+
+        await writer.wait_committed(moved)
+
+
 def reconnected(count: int) -> Callable[[ExchangeStats], bool]:
     """``count`` reconnects so far, and connected again."""
     return lambda s: s.reconnects >= count and s.connections == 1
@@ -106,10 +129,8 @@ async def test_stream_faults_one_after_another(tmp_path: Path) -> None:
             # out.
             await until_sim(service, sim, lambda v: v["rest_faults"] >= 1)
             await sim.sleep_until_ms(sim.now_ms() // MINUTE_MS * MINUTE_MS + MINUTE_MS + MID)
-            on_all(sim, lambda f: f.drop_connections())  # mid-candle
-            await until(service, reconnected(1))
-            on_all(sim, lambda f: f.send_oversized())
-            await until(service, reconnected(2))
+            await inject_until_reconnected(service, sim, lambda f: f.drop_connections(), 1)
+            await inject_until_reconnected(service, sim, lambda f: f.send_oversized(), 2)
             on_all(sim, lambda f: f.stall(5.0))  # > silence_timeout (3 s): the watchdog acts
             await until(service, reconnected(3))
             on_all(sim, lambda f: f.stall_symbol("SOLUSDT", 8.0))  # > the stream's 6 s
