@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from feedd.candle import Candle
@@ -105,13 +105,22 @@ class Database:
         """Upsert ``candles`` in one transaction; returns rows inserted or changed."""
         if not candles:
             return 0
+        return self._upsert(candles)
+
+    def _upsert(self, candles: Sequence[Candle], also: Callable[[], object] | None = None) -> int:
+        """Upsert ``candles`` and run ``also`` in the same transaction (all or nothing)."""
         new_ids: dict[SeriesKey, int] = {}
+        rows: list[Row] = []
+        changed = 0
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                rows = self._rows(candles, new_ids)
-                changed = self._conn.executemany(_UPSERT, rows).rowcount
-                self._record_closed(rows)
+                if candles:
+                    rows = self._rows(candles, new_ids)
+                    changed = self._conn.executemany(_UPSERT, rows).rowcount
+                    self._record_closed(rows)
+                if also is not None:
+                    also()
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -173,30 +182,15 @@ class Database:
     def write_job(self, candles: Sequence[Candle], job_id: str, created_at: int, doc: str) -> int:
         """Upsert ``candles`` and save job ``job_id``'s document in one transaction, so a
         job's saved progress never runs ahead of its stored candles; returns rows changed."""
-        new_ids: dict[SeriesKey, int] = {}
-        rows: list[Row] = []
-        changed = 0
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                if candles:
-                    rows = self._rows(candles, new_ids)
-                    changed = self._conn.executemany(_UPSERT, rows).rowcount
-                    self._record_closed(rows)
-                self._conn.execute(
-                    "INSERT INTO jobs (id, created_at, doc) VALUES (?, ?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-                    (job_id, created_at, doc),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-        except sqlite3.Error as exc:
-            raise store_error(exc, "cannot write to", self.path) from exc
-        self._ids.update(new_ids)
-        self._dirty.update(row[0] for row in rows)
-        return changed
+
+        def save_job() -> object:
+            return self._conn.execute(
+                "INSERT INTO jobs (id, created_at, doc) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                (job_id, created_at, doc),
+            )
+
+        return self._upsert(candles, save_job)
 
     def delete_job(self, job_id: str) -> None:
         try:
