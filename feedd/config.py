@@ -23,6 +23,7 @@ from feedd import exchanges
 from feedd.configsource import Secret, external_token
 from feedd.errors import ConfigError
 from feedd.intervals import is_interval
+from feedd.storageconfig import StorageConfig, parse_storage
 from feedd.symbols import RULE as SYMBOL_RULE
 from feedd.symbols import is_symbol
 
@@ -85,7 +86,8 @@ class Config:
         factory=lambda: {name: ExchangeConfig(name) for name in exchanges.REGISTRY}
     )
     intervals: tuple[str, ...] = ("1m",)
-    database_path: str = "./data/ohlcv.db"
+    #: where candles are kept (the old top-level ``database_path`` names the SQLite file)
+    storage: StorageConfig = attrs.Factory(StorageConfig)
     #: milliseconds between writer commits
     batch_interval: int = 50
     max_records: int = 100_000
@@ -114,6 +116,7 @@ class Config:
             for name, ex in self.exchanges.items()
         }
         out["intervals"] = list(self.intervals)
+        out["storage"] = self.storage.to_json()
         out["allowed_hosts"] = list(self.allowed_hosts)
         if out.pop("api_token_source") is not None:
             # A token from the environment or a credential stays out of the file.
@@ -187,7 +190,7 @@ def parse(data: object, environ: Mapping[str, str] | None = None) -> Loaded:
     if not isinstance(data, dict):
         raise ConfigError("", "the config must be a JSON object")
     defaults = Config()
-    known = {f.name for f in attrs.fields(Config)} - {"api_token_source"}
+    known = {f.name for f in attrs.fields(Config)} - {"api_token_source"} | {"database_path"}
     for key in data:
         if key not in known:
             warnings.append(f"{key}: unknown key, ignored")
@@ -197,7 +200,7 @@ def parse(data: object, environ: Mapping[str, str] | None = None) -> Loaded:
     config = Config(
         exchanges=_exchanges(data.get("exchanges"), intervals, warnings),
         intervals=intervals,
-        database_path=_string(data, "database_path", defaults.database_path),
+        storage=parse_storage(data, environ, warnings),
         batch_interval=_integer(data, "batch_interval", defaults.batch_interval),
         max_records=_integer(data, "max_records", defaults.max_records),
         bootstrap_load=_integer(data, "bootstrap_load", defaults.bootstrap_load),
@@ -416,7 +419,6 @@ def save(path: str | os.PathLike[str], config: Config) -> None:
             os.close(dir_fd)
 
 
-def database_file(config: Config, config_path: str | os.PathLike[str]) -> Path:
-    """The database path, relative paths taken from the config file's folder."""
-    path = Path(config.database_path)
-    return path if path.is_absolute() else Path(config_path).resolve().parent / path
+def config_folder(config_path: str | os.PathLike[str]) -> Path:
+    """Where relative paths in the config (the SQLite file) are taken from."""
+    return Path(config_path).resolve().parent

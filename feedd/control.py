@@ -36,7 +36,7 @@ log = logging.getLogger("feedd.control")
 STARTUP_KEYS = (
     "host",
     "port",
-    "database_path",
+    "storage",
     "api_token",
     "allowed_hosts",
     "batch_interval",

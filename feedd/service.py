@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import time
 from pathlib import Path
@@ -22,12 +21,13 @@ from feedd.candle import Candle
 from feedd.config import Config, check_exposure
 from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
-from feedd.errors import ListenError, StoreError, leaves
+from feedd.errors import ListenError, leaves
 from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
 from feedd.monitor.taskcpu import TaskCpu
-from feedd.store.reader import Reader
+from feedd.store.backend import Backend
+from feedd.store.sqlite import SqliteBackend
 from feedd.store.writer import Writer, WriterSettings
 from feedd.web.app import create_app, serve_web
 from feedd.web.live import LiveHub
@@ -50,30 +50,6 @@ class Service:
     stop: trio.Event
 
 
-def prepare_database_folder(database: Path) -> None:
-    """Create the database's folder, or say in one line why it cannot be used.
-
-    SQLite alone reports most of these as "unable to open database file", naming no cause.
-    """
-    if database.is_dir():
-        raise StoreError(f"database_path {database} is a folder, not a database file")
-    folder = database.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise StoreError(f"database folder {folder} is a file, not a folder") from None
-    except OSError as exc:
-        raise StoreError(f"cannot create the database folder {folder}: {_reason(exc)}") from None
-    try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError as exc:
-        raise StoreError(f"cannot use the database folder {folder}: {_reason(exc)}") from None
-    if read_only:
-        raise StoreError(f"database folder {folder} is on a read-only file system")
-    if not database.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot create {database.name} in {folder}: permission denied")
-
-
 def listen_error(exc: OSError, host: str, port: int) -> ListenError:
     """Name the address and what is wrong with it, from the error binding it raised."""
     where = f"cannot listen on {host}:{port}"
@@ -94,7 +70,7 @@ def _reason(exc: OSError) -> str:
 
 async def run_service(
     config: Config,
-    database: Path,
+    store: Backend | Path,
     *,
     config_path: Path | None = None,
     stop: trio.Event | None = None,
@@ -102,13 +78,15 @@ async def run_service(
 ) -> None:
     """Run feedd until ``stop`` is set, then shut down in order.
 
+    ``store``: the backend, or the path of a SQLite file.
     ``config_path``: where API changes to the configuration are saved (None: not saved).
     """
     check_exposure(config)
     stop = trio.Event() if stop is None else stop
-    prepare_database_folder(database)
-    writer = Writer(WriterSettings(database, config.batch_interval, config.max_records))
-    reader = Reader(database)
+    backend: Backend = SqliteBackend(store) if isinstance(store, Path) else store
+    backend.prepare()
+    writer = Writer(WriterSettings(backend, config.batch_interval, config.max_records))
+    reader = backend.open_reader()
     candles_send, candles_recv = trio.open_memory_channel[list[Candle]](CANDLE_QUEUE)
     logs = LogRing()
     cpu = TaskCpu()
@@ -131,7 +109,7 @@ async def run_service(
             controller = Controller(config, config_path, supervisor, writer, http)
             jobs = JobManager(writer, supervisor, http, lambda: controller.config)
             started_at = time.time()
-            monitor = Monitor(database, lambda: supervisor.stats, cpu, started_at)
+            monitor = Monitor(backend, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))
             state = AppState(
                 controller=controller,
@@ -185,7 +163,7 @@ async def run_service(
             # Changes run in the controller's task, not a request's (see feedd/changes.py);
             # started once ingest runs, so a change sent earlier waits in the queue for it.
             await root.start(controller.run, stop)
-            log.info("feedd serving on %s; database %s", url, database)
+            log.info("feedd serving on %s; %s database %s", url, backend.kind, backend.location)
             task_status.started(Service(url, state, stop))
 
             await stop.wait()

@@ -18,6 +18,7 @@ import trio
 from feedd import config, configsource
 from feedd.errors import ConfigError
 from feedd.service import Service, run_service
+from feedd.store.backend import open_backend
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +136,8 @@ def test_round_trip_through_json() -> None:
 
 def test_database_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
     cfg = config.parse({}).config
-    assert config.database_file(cfg, tmp_path / "c.json") == tmp_path / "data" / "ohlcv.db"
+    store = open_backend(cfg.storage, config.config_folder(tmp_path / "c.json"))
+    assert store.location == str(tmp_path / "data" / "ohlcv.db")
 
 
 def run_feedd(*args: str) -> subprocess.CompletedProcess[str]:

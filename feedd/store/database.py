@@ -49,6 +49,11 @@ WHERE NOT (candles.flags & 1) OR (excluded.flags & 1)
 class Database:
     """Owns the read-write connection; every public method is one transaction."""
 
+    read_only_reason = (
+        "SQLite could open it only read-only"
+        " (file or directory permissions, an immutable file, a read-only mount)"
+    )
+
     def __init__(
         self,
         conn: sqlite3.Connection,

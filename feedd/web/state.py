@@ -15,7 +15,7 @@ from feedd.engine.supervisor import Supervisor
 from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
-from feedd.store.reader import Reader
+from feedd.store.backend import ReadStore
 from feedd.store.writer import Writer
 from feedd.web.live import LiveHub
 from feedd.web.peer import Connections
@@ -24,7 +24,7 @@ from feedd.web.peer import Connections
 @attrs.define(eq=False)
 class AppState:
     controller: Controller
-    reader: Reader
+    reader: ReadStore
     writer: Writer
     supervisor: Supervisor
     monitor: Monitor
