@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -13,6 +15,8 @@ import pytest
 import trio
 from e2e import feedd_config
 
+from feedd.candle import Candle
+from feedd.errors import StoreError
 from feedd.intervals import MINUTE_MS
 from feedd.service import Service, run_service
 from feedd.sim.app import open_simulator
@@ -21,6 +25,10 @@ from feedd.store.backend import open_backend
 from feedd.store.nodes import KEEP_MS, NodeRecord
 from feedd.store.postgres import nodes as pg_nodes
 from feedd.store.postgres import postgres_backend
+from feedd.store.writer import Writer, WriterSettings
+
+if TYPE_CHECKING:
+    from pgserver import PgServer
 
 pytest_plugins = ["pgserver"]
 
@@ -126,3 +134,21 @@ async def test_collector_and_api_node_on_one_database(tmp_path: Path, pg_dsn: st
     # The clean stops said goodbye in the shared table.
     states = {r.node_id: r.doc for r in read_nodes(pg_dsn)}
     assert len(states) == 2 and all('"state":"stopped"' in doc for doc in states.values())
+
+
+async def test_heartbeats_reconnect_after_the_server_drops_the_connection(
+    pg_server: PgServer, pg_dsn: str
+) -> None:
+    """An API node commits no candles, so no failed commit replaces a broken connection: the
+    heartbeat must. (Before: every later heartbeat failed on the dead connection.)"""
+    writer = Writer(WriterSettings(postgres_backend(pg_dsn), 50, 1000))
+    send, recv = trio.open_memory_channel[list[Candle]](1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run, recv)
+        await writer.record_node("a", "{}", T0)
+        assert pg_server.terminate(urlsplit(pg_dsn).path.lstrip("/")) >= 1
+        with pytest.raises(StoreError):
+            await writer.record_node("a", "{}", T0 + 1)
+        await writer.record_node("a", '{"back": true}', T0 + 2)
+        await send.aclose()
+    assert read_nodes(pg_dsn) == [NodeRecord("a", T0 + 2, '{"back": true}')]
