@@ -195,6 +195,11 @@ SCALARS: tuple[Scalar, ...] = (
         lambda s: s.state.connections.accept_errors,
     ),
     counter(
+        "feedd_web_connections_stalled",
+        "Connections closed because the client read nothing of a response for 60 s.",
+        lambda s: s.state.connections.stalled,
+    ),
+    counter(
         "feedd_monitor_sample_errors",
         "System samples that failed (out of descriptors, say): the last figures are kept.",
         lambda s: s.state.monitor.sample_errors,
