@@ -307,8 +307,7 @@ class FeeddCollector(Collector):
             "discovery) or 'other'; rate() of it is the share of one core, 0-1.",
             labels=["group"],
         )
-        # The monitor is the instrument's only holder (service.py hands it over at start).
-        busy = self.state.monitor._cpu.busy
+        busy = self.state.monitor.busy_seconds
         for group, seconds in sorted(busy.items()):
             family.add_metric([group], seconds)
         return family
