@@ -12,6 +12,7 @@ from feedd.storageconfig import redacted_dsn
 from feedd.symbols import is_symbol
 from feedd.web import body, params
 from feedd.web.errors import ApiError, json_response
+from feedd.web.roles import check_change
 from feedd.web.state import current_state as state
 from feedd.web.status import exchanges_document
 
@@ -65,6 +66,7 @@ async def post_config() -> Response:
         # The redacted DSN GET /config showed means "unchanged", as the token's REDACTED does.
         data["storage"] = {**storage, "dsn": running.dsn}
     loaded = config_module.parse(data)
+    check_change(controller.started_with, controller.config, loaded.config)
     return applied(await controller.replace(loaded.config, loaded.warnings))
 
 
