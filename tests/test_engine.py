@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import orjson
@@ -15,7 +15,9 @@ import trio.testing
 import trio_websocket
 from fakes import FakeVenue, Script, make_context
 
+from feedd.engine import connector
 from feedd.engine.backoff import Backoff
+from feedd.engine.connector import Connection
 from feedd.engine.context import HealRequest
 from feedd.engine.pacing import Pacer
 from feedd.engine.session import ACK_TIMEOUT_S, Session
@@ -33,6 +35,15 @@ ETH = Stream("ETHUSDT", "1m")
 @pytest.fixture
 def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture(autouse=True, params=sorted(connector.CLIENTS))
+def each_connector(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every engine test runs over each connector: the session must not care which."""
+    before = connector.selected()
+    connector.use(request.param)
+    yield request.param
+    connector.use(before)
 
 
 def test_backoff_grows_caps_and_jitters() -> None:
@@ -244,7 +255,7 @@ def test_heal_requests_merge_to_the_widest() -> None:
 
 def okx_without_ids(
     reject: frozenset[str] = frozenset(),
-) -> Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocketConnection]]:
+) -> Callable[[str], AbstractAsyncContextManager[Connection]]:
     """An in-memory OKX that answers as the 2022 captures show: no ``id`` echoed, one ack
     per arg, and a 60018 error naming the arg for each instId in ``reject``."""
 
@@ -269,17 +280,13 @@ def okx_without_ids(
             nursery.cancel_scope.cancel()
 
     @asynccontextmanager
-    async def connect(url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    async def connect(url: str) -> AsyncIterator[Connection]:
         client, server = trio.testing.memory_stream_pair()
         async with unwrapped_nursery() as nursery:
             nursery.start_soon(serve, server)
-            ws = await trio_websocket.wrap_client_stream(nursery, client, "fake", "/ws/v5/business")  # type: ignore[arg-type]
-            try:
+            async with connector.client().wrap_stream(client, "fake", "/ws/v5/business") as ws:
                 yield ws
-            finally:
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + 1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
 
     return connect
 
