@@ -296,7 +296,10 @@ async def run_ws_timer(url: str) -> None:
 
     arrived: list[tuple[str, str, int, float, float]] = []
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with trio_websocket.open_websocket_url(url.replace("http", "ws") + "/ws") as ws:
+        # max size: a /ws message carries every candle of a commit, which can pass 1 MiB
+        async with trio_websocket.open_websocket_url(
+            url.replace("http", "ws") + "/ws", max_message_size=2**28
+        ) as ws:
             await ws.send_message(SUBSCRIBE_ALL.decode())
             print("connected", flush=True)
             async with trio.open_nursery() as nursery:

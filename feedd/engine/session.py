@@ -26,6 +26,7 @@ from feedd.engine.subscriptions import Subscriptions
 from feedd.errors import ParseError, TransportError, collapse
 from feedd.exchanges.contract import (
     ErrorEvent,
+    Event,
     Ignored,
     Notice,
     Pong,
@@ -195,6 +196,7 @@ class Session:
     async def _read_loop(self) -> None:
         assert self._ws is not None
         ws, ctx, stats = self._ws, self.ctx, self.ctx.stats
+        parse, on_candle = ctx.module.parse_frame, self._on_candle
         # Every message already received is parsed in this step and its candles go on in one
         # list: one wake-up and one channel send per burst, not per frame.
         while True:
@@ -205,19 +207,24 @@ class Session:
             stats.messages += len(messages)
             candles: list[Candle] = []
             for message in messages:
-                await self._handle(message, now, candles)
+                try:
+                    text = message if isinstance(message, str) else message.decode()
+                    events = parse(text)
+                except (ParseError, UnicodeDecodeError) as exc:
+                    self._parse_error(exc, message)
+                    continue
+                # Nearly every frame is one candle: taken here, without a coroutine per frame.
+                if len(events) == 1 and type(event := events[0]) is Candle:
+                    if on_candle(event, now):
+                        candles.append(event)
+                else:
+                    await self._handle(events, now, candles)
             if candles:
                 stats.candles += len(candles)
                 await ctx.candles_send.send(candles)
 
-    async def _handle(self, message: str | bytes, now: float, candles: list[Candle]) -> None:
+    async def _handle(self, events: list[Event], now: float, candles: list[Candle]) -> None:
         ctx, module, stats = self.ctx, self.ctx.module, self.ctx.stats
-        try:
-            text = message if isinstance(message, str) else message.decode()
-            events = module.parse_frame(text)
-        except (ParseError, UnicodeDecodeError) as exc:
-            self._parse_error(exc, message)
-            return
         for event in events:
             if isinstance(event, Candle):
                 if self._on_candle(event, now):
