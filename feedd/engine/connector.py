@@ -1,6 +1,6 @@
 """The engine's seam to a WebSocket client library: open a connection, take whole messages in
-batches, send text. Two implementations: trio-websocket (the default) and websockets' sans-IO
-protocol driven by the reading task itself (connector_websockets.py)."""
+batches, send text. Two implementations: websockets' sans-IO protocol driven by the reading
+task itself (connector_websockets.py, the default) and trio-websocket (connector_tws.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import import_module
+from importlib.util import find_spec
 from typing import Protocol
 
 import trio
@@ -52,7 +53,10 @@ CLIENTS = {
     "trio-websocket": "feedd.engine.connector_tws",
     "websockets": "feedd.engine.connector_websockets",
 }
-DEFAULT = "trio-websocket"
+#: websockets' protocol parsed in the reading task cost a quarter to a third of the CPU per
+#: stored row that trio-websocket did in bench_ingest (#17); trio-websocket stays available,
+#: and is used where websockets is not installed.
+DEFAULT = "websockets" if find_spec("websockets") else "trio-websocket"
 #: FEEDD_CONNECTOR picks another for a whole run (the test suite, a benchmark)
 _selected = os.environ.get("FEEDD_CONNECTOR") or DEFAULT
 
