@@ -13,8 +13,9 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-from fakes import FakeVenue, Script, make_context
+from fakes import FakeVenue, Script, kline_frame, make_context
 
+from feedd.candle import Candle
 from feedd.engine import connector
 from feedd.engine.backoff import Backoff
 from feedd.engine.connector import Connection
@@ -30,6 +31,7 @@ from feedd.exchanges.contract import Stream
 
 BTC = Stream("BTCUSDT", "1m")
 ETH = Stream("ETHUSDT", "1m")
+T0 = 1_700_000_040_000
 
 
 @pytest.fixture
@@ -327,4 +329,50 @@ async def test_okx_refusal_without_id_is_matched_on_the_arg_it_names(
         assert ctx.stats.streams_subscribed == 149
         assert ctx.stats.stream_states.pop("C120USDT 1m") == StreamState.REJECTED
         assert set(ctx.stats.stream_states.values()) == {StreamState.PENDING}
+        session.cancel()
+
+
+async def test_a_burst_reaches_the_writer_in_a_few_lists(each_connector: str) -> None:
+    """Frames that arrive together are parsed in one step and handed on as one list (one
+    channel send per wake-up, not per frame), in order, with either connector; a ping
+    that follows is answered."""
+    frames = 200
+    ctx, _, _ = make_context(FakeVenue())
+    # unbuffered: the session blocks on its first list while the rest arrives
+    candles_send, candles_recv = trio.open_memory_channel[list[Candle]](0)
+    ctx.candles_send = candles_send
+    servers, server_got = trio.open_memory_channel[trio_websocket.WebSocketConnection](1)
+
+    @asynccontextmanager
+    async def connect(url: str) -> AsyncIterator[Connection]:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+
+        async def serve() -> None:
+            request = await trio_websocket.wrap_server_stream(nursery, server_stream)  # type: ignore[arg-type]
+            await servers.send(await request.accept())
+            await trio.sleep_forever()
+
+        async with unwrapped_nursery() as nursery:
+            nursery.start_soon(serve)
+            async with connector.client().wrap_stream(client_stream, "fake", "/") as conn:
+                yield conn
+            nursery.cancel_scope.cancel()
+
+    ctx.connect = connect
+    async with trio.open_nursery() as nursery:
+        session = Session(ctx, (BTC,), frozenset())
+        nursery.start_soon(session.run)
+        server = await server_got.receive()
+        request = orjson.loads(await server.get_message())
+        await server.send_message(orjson.dumps({"result": None, "id": request["id"]}).decode())
+        for i in range(frames):
+            frame = kline_frame("BTCUSDT", T0, closed=False)
+            await server.send_message(frame.replace('"o":"100.0"', f'"o":"{i}"'))
+        lists = []
+        with trio.fail_after(10):
+            while sum(map(len, lists)) < frames:
+                lists.append(await candles_recv.receive())
+            await server.ping(b"still there?")
+        assert [c.open for batch in lists for c in batch] == [str(i) for i in range(frames)]
+        assert len(lists) <= 3, [len(b) for b in lists]
         session.cancel()
