@@ -63,7 +63,11 @@ class WebsocketsConnection:
         else:
             protocol.receive_eof()
         self._absorb(protocol.events_received())
-        await self._flush()
+        try:
+            await self._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The messages of this read are still handed out; the next receive says why.
+            self._error = TransportError(f"connection lost while answering: {exc!r}")
         if self._error is None and (not data or protocol.state is not State.OPEN):
             self._error = _ended(protocol)
 
