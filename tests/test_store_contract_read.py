@@ -44,6 +44,8 @@ MINUTES = 4 * 24 * 60
 HOLES = (range(50, 53), range(1_000, 1_130), range(3_000, 3_001))
 #: minutes stored but still forming (not closed): a hole for coverage, a partial bucket
 FORMING = (700, 2_222)
+#: minutes of the second venue's series, 40 days after its first ten
+FAR = 40 * 24 * 60
 #: since and until values: before, at and inside the data, in a hole, at its end, after it
 SAMPLE_TIMES = (None, T0 - DAY_MS, T0 + 1, T0 + 59 * MINUTE_MS + 7, T0 + 1_010 * MINUTE_MS)
 SAMPLE_TIMES += (T0 + (MINUTES - 1) * MINUTE_MS, T0 + 9 * DAY_MS)
@@ -92,7 +94,7 @@ def truth() -> list[Candle]:
     out += [
         Candle("okx_futures", "ETHUSDT", "1m", T0 + n * MINUTE_MS, "0.1", "0.3", "0.1", "0.2",
                "0.1", "0.2", None, True, Source.WS)
-        for n in range(10)
+        for n in (*range(10), *range(FAR, FAR + 5))
     ]  # fmt: skip
     return out
 
@@ -181,7 +183,7 @@ def test_closed_open_times_and_last_closed(stores: list[ReadStore]) -> None:
 def test_series_and_sources(stores: list[ReadStore]) -> None:
     series = both(stores, "series")
     assert [(s.exchange, s.interval, s.count) for s in series] == [
-        (EX, "1h", 47), (EX, "1m", MINUTES - 134), ("okx_futures", "1m", 10)
+        (EX, "1h", 47), (EX, "1m", MINUTES - 134), ("okx_futures", "1m", 15)
     ]  # fmt: skip
     sources = both(stores, "sources", EX, SYM, "1m")
     assert sources == {"ws": MINUTES - 134 - 2 - 60 - 297, "rest": 60, "archive": 297}
@@ -209,7 +211,13 @@ def test_resample_buckets_partial_closed_and_sources(stores: list[ReadStore]) ->
     assert not hours[T0 + 11 * HOUR_MS].closed  # minute 700 is forming
     assert hours[T0 + 8 * HOUR_MS].closed and hours[T0 + 8 * HOUR_MS].source == "ws"
     assert all(h.high == 60000.1 for h in hours.values())
-    (okx,) = both(stores, "resample", "okx_futures", "ETHUSDT", "15m")
+    okx, far = both(stores, "resample", "okx_futures", "ETHUSDT", "15m")
+    assert far.open_time == T0 + FAR * MINUTE_MS and not far.closed
+    # buckets on both sides of a 40-day hole, newest and oldest first, any limit
+    for interval in ("5m", "1h", "1d", "1w", "1M"):
+        for limit in (1, 2, 3):
+            both(stores, "resample", "okx_futures", "ETHUSDT", interval, None, None, limit)
+            both(stores, "resample", "okx_futures", "ETHUSDT", interval, T0, None, limit)
     # exact sums: ten 0.1 and ten 0.2 add up to 1 and 2, where floats give 0.9999999999999999
     assert (okx.volume, okx.quote_volume, okx.trades, okx.closed) == (1.0, 2.0, None, False)
     day = both(stores, "resample", EX, SYM, "1d", since=T0, limit=2)
