@@ -188,13 +188,14 @@ class PgServer:
     def drop_database(self, name: str) -> None:
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
-    def terminate(self, dbname: str | None = None) -> int:
-        """pg_terminate_backend every ``feedd`` connection (to ``dbname`` only, if given);
-        returns how many were terminated."""
+    def terminate(self, dbname: str | None = None, application: str | None = None) -> int:
+        """pg_terminate_backend every ``feedd`` connection (to ``dbname`` only, if given; of
+        ``application`` only, e.g. "feedd-writer", if given); returns how many."""
         rows = self.admin(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE usename = %s AND (%s::text IS NULL OR datname = %s)",
-            (USER, dbname, dbname),
+            " WHERE usename = %s AND (%s::text IS NULL OR datname = %s)"
+            " AND (%s::text IS NULL OR application_name = %s)",
+            (USER, dbname, dbname, application, application),
         )
         return int(rows[0][0])
 
