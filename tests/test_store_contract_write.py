@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+import trio
 
 from feedd.candle import Candle, Source
 from feedd.store.backend import Backend, WriteConnection
 from feedd.store.codec import decode_str
+from feedd.store.writer import Writer, WriterSettings
 
 if TYPE_CHECKING:
     from pgserver import PgServer
@@ -282,6 +284,42 @@ def test_two_writers_overlapping_batches_concurrently(backend: Backend) -> None:
         check.close()
 
 
+def test_two_writers_adjacent_blocks_keep_runs_whole(backend: Backend) -> None:
+    """Two writers store disjoint but adjacent blocks of the same series at once (no candle
+    in common to make them wait for each other): the runs must still end up merged into one
+    per series, as if the blocks had been written one after the other."""
+    backend.prepare()
+    symbols = [f"S{i:02d}USDT" for i in range(8)]
+    blocks, size = 40, 3
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def collector(parity: int, conn: WriteConnection) -> None:
+        try:
+            start.wait()
+            for b in range(parity, blocks, 2):
+                conn.write([candle(s, T0 + (b * size + i) * MIN) for s in symbols
+                            for i in range(size)])  # fmt: skip
+        except BaseException as exc:
+            errors.append(exc)
+
+    conns = [backend.open_writer(busy_timeout_ms=30_000) for _ in range(2)]
+    threads = [threading.Thread(target=collector, args=(n, conns[n])) for n in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    try:
+        assert errors == []
+        last = T0 + (blocks * size - 1) * MIN
+        for s in symbols:
+            assert conns[0].closed_runs(EX, s, "1m", 0, 2**62) == [(T0, last)], s
+        assert count_rows(backend, "runs") == len(symbols)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def _runs(times: Sequence[int]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for t in times:
@@ -318,3 +356,25 @@ def test_pg_server_fixture_is_the_backends(
         pytest.skip("PostgreSQL only")
     server: PgServer = request.getfixturevalue("pg_server")
     assert server.password not in backend.location and "***" in backend.location
+
+
+async def test_backend_reader_sees_what_the_writer_committed(backend: Backend) -> None:
+    """The Writer over the backend, then the backend's own reader: same candles, coverage."""
+    backend.prepare()
+    writer = Writer(WriterSettings(backend=backend, batch_interval_ms=10, max_records=0))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run, recv)
+        async with send:
+            for i in range(6):
+                await send.send([candle("BTCUSDT", T0 + i * MIN, f"{i}.5", closed=i < 5)])
+    reader = backend.open_reader()
+    try:
+        rows = await reader.candles(EX, "BTCUSDT", "1m", since=0)
+        assert [(r.open_time, r.close, r.closed) for r in rows] == [
+            (T0 + i * MIN, i + 0.5, i < 5) for i in range(6)
+        ]
+        (cov,) = await reader.coverage(EX)
+        assert (cov.first_open_time, cov.last_open_time, cov.candles) == (T0, T0 + 4 * MIN, 5)
+    finally:
+        reader.close()
