@@ -26,11 +26,9 @@ from bench_api import minutes, pct, timed
 from feedd import config as feedd_config
 from feedd import exchanges
 from feedd.candle import Candle
-from feedd.errors import StoreError
 from feedd.service import Service, run_service
 from feedd.store.backend import Backend, ReadStore
 from feedd.store.postgres.backend import PostgresBackend
-from feedd.store.postgres.reader import PgReader
 from feedd.store.sqlite import SqliteBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -38,16 +36,6 @@ from pgserver import PgServer
 
 EXCHANGE, SYMBOL = "binance_futures", "BTCUSDT"
 WARMUP = 10
-
-
-class _PgBackend(PostgresBackend):
-    """PostgresBackend whose readers are PgReaders, whether or not this build wires them."""
-
-    def open_reader(self) -> ReadStore:
-        try:
-            return super().open_reader()
-        except StoreError:
-            return PgReader(self.dsn)
 
 
 def fill(backend: Backend, count: int, batch: int = 5_000) -> float:
@@ -151,7 +139,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             backends: dict[str, Backend] = {
                 "sqlite": SqliteBackend(Path(tmp) / "bench.db"),
-                "postgresql": _PgBackend(dsn),
+                "postgresql": PostgresBackend(dsn),
             }
             for kind, backend in backends.items():
                 backend.prepare()

@@ -105,14 +105,6 @@ def make_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
     return make(kind, request, tmp_path)
 
 
-def open_reader(backend: Backend) -> ReadStore:
-    try:
-        return backend.open_reader()
-    except StoreError:
-        # Until PostgresBackend.open_reader returns a PgReader (a line in h-pgw's backend.py).
-        return PgReader(getattr(backend, "dsn", ""))
-
-
 def fill(backend: Backend, candles: Sequence[Candle]) -> None:
     conn = backend.open_writer(busy_timeout_ms=2000)
     try:
@@ -129,7 +121,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Read
     for kind in ("sqlite", "postgresql"):
         backend = make_backend(kind, request, tmp_path)
         fill(backend, truth())
-        readers.append(open_reader(backend))
+        readers.append(backend.open_reader())
     yield readers
     for reader in readers:
         reader.close()
@@ -284,7 +276,7 @@ async def _collect(store: ReadStore, request: ExportRequest) -> bytes:
 
 def test_an_empty_store_reads_as_empty(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     # Nothing was ever written: no SQLite file, no schema in the PostgreSQL database.
-    readers = [open_reader(make_backend(kind, request, tmp_path)) for kind in BACKENDS]
+    readers = [make_backend(kind, request, tmp_path).open_reader() for kind in BACKENDS]
     try:
         assert both(readers, "candles", EX, SYM, "1m") == []
         assert both(readers, "candles_json", EX, SYM, "1m").body == b"[]"
@@ -333,7 +325,7 @@ async def test_a_terminated_pooled_connection_is_replaced_unseen(
     reader = PgReader(pg_dsn)
     try:
         assert await reader.coverage() == []
-        assert pg_server.terminate(pg_dsn.rsplit("/", 1)[1]) == 1
+        assert pg_server.terminate(pg_dsn.rsplit("/", 1)[1], "feedd-reader") == 1
         assert await reader.coverage() == []  # retried once on a fresh connection
     finally:
         reader.close()

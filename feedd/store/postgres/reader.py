@@ -257,7 +257,7 @@ class PgReader:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _connect(self) -> Conn:
-        conn = connect(self._dsn, application_name="feedd reader")
+        conn = connect(self._dsn, application_name="feedd-reader")
         try:
             # A resample's plan is costed for unknown ranges; JIT compiling it took ~1 s on a
             # query that runs in ~20 ms. Reads here are short: JIT never pays.
