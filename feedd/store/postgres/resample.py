@@ -132,7 +132,8 @@ def _aggregate(
     conn: Connection, series: int, interval: str, buckets: list[int]
 ) -> list[rs.Resampled]:
     ends = [next_open(interval, t) for t in buckets]
-    rows = conn.execute(_AGGREGATE_SQL, {"series": series, "starts": buckets, "ends": ends})
+    params = {"series": series, "starts": buckets, "ends": ends}
+    rows = conn.execute(_AGGREGATE_SQL, params, binary=True)
     out: list[rs.Resampled] = []
     for t, e, n, closed, rest, archive, o, h, low, c, v, qv, trades in rows:
         complete = n == rs.expected_minutes(t, e)
