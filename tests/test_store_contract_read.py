@@ -343,3 +343,30 @@ async def test_a_wrong_password_is_one_line_naming_no_password(
         assert "password authentication failed" in str(caught.value)
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_odd_decimal_texts_export_identically(
+    request: pytest.FixtureRequest, tmp_path: Path, fmt: str
+) -> None:
+    # Leading zeros, a bare point, a negative zero, trailing zeros: both stores print each
+    # value the same normalised way (SQLite's codec and numeric's own output).
+    odd = ("007.50", ".5", "5.", "-0.0", "0.000", "123456789012.123")
+    candles = [
+        Candle(EX, "ODDUSDT", "1m", T0 + i * MINUTE_MS, *(odd[(i + k) % 6] for k in range(6)),
+               i, True, Source.WS)
+        for i in range(6)
+    ]  # fmt: skip
+    readers = []
+    for kind in BACKENDS:
+        backend = make_backend(kind, request, tmp_path)
+        fill(backend, candles)
+        readers.append(backend.open_reader())
+    try:
+        text = both(readers, "export", ExportRequest(EX, "ODDUSDT", "1m", False, fmt))
+        assert b"7.50" in text and b"0.5" in text and b"007" not in text
+        both(readers, "candles_json", EX, "ODDUSDT", "1m")
+        both(readers, "resample_json", EX, "ODDUSDT", "3m")
+    finally:
+        for reader in readers:
+            reader.close()
