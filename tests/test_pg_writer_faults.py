@@ -302,3 +302,32 @@ def test_wipe_from_another_node_while_writing(pg_dsn: str) -> None:
     finally:
         writer.close()
         wiper.close()
+
+
+def test_rewriting_the_same_candles_leaves_rows_alone(pg_dsn: str) -> None:
+    """A second collector storing the candles the first stored makes no new row versions."""
+
+    def versions() -> dict[tuple[str, int], str]:
+        with psycopg.connect(pg_dsn) as conn:
+            rows = conn.execute(
+                "SELECT symbol, open_time, candles.xmin::text FROM candles"
+                " JOIN series ON series.id = candles.series"
+            ).fetchall()
+        return {(s, t): x for s, t, x in rows}
+
+    a, b = (postgres_backend(pg_dsn).open_writer(busy_timeout_ms=1000) for _ in range(2))
+    try:
+        batch = [candle(s, T0 + m * MIN, f"{m}.5", closed=True) for s in SYMBOLS for m in range(5)]
+        a.write(batch)
+        before = versions()
+        assert b.write(batch) == 0
+        assert versions() == before
+        assert b.write([candle("BTCUSDT", T0, "9.5", closed=True)]) == 1
+        after = versions()
+        assert after[("BTCUSDT", T0)] != before[("BTCUSDT", T0)]
+        assert {k: v for k, v in after.items() if k != ("BTCUSDT", T0)} == {
+            k: v for k, v in before.items() if k != ("BTCUSDT", T0)
+        }
+    finally:
+        a.close()
+        b.close()
