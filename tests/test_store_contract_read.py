@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import random
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ import trio
 from feedd.candle import Candle, Source
 from feedd.errors import StoreError
 from feedd.intervals import DAY_MS, HOUR_MS, MINUTE_MS
-from feedd.store.backend import ReadStore
+from feedd.store.backend import Backend, ReadStore
 from feedd.store.export import ExportRequest
 from feedd.store.postgres import export as pg_export
 from feedd.store.postgres.reader import PgReader
@@ -43,6 +44,8 @@ MINUTES = 4 * 24 * 60
 HOLES = (range(50, 53), range(1_000, 1_130), range(3_000, 3_001))
 #: minutes stored but still forming (not closed): a hole for coverage, a partial bucket
 FORMING = (700, 2_222)
+#: minutes of the second venue's series, 40 days after its first ten
+FAR = 40 * 24 * 60
 #: since and until values: before, at and inside the data, in a hole, at its end, after it
 SAMPLE_TIMES = (None, T0 - DAY_MS, T0 + 1, T0 + 59 * MINUTE_MS + 7, T0 + 1_010 * MINUTE_MS)
 SAMPLE_TIMES += (T0 + (MINUTES - 1) * MINUTE_MS, T0 + 9 * DAY_MS)
@@ -91,24 +94,18 @@ def truth() -> list[Candle]:
     out += [
         Candle("okx_futures", "ETHUSDT", "1m", T0 + n * MINUTE_MS, "0.1", "0.3", "0.1", "0.2",
                "0.1", "0.2", None, True, Source.WS)
-        for n in range(10)
+        for n in (*range(10), *range(FAR, FAR + 5))
     ]  # fmt: skip
     return out
 
 
-def make_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    from store_backends import make_backend as _make_backend  # loaded by pytest_plugins
+def make_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    from store_backends import make_backend as make  # loaded by pytest_plugins
 
-    try:
-        return _make_backend(kind, request, tmp_path)
-    except StoreError:
-        # Until PgWriteConnection lands: the plan's schema filled with plain INSERTs.
-        from plan_schema import PlanBackend
-
-        return PlanBackend(request.getfixturevalue("pg_dsn"))
+    return make(kind, request, tmp_path)
 
 
-def fill(backend: Any, candles: Sequence[Candle]) -> None:
+def fill(backend: Backend, candles: Sequence[Candle]) -> None:
     conn = backend.open_writer(busy_timeout_ms=2000)
     try:
         for i in range(0, len(candles), 2_000):
@@ -178,7 +175,7 @@ def test_closed_open_times_and_last_closed(stores: list[ReadStore]) -> None:
 def test_series_and_sources(stores: list[ReadStore]) -> None:
     series = both(stores, "series")
     assert [(s.exchange, s.interval, s.count) for s in series] == [
-        (EX, "1h", 47), (EX, "1m", MINUTES - 134), ("okx_futures", "1m", 10)
+        (EX, "1h", 47), (EX, "1m", MINUTES - 134), ("okx_futures", "1m", 15)
     ]  # fmt: skip
     sources = both(stores, "sources", EX, SYM, "1m")
     assert sources == {"ws": MINUTES - 134 - 2 - 60 - 297, "rest": 60, "archive": 297}
@@ -206,7 +203,13 @@ def test_resample_buckets_partial_closed_and_sources(stores: list[ReadStore]) ->
     assert not hours[T0 + 11 * HOUR_MS].closed  # minute 700 is forming
     assert hours[T0 + 8 * HOUR_MS].closed and hours[T0 + 8 * HOUR_MS].source == "ws"
     assert all(h.high == 60000.1 for h in hours.values())
-    (okx,) = both(stores, "resample", "okx_futures", "ETHUSDT", "15m")
+    okx, far = both(stores, "resample", "okx_futures", "ETHUSDT", "15m")
+    assert far.open_time == T0 + FAR * MINUTE_MS and not far.closed
+    # buckets on both sides of a 40-day hole, newest and oldest first, any limit
+    for interval in ("5m", "1h", "1d", "1w", "1M"):
+        for limit in (1, 2, 3):
+            both(stores, "resample", "okx_futures", "ETHUSDT", interval, None, None, limit)
+            both(stores, "resample", "okx_futures", "ETHUSDT", interval, T0, None, limit)
     # exact sums: ten 0.1 and ten 0.2 add up to 1 and 2, where floats give 0.9999999999999999
     assert (okx.volume, okx.quote_volume, okx.trades, okx.closed) == (1.0, 2.0, None, False)
     day = both(stores, "resample", EX, SYM, "1d", since=T0, limit=2)
@@ -306,7 +309,9 @@ async def test_a_lost_server_is_a_store_error_without_the_password(
             await reader.series()
         message = str(caught.value)
         assert "\n" not in message and "Pg-Secret" not in message
-        assert message.startswith("cannot read postgresql://feedd:***@127.0.0.1:")
+        # the pooled connection broke, so a new one was tried: the server is not there
+        assert re.match(r"cannot connect to postgresql://feedd:\*\*\*@127\.0\.0\.1:\d+/t_", message)
+        assert "Connection refused" in message
         pg_server.start()
         assert await reader.series() == []  # a new connection once the server is back
     finally:
@@ -320,7 +325,7 @@ async def test_a_terminated_pooled_connection_is_replaced_unseen(
     reader = PgReader(pg_dsn)
     try:
         assert await reader.coverage() == []
-        assert pg_server.terminate(pg_dsn.rsplit("/", 1)[1]) == 1
+        assert pg_server.terminate(pg_dsn.rsplit("/", 1)[1], "feedd-reader") == 1
         assert await reader.coverage() == []  # retried once on a fresh connection
     finally:
         reader.close()
