@@ -139,7 +139,8 @@ class PgWriteConnection:
     # -- writes -------------------------------------------------------------------------------
 
     def write(self, candles: Sequence[Candle]) -> int:
-        """Upsert ``candles`` in one transaction; returns rows inserted or changed."""
+        """Upsert ``candles`` in one transaction; returns rows inserted or changed (a row
+        rewritten with identical values is not changed here; SQLite counts it)."""
         if not candles:
             return 0
         return self._upsert(candles)
