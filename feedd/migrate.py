@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import logging
 import os
 import sqlite3
 import sys
@@ -19,6 +20,7 @@ import attrs
 import orjson
 import trio
 
+from feedd import errors
 from feedd.candle import Candle, Source
 from feedd.ctl.progress import Progress
 from feedd.errors import ConfigError, FeeddError, StoreError
@@ -28,6 +30,7 @@ from feedd.store.export import ExportRequest
 from feedd.store.reader import SeriesInfo
 
 T = TypeVar("T")
+log = logging.getLogger("feedd.migrate")
 
 #: candles written per transaction (each also saves the progress row)
 BATCH_ROWS = 20_000
@@ -137,6 +140,7 @@ def run(
     err = stderr if stderr is not None else sys.stderr
     try:
         source = store_config("--from", args.source)
+        check_source(source)
         target_text = args.target if args.target is not None else os.environ.get(DSN_ENV)
         if target_text is None:
             raise ConfigError("--to", f"missing: give {_SPEC}, or set ${DSN_ENV}")
@@ -148,18 +152,28 @@ def run(
     except ConfigError as exc:
         print(f"feedd migrate: error: {exc}", file=err)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("\nfeedd migrate: interrupted; run the same command again to continue", file=err)
-        return EXIT_INTERRUPTED
-    except FeeddError as exc:
-        print(f"feedd migrate: error: {exc}", file=err)
-        return EXIT_FAILED
+    except (Exception, KeyboardInterrupt, BaseExceptionGroup) as exc:
+        return _failed(exc, err)
     if args.json:
         out.write(orjson.dumps(summary.to_json()).decode() + "\n")
     else:
         out.write(describe(summary))
     out.flush()
     return EXIT_FAILED if summary.mismatches else EXIT_OK
+
+
+def _failed(exc: BaseException, err: TextIO) -> int:
+    """One line for what stopped the run (trio may wrap it in exception groups)."""
+    if any(isinstance(e, KeyboardInterrupt) for e in errors.leaves(exc)):
+        print("\nfeedd migrate: interrupted; run the same command again to continue", file=err)
+        return EXIT_INTERRUPTED
+    cause = errors.collapse(exc)
+    if isinstance(cause, FeeddError):
+        print(f"\nfeedd migrate: error: {cause}", file=err)
+        return EXIT_FAILED
+    # A bug: its traceback is what a fix needs.
+    log.critical("unexpected error: %r", cause, exc_info=cause)
+    return EXIT_FAILED
 
 
 def store_config(option: str, text: str | None) -> StorageConfig:
@@ -181,12 +195,15 @@ def store_config(option: str, text: str | None) -> StorageConfig:
     raise ConfigError(option, f"expected {_SPEC}")
 
 
-def check_pair(source: StorageConfig, target: StorageConfig) -> None:
+def check_source(source: StorageConfig) -> None:
     if source.backend == "sqlite":
         path = Path(source.path)
         if not path.is_file():
             raise ConfigError("--from", f"no SQLite store at {path}")
         check_sqlite_store(path)
+
+
+def check_pair(source: StorageConfig, target: StorageConfig) -> None:
     same = source.backend == target.backend and (
         source.dsn == target.dsn if source.backend == "postgresql" else _same_file(source, target)
     )
