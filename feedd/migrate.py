@@ -252,7 +252,7 @@ async def migrate(
     target.prepare()
     limiter = trio.CapacityLimiter(1)
     reader = source.open_reader()
-    target_reader = target.open_reader()
+    target_reader: ReadStore | None = None
     writer: WriteConnection | None = None
     try:
         found = await reader.series()
@@ -276,12 +276,14 @@ async def migrate(
         bar.finish()
         jobs = await copier.copy_jobs(source_jobs)
         copied_at = time.monotonic()
+        target_reader = target.open_reader()
         mismatches = await verify(reader, target_reader, found, err)
     finally:
         if writer is not None:
             await _in_thread(writer.close, limiter=limiter)
         reader.close()
-        target_reader.close()
+        if target_reader is not None:
+            target_reader.close()
     return Summary(
         where[0],
         where[1],
