@@ -34,6 +34,8 @@ _HOST_PATTERN = re.compile(r"[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]{2,45}\]?")
 _MAX_SYMBOLS = 5000
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+#: what a node does: everything, ingest only (a collector), or serve the shared store only
+ROLES = ("all", "collector", "api")
 
 # Bounds of every number, each named in its error. Below them a value is never a real need but
 # a typo or a unit mistake that turns feedd against the venue or itself: a silence timeout of
@@ -100,6 +102,8 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()
     #: where ``api_token`` came from when not from the config file (never saved into it)
     api_token_source: str | None = None
+    #: one of ROLES; read at start
+    role: str = "all"
 
     def enabled_exchanges(self) -> list[ExchangeConfig]:
         return [ex for ex in self.exchanges.values() if ex.enabled]
@@ -209,6 +213,7 @@ def parse(data: object, environ: Mapping[str, str] | None = None) -> Loaded:
         api_token=token.value if token else None,
         api_token_source=token.source if token else None,
         allowed_hosts=_host_names(data.get("allowed_hosts", [])),
+        role=_role(data.get("role", defaults.role)),
     )
     check_exposure(config)
     return Loaded(config, tuple(warnings))
@@ -315,6 +320,13 @@ def _host_names(value: object) -> tuple[str, ...]:
         if not isinstance(name, str) or not _HOST_PATTERN.fullmatch(name):
             raise ConfigError(f"allowed_hosts[{index}]", f"not a host name: {name!r}")
     return tuple(dict.fromkeys(name.lower() for name in value))
+
+
+def _role(value: object) -> str:
+    if value not in ROLES:
+        names = ", ".join(f'"{name}"' for name in ROLES)
+        raise ConfigError("role", f"expected one of {names}, got {value!r}")
+    return str(value)
 
 
 def _integer(data: dict[str, Any], key: str, default: int) -> int:

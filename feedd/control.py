@@ -41,6 +41,7 @@ STARTUP_KEYS = (
     "allowed_hosts",
     "batch_interval",
     "max_records",
+    "role",
 )
 #: an instrument list fetched on demand (for an exchange not running) stays fresh this long
 LISTING_TTL_S = 600.0

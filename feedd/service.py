@@ -18,6 +18,7 @@ import httpx
 import trio
 
 from feedd.candle import Candle
+from feedd.cluster import Cluster, NodeIdentity
 from feedd.config import Config, check_exposure
 from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
@@ -32,13 +33,15 @@ from feedd.store.writer import Writer, WriterSettings
 from feedd.web.app import create_app, serve_web
 from feedd.web.live import LiveHub
 from feedd.web.state import AppState
-from feedd.web.status import status_document
+from feedd.web.status import node_status, status_document
 
 log = logging.getLogger("feedd")
 
 #: lists of candles in flight between ingest and the writer
 CANDLE_QUEUE = 1024
 SHUTDOWN_TIMEOUT_S = 10.0
+#: of which the last heartbeat may take this long
+HEARTBEAT_GOODBYE_S = 1.0
 
 
 @attrs.define(eq=False)
@@ -105,12 +108,16 @@ async def run_service(
                     writer_done.set()
 
             await root.start(run_writer)
-            supervisor = Supervisor(candles_send, reader, http, cpu, store=writer)
+            supervisor = Supervisor(
+                candles_send, reader, http, cpu, store=writer, collect=config.role != "api"
+            )
             controller = Controller(config, config_path, supervisor, writer, http)
             jobs = JobManager(writer, supervisor, http, lambda: controller.config)
             started_at = time.time()
             monitor = Monitor(backend, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))
+            node = NodeIdentity.of_this_process(config.role, started_at)
+            cluster = Cluster(node, writer, reader, lambda: node_status(state))
             state = AppState(
                 controller=controller,
                 reader=reader,
@@ -121,6 +128,7 @@ async def run_service(
                 hub=hub,
                 started_at=started_at,
                 jobs=jobs,
+                cluster=cluster,
             )
             await root.start(monitor.run)
             await root.start(hub.run)
@@ -159,17 +167,36 @@ async def run_service(
                 with jobs_scope:
                     await jobs.run(task_status=task_status)
 
-            await root.start(run_jobs)
+            if config.role != "api":
+                # An API node runs no job, saved ones included: they fetch from the venues.
+                await root.start(run_jobs)
             # Changes run in the controller's task, not a request's (see feedd/changes.py);
             # started once ingest runs, so a change sent earlier waits in the queue for it.
             await root.start(controller.run, stop)
-            log.info("feedd serving on %s; %s database %s", url, backend.kind, backend.location)
+            heartbeats = trio.CancelScope()
+
+            async def run_heartbeats(*, task_status: trio.TaskStatus[None]) -> None:
+                with heartbeats:
+                    await cluster.run(task_status=task_status)
+
+            await root.start(run_heartbeats)
+            log.info(
+                "feedd serving on %s; %s database %s; role %s",
+                url,
+                backend.kind,
+                backend.location,
+                config.role,
+            )
             task_status.started(Service(url, state, stop))
 
             await stop.wait()
             log.info("shutting down: stopping ingest")
             # One deadline for the whole shutdown, so it is bounded whatever part is slow.
             deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
+            heartbeats.cancel()
+            # Tells the cluster this node stopped rather than died (it is not marked stale).
+            with trio.move_on_at(trio.current_time() + HEARTBEAT_GOODBYE_S):
+                await cluster.beat("stopped")
             ingest.cancel()
             jobs_scope.cancel()
             with trio.move_on_at(deadline) as drain:

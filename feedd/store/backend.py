@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from feedd.storageconfig import StorageConfig
     from feedd.store.coverage import SeriesCoverage
     from feedd.store.export import ExportRequest
+    from feedd.store.nodes import NodeRecord
     from feedd.store.reader import CandleRow, JsonPage, SeriesInfo
 
 
@@ -61,6 +62,11 @@ class WriteConnection(Protocol):
         ...
 
     def delete_job(self, job_id: str) -> None: ...
+
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
+        """Save node ``node_id``'s heartbeat (its status ``doc``, JSON, at ``at_ms``) and
+        delete the rows of nodes silent for a day."""
+        ...
 
     def load_jobs(self) -> list[str]:
         """Every saved job document, oldest first."""
@@ -147,6 +153,10 @@ class ReadStore(Protocol):
     async def sources(self, exchange: str, symbol: str, interval: str) -> dict[str, int]: ...
 
     def export(self, request: ExportRequest) -> AsyncIterator[bytes]: ...
+
+    async def nodes(self) -> list[NodeRecord]:
+        """Every node's latest heartbeat, the most recent first."""
+        ...
 
     def close(self) -> None: ...
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from feedd.candle import Candle
 from feedd.errors import StoreError
 from feedd.intervals import INTERVAL_MS
-from feedd.store import coverage
+from feedd.store import coverage, nodes
 from feedd.store.codec import encode
 from feedd.store.schema import (
     FLAG_CLOSED,
@@ -200,6 +200,12 @@ class Database:
     def delete_job(self, job_id: str) -> None:
         try:
             self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        except sqlite3.Error as exc:
+            raise store_error(exc, "cannot write to", self.path) from exc
+
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
+        try:
+            nodes.record(self._conn, node_id, doc, at_ms)
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot write to", self.path) from exc
 

@@ -333,6 +333,12 @@ class Writer:
             db = await self._db.get()
             await self._db.run(db.delete_job, job_id)
 
+    async def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
+        """Save this node's heartbeat (in the writer's thread, between commits)."""
+        async with self._db_lock:
+            db = await self._db.get()
+            await self._db.run(db.record_node, node_id, doc, at_ms)
+
     async def load_jobs(self) -> list[str]:
         async with self._db_lock:
             db = await self._db.get()

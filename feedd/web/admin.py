@@ -11,6 +11,7 @@ from feedd.control import Applied
 from feedd.symbols import is_symbol
 from feedd.web import body, params
 from feedd.web.errors import ApiError, json_response
+from feedd.web.roles import check_change
 from feedd.web.state import current_state as state
 from feedd.web.status import exchanges_document
 
@@ -53,6 +54,7 @@ async def post_config() -> Response:
     if data.get("api_token") == REDACTED:
         data["api_token"] = controller.config.api_token
     loaded = config_module.parse(data)
+    check_change(controller.started_with, controller.config, loaded.config)
     return applied(await controller.replace(loaded.config, loaded.warnings))
 
 

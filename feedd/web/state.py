@@ -9,6 +9,7 @@ import attrs
 import trio
 from quart import current_app
 
+from feedd.cluster import Cluster
 from feedd.config import Config
 from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
@@ -33,6 +34,8 @@ class AppState:
     started_at: float = attrs.field(factory=time.time)
     #: backfill jobs (None in apps built without them, as some tests do)
     jobs: JobManager | None = None
+    #: this node's heartbeats and every node's latest (None in apps built without them)
+    cluster: Cluster | None = None
     #: set before the server shuts down so long-lived handlers close cleanly themselves
     closing: trio.Event = attrs.field(factory=trio.Event)
     #: the web server's open connections (caps, and cutting one off)

@@ -106,6 +106,9 @@ def worker(state: AppState, name: str, *, symbols: bool = True) -> dict[str, Any
     settings = exchange_settings(state, name)
     stats = state.supervisor.stats.get(name)
     worker_state_, health = worker_state(settings, stats)
+    if state.security.role == "api" and settings.enabled:
+        # An API node collects nothing: the collectors' states are in ``cluster``.
+        worker_state_, health = "not collected here", "disabled"
     out: dict[str, Any] = {
         "name": name,
         "enabled": settings.enabled,
@@ -140,6 +143,27 @@ def status_document(state: AppState) -> dict[str, Any]:
         "writer": {key: getattr(writer, key) for key in _WRITER_FIELDS},
         "live_clients": len(state.hub.clients),
         "exchanges": [worker(state, name) for name in sorted(exchanges.REGISTRY)],
+        "role": state.security.role,
+        "cluster": state.cluster.document() if state.cluster is not None else [],
+    }
+
+
+def node_status(state: AppState) -> dict[str, Any]:
+    """What this node's heartbeat says of it: health, each exchange it collects, the writer."""
+    writer = state.writer.stats
+    collected = {}
+    for name in sorted(exchanges.REGISTRY):
+        full = worker(state, name, symbols=False)
+        if full["enabled"] and state.security.role != "api":
+            collected[name] = {
+                key: full.get(key)
+                for key in ("state", "health", "connections", "streams", "streams_subscribed")
+            }
+    healthy = writer.healthy and all(ex["health"] == "healthy" for ex in collected.values())
+    return {
+        "health": "healthy" if healthy else "degraded",
+        "exchanges": collected,
+        "writer": {"healthy": writer.healthy, "last_error": writer.last_error},
     }
 
 

@@ -18,7 +18,7 @@ import psycopg
 
 from feedd.candle import Candle
 from feedd.intervals import INTERVAL_MS
-from feedd.store.postgres import runs
+from feedd.store.postgres import nodes, runs
 from feedd.store.postgres.connection import Connection, connect, location, store_error
 from feedd.store.postgres.schema import is_read_only, migrate, read_store_id
 from feedd.store.schema import FLAG_CLOSED, SOURCE_FLAGS
@@ -229,6 +229,9 @@ class PgWriteConnection:
             self._conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
         except psycopg.Error as exc:
             raise store_error(exc, "cannot write to", self._dsn) from None
+
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
+        nodes.record(self._conn, self._dsn, node_id, doc, at_ms)
 
     def load_jobs(self) -> list[str]:
         """Every saved job document, oldest first."""
