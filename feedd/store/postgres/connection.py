@@ -43,10 +43,15 @@ def parse(dsn: str) -> dict[str, Any]:
     if not dsn.strip():
         raise StoreError("no PostgreSQL DSN given (storage.dsn or $FEEDD_DATABASE_URL)")
     try:
-        return conninfo.conninfo_to_dict(dsn)
+        params = conninfo.conninfo_to_dict(dsn)
     except psycopg.Error as exc:
         reason = _first_line(str(exc)) or "malformed"
         raise StoreError(f"the PostgreSQL DSN is malformed: {_scrub(reason, dsn)}") from None
+    # libpq checks the port only when connecting; a typo there is as permanent as a bad URL
+    ports = str(params.get("port", "")).split(",")
+    if any(p and not (p.isascii() and p.isdigit() and 0 < int(p) < 65536) for p in ports):
+        raise StoreError(f"the PostgreSQL DSN's port is not a port number: {params['port']!r}")
+    return params
 
 
 def location(dsn: str) -> str:
