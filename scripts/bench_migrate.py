@@ -20,11 +20,11 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from bench_store import realistic  # noqa: E402
+from bench_store import realistic
 
-from feedd import migrate  # noqa: E402
-from feedd.storageconfig import StorageConfig  # noqa: E402
-from feedd.store.database import Database  # noqa: E402
+from feedd import migrate
+from feedd.storageconfig import StorageConfig
+from feedd.store.database import Database
 
 
 def make_source(path: Path, series: int, minutes: int) -> int:
@@ -64,7 +64,8 @@ def main() -> None:
         t = time.perf_counter()
         rows = make_source(source, args.series, args.minutes)
         print(f"source: {rows:,} candles in {args.series} series ({time.perf_counter() - t:.1f} s)")
-        report("sqlite -> sqlite", run(source, StorageConfig(path=str(folder / "t.db")), args.batch))
+        copy = StorageConfig(path=str(folder / "copy.db"))
+        report("sqlite -> sqlite", run(source, copy, args.batch))
         if args.no_postgres:
             return
         dsn = args.dsn

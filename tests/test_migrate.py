@@ -258,7 +258,7 @@ def test_an_empty_source_copies_nothing(tmp_path: Path) -> None:
 # --- interruption --------------------------------------------------------------------------
 
 
-def big_source(path: Path, per_series: int = 40_000) -> int:
+def big_source(path: Path, per_series: int = 15_000) -> int:
     db = Database.open(path)
     try:
         for symbol in ("AUSDT", "BUSDT", "CUSDT", "DUSDT"):
@@ -317,7 +317,7 @@ def test_resumes_after_ctrl_c_and_sigkill(
 ) -> None:
     source, target = tmp_path / "source.db", tmp_path / "target.db"
     total = big_source(source)
-    args = ("--from", f"sqlite:{source}", "--to", f"sqlite:{target}", "--batch", "500", "--json")
+    args = ("--from", f"sqlite:{source}", "--to", f"sqlite:{target}", "--batch", "300", "--json")
     # Ctrl-C: an orderly stop, a one-line hint, exit 130.
     proc = start_migrate(*args)
     reap.append(proc)
@@ -335,7 +335,7 @@ def test_resumes_after_ctrl_c_and_sigkill(
     # SIGKILL mid-run, once the second run has copied more than the first.
     proc = start_migrate(*args)
     reap.append(proc)
-    wait_for_rows(proc, target, after_int + 2000)
+    wait_for_rows(proc, target, after_int + 1200)
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
     after_kill = progress_rows(target)
@@ -349,7 +349,7 @@ def test_resumes_after_ctrl_c_and_sigkill(
     assert doc["ok"] is True and doc["rows_total"] == total
     # What the earlier runs committed is not copied again (a batch may be, at most one per
     # run: the one in flight when the process died was rolled back).
-    assert doc["rows_copied"] <= total - after_kill + 500, (doc, after_kill)
+    assert doc["rows_copied"] <= total - after_kill + 300, (doc, after_kill)
     assert stored(target) == stored(source)
 
 
@@ -414,7 +414,4 @@ def test_help_names_the_stores_and_exit_statuses() -> None:
     assert done.returncode == 0
     assert "sqlite:PATH" in done.stdout and "FEEDD_DATABASE_URL" in done.stdout
     assert "130 interrupted" in done.stdout
-    listed = subprocess.run(
-        [sys.executable, "-m", "feedd", "--help"], capture_output=True, text=True
-    )
-    assert "migrate" in listed.stdout
+    assert "migrate" in cli.build_parser().format_help()
