@@ -282,6 +282,42 @@ def test_two_writers_overlapping_batches_concurrently(backend: Backend) -> None:
         check.close()
 
 
+def test_two_writers_adjacent_blocks_keep_runs_whole(backend: Backend) -> None:
+    """Two writers store disjoint but adjacent blocks of the same series at once (no candle
+    in common to make them wait for each other): the runs must still end up merged into one
+    per series, as if the blocks had been written one after the other."""
+    backend.prepare()
+    symbols = [f"S{i:02d}USDT" for i in range(8)]
+    blocks, size = 40, 3
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def collector(parity: int, conn: WriteConnection) -> None:
+        try:
+            start.wait()
+            for b in range(parity, blocks, 2):
+                conn.write([candle(s, T0 + (b * size + i) * MIN) for s in symbols
+                            for i in range(size)])  # fmt: skip
+        except BaseException as exc:
+            errors.append(exc)
+
+    conns = [backend.open_writer(busy_timeout_ms=30_000) for _ in range(2)]
+    threads = [threading.Thread(target=collector, args=(n, conns[n])) for n in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    try:
+        assert errors == []
+        last = T0 + (blocks * size - 1) * MIN
+        for s in symbols:
+            assert conns[0].closed_runs(EX, s, "1m", 0, 2**62) == [(T0, last)], s
+        assert count_rows(backend, "runs") == len(symbols)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def _runs(times: Sequence[int]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for t in times:
