@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 import trio
 from e2e import feedd_config
 
@@ -52,6 +53,8 @@ def test_heartbeat_rows_upsert_and_expire(pg_dsn: str) -> None:
 
 
 async def test_collector_and_api_node_on_one_database(tmp_path: Path, pg_dsn: str) -> None:
+    # Runs once the PostgreSQL reader (h-pgr's feedd/store/postgres/reader.py) is merged.
+    pytest.importorskip("feedd.store.postgres.reader", reason="the PostgreSQL reader is missing")
     storage = {"backend": "postgresql", "dsn": pg_dsn}
     async with open_simulator(SimSettings(venues=(EX,))) as sim:
         start = sim.now_ms() // MINUTE_MS * MINUTE_MS

@@ -23,6 +23,8 @@ from feedd.sim.app import Simulator, open_simulator
 from feedd.sim.settings import SimSettings
 
 EX = "binance_futures"
+#: deploy/cluster/'s sample configs
+SAMPLES = ("collector-a", "collector-b", "api")
 
 
 def test_role_defaults_to_all_and_round_trips() -> None:
@@ -162,3 +164,20 @@ async def test_role_is_read_at_start(tmp_path: Path) -> None:
         assert (await client.get("/status")).json()["role"] == "all"
         assert service.state.security.role == "all"
         assert (await client.post("/toggleExchange", json={"exchange": EX})).status_code == 200
+
+
+def test_cluster_samples_parse_as_two_active_active_collectors_and_an_api_node() -> None:
+    folder = Path(__file__).resolve().parent.parent / "deploy" / "cluster"
+    environ = {
+        "FEEDD_DATABASE_URL": "postgresql://feedd:pw@db.example.lan:5432/feedd",
+        "FEEDD_API_TOKEN": "t0ken",
+    }
+    loaded = {name: config.load(folder / f"{name}.json", environ) for name in SAMPLES}
+    assert all(item.warnings == () for item in loaded.values())
+    roles = {name: item.config.role for name, item in loaded.items()}
+    assert roles == {"collector-a": "collector", "collector-b": "collector", "api": "api"}
+    a, b = loaded["collector-a"].config, loaded["collector-b"].config
+    assert a.exchanges == b.exchanges and a.enabled_exchanges()
+    for item in loaded.values():
+        assert item.config.storage.backend == "postgresql"
+        assert item.config.storage.dsn == environ["FEEDD_DATABASE_URL"]
