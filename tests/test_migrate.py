@@ -12,17 +12,25 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 import trio
 
 from feedd import cli
 from feedd.candle import Candle, Source
 from feedd.store import codec
+from feedd.store.backend import Backend
 from feedd.store.coverage import SeriesCoverage
 from feedd.store.database import Database
-from feedd.store.reader import Reader
+from feedd.store.postgres import postgres_backend
+from feedd.store.sqlite import SqliteBackend
+
+if TYPE_CHECKING:
+    from pgserver import PgServer
+
+pytest_plugins = ["pgserver"]
 
 T0 = 1_700_000_040_000  # a minute boundary
 M = 60_000
@@ -79,7 +87,7 @@ def make_store(path: Path, candles: list[Candle], jobs: int = 2) -> None:
 
 
 def stored(path: Path) -> list[tuple[str, str, Row]]:
-    """Every candle row as exact text, with its series' names, in key order."""
+    """Every candle row of a SQLite store as exact text, with its series' names, in key order."""
     conn = sqlite3.connect(path)
     try:
         rows = conn.execute(
@@ -95,23 +103,87 @@ def stored(path: Path) -> list[tuple[str, str, Row]]:
     ]
 
 
-def jobs(path: Path) -> dict[str, tuple[int, str]]:
-    conn = sqlite3.connect(path)
-    try:
-        return {i: (c, d) for i, c, d in conn.execute("SELECT id, created_at, doc FROM jobs")}
-    finally:
-        conn.close()
+class Store:
+    """A store on either backend, as ``feedd migrate`` names it, read back for comparison."""
 
+    def __init__(self, backend: Backend, spec: str) -> None:
+        self.backend = backend
+        self.spec = spec
 
-def coverage(path: Path) -> list[SeriesCoverage]:
-    async def read() -> list[SeriesCoverage]:
-        reader = Reader(path)
+    def write(self, candles: list[Candle]) -> None:
+        db = self.backend.open_writer(busy_timeout_ms=5000)
         try:
-            return await reader.coverage()
+            db.write(candles)
         finally:
-            reader.close()
+            db.close()
 
-    return trio.run(read)
+    def _pg(self, sql: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.spec, autocommit=True) as conn:
+            return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+    def rows(self) -> list[tuple[str, str, Row]]:
+        if self.backend.kind == "sqlite":
+            return stored(Path(self.spec.removeprefix("sqlite:")))
+        found = self._pg(
+            "SELECT s.exchange, s.symbol, c.open_time, c.open::text, c.high::text, c.low::text,"
+            " c.close::text, c.volume::text, c.quote_volume::text, c.trades, c.flags"
+            " FROM candles c JOIN series s ON s.id = c.series"
+            ' ORDER BY s.exchange COLLATE "C", s.symbol COLLATE "C", c.open_time'
+        )
+        return [(r[0], r[1], tuple(r[2:])) for r in found]  # type: ignore[misc]
+
+    def count(self) -> int:
+        """Candles held (0 before the migration made the store)."""
+        if self.backend.kind == "sqlite":
+            path = Path(self.spec.removeprefix("sqlite:"))
+            if not path.exists():
+                return 0
+            try:
+                conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
+                try:
+                    return int(conn.execute("SELECT count(*) FROM candles").fetchone()[0])
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError:
+                return 0  # no schema yet
+        try:
+            return int(self._pg("SELECT count(*) FROM candles")[0][0])
+        except psycopg.errors.UndefinedTable:
+            return 0
+
+    def jobs(self) -> dict[str, tuple[int, str]]:
+        if self.backend.kind == "sqlite":
+            conn = sqlite3.connect(self.spec.removeprefix("sqlite:"))
+            try:
+                found = conn.execute("SELECT id, created_at, doc FROM jobs").fetchall()
+            finally:
+                conn.close()
+        else:
+            found = self._pg("SELECT id, created_at, doc FROM jobs")
+        return {i: (c, d) for i, c, d in found}
+
+    def coverage(self) -> list[SeriesCoverage]:
+        async def read() -> list[SeriesCoverage]:
+            reader = self.backend.open_reader()
+            try:
+                return await reader.coverage()
+            finally:
+                reader.close()
+
+        return trio.run(read)
+
+
+def sqlite_store(path: Path) -> Store:
+    return Store(SqliteBackend(path), f"sqlite:{path}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """An empty store to migrate into, on each backend."""
+    if request.param == "sqlite":
+        return sqlite_store(tmp_path / "sub" / "target.db")
+    dsn: str = request.getfixturevalue("pg_dsn")
+    return Store(postgres_backend(dsn), dsn)
 
 
 def migrate(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -150,28 +222,50 @@ def source(tmp_path: Path) -> Path:
 # --- copies ------------------------------------------------------------------------------
 
 
-def test_copies_exactly_with_holes_jobs_and_coverage(source: Path, tmp_path: Path) -> None:
-    target = tmp_path / "sub" / "target.db"
-    code, out, err = migrate("--from", f"sqlite:{source}", "--to", f"sqlite:{target}", "--json")
+def test_copies_exactly_with_holes_jobs_and_coverage(source: Path, target: Store) -> None:
+    code, out, err = migrate("--from", f"sqlite:{source}", "--to", target.spec, "--json")
     assert code == 0, err
     doc = summary(out)
     rows = len(source_candles())
     assert doc["rows_total"] == doc["rows_copied"] == rows
     assert (doc["series"], doc["verified"], doc["jobs"], doc["ok"]) == (4, 4, 2, True)
     assert doc["mismatches"] == []
-    assert stored(target) == stored(source)
-    assert len(stored(target)) == rows
+    assert target.rows() == stored(source)
+    assert len(target.rows()) == rows
     # Coverage follows from the writes: the same runs, the holes where the source has them.
-    assert coverage(target) == coverage(source)
-    (first, *_) = coverage(target)
+    original = sqlite_store(source)
+    assert target.coverage() == original.coverage()
+    (first, *_) = target.coverage()
     assert [(h.start, h.end) for h in first.missing] == [
         (T0 + 3 * M, T0 + 5 * M), (T0 + 11 * M, T0 + 11 * M), (T0 + 40 * M, T0 + 40 * M),
     ]  # fmt: skip
     assert first.last_open_time == T0 + (N - 2) * M  # the forming last one is not coverage
-    copied = jobs(target)
+    copied = target.jobs()
     (progress,) = (i for i in copied if i.startswith("migrate-"))
     assert json.loads(copied.pop(progress)[1])["kind"] == "migrate"
-    assert copied == jobs(source)
+    assert copied == original.jobs()
+
+
+def test_round_trip_through_postgresql(
+    source: Path, tmp_path: Path, pg_server: PgServer, pg_dsn: str
+) -> None:
+    """SQLite -> PostgreSQL (the DSN from $FEEDD_DATABASE_URL) -> SQLite gives back every row,
+    job and hole; the password is never printed."""
+    env = {**os.environ, "FEEDD_DATABASE_URL": pg_dsn}
+    code, out, err = migrate("--from", f"sqlite:{source}", "--json", env=env)
+    assert code == 0, err
+    assert summary(out)["target"] == pg_dsn.replace(pg_server.password, "***")
+    back = sqlite_store(tmp_path / "back.db")
+    code, out2, err2 = migrate("--from", pg_dsn, "--to", back.spec, "--json")
+    assert code == 0, err2
+    assert summary(out2)["rows_copied"] == len(source_candles())
+    assert pg_server.password not in out + err + out2 + err2
+    assert back.rows() == stored(source)
+    original = sqlite_store(source)
+    assert back.coverage() == original.coverage()
+    # The source's jobs went through; the progress row of the first leg did not.
+    kept = {k: v for k, v in back.jobs().items() if not k.startswith("migrate-")}
+    assert kept == original.jobs()
 
 
 def test_text_summary_and_sqlite_url_form(source: Path, tmp_path: Path) -> None:
@@ -183,13 +277,12 @@ def test_text_summary_and_sqlite_url_form(source: Path, tmp_path: Path) -> None:
     assert stored(target) == stored(source)
 
 
-def test_a_closed_candle_in_the_target_is_never_regressed(source: Path, tmp_path: Path) -> None:
+def test_a_closed_candle_in_the_target_is_never_regressed(source: Path, target: Store) -> None:
     """The target already has the candle the source still has forming (a collector closed
     it): it stays closed, and the verification names the series and the open time."""
-    target = tmp_path / "target.db"
     last = T0 + (N - 1) * M
-    make_store(target, [candle(last, close="7.77", source=Source.REST)], jobs=0)
-    code, out, err = migrate("--from", f"sqlite:{source}", "--to", f"sqlite:{target}", "--json")
+    target.write([candle(last, close="7.77", source=Source.REST)])
+    code, out, err = migrate("--from", f"sqlite:{source}", "--to", target.spec, "--json")
     assert code == 1, err
     doc = summary(out)
     assert doc["ok"] is False
@@ -198,49 +291,45 @@ def test_a_closed_candle_in_the_target_is_never_regressed(source: Path, tmp_path
          "source_rows": N - len(HOLES), "target_rows": N - len(HOLES), "first_difference": last}
     ]  # fmt: skip
     kept = [
-        r
-        for ex, sym, r in stored(target)
-        if (ex, sym, r[0]) == ("binance_futures", "BTCUSDT", last)
+        r for ex, sym, r in target.rows() if (ex, sym, r[0]) == ("binance_futures", "BTCUSDT", last)
     ]
     assert kept == [(last, "100.0", "101.25", "0.00000001", "7.77", "12413747.23840", "0.0", 42, 3)]
-    code, out, _ = migrate("--from", f"sqlite:{source}", "--to", f"sqlite:{target}")
+    code, out, _ = migrate("--from", f"sqlite:{source}", "--to", target.spec)
     assert code == 1
     assert f"DIFFERENT binance_futures BTCUSDT 1m: {N - len(HOLES)} rows" in out
     assert f"first difference at open time {last}" in out
 
 
 def test_history_is_copied_under_newer_rows_of_a_live_collector(
-    source: Path, tmp_path: Path
+    source: Path, target: Store
 ) -> None:
     """Resumption is not taken from the target's newest candle: a collector already writing
     the target holds newer ones, and the history below them must still be copied."""
-    target = tmp_path / "target.db"
-    make_store(target, [candle(T0 + (N + 100) * M)], jobs=0)
-    code, out, err = migrate("--from", f"sqlite:{source}", "--to", f"sqlite:{target}", "--json")
+    target.write([candle(T0 + (N + 100) * M)])
+    code, out, err = migrate("--from", f"sqlite:{source}", "--to", target.spec, "--json")
     assert code == 0, err
     assert summary(out)["rows_copied"] == len(source_candles())
-    copied = [row for row in stored(target) if row[2][0] != T0 + (N + 100) * M]
+    copied = [row for row in target.rows() if row[2][0] != T0 + (N + 100) * M]
     assert copied == stored(source)
 
 
-def test_a_rerun_copies_only_what_the_source_gained(source: Path, tmp_path: Path) -> None:
+def test_a_rerun_copies_only_what_the_source_gained(source: Path, target: Store) -> None:
     """The forming last candle is copied again (the source closed it meanwhile), with the
     candles that came after it; nothing else is copied again."""
-    target = tmp_path / "target.db"
-    args = ("--from", f"sqlite:{source}", "--to", f"sqlite:{target}", "--json")
+    args = ("--from", f"sqlite:{source}", "--to", target.spec, "--json")
     assert migrate(*args)[0] == 0
     code, out, _ = migrate(*args)
     assert code == 0
     # Only the forming last candle of each of the four series is read and written again.
     assert summary(out)["rows_copied"] == 4
-    db = Database.open(source)
-    db.write([candle(T0 + (N - 1) * M, close="9.99"), candle(T0 + N * M, closed=False)])
-    db.close()
+    sqlite_store(source).write(
+        [candle(T0 + (N - 1) * M, close="9.99"), candle(T0 + N * M, closed=False)]
+    )
     code, out, _ = migrate(*args)
     assert code == 0
     assert summary(out)["rows_copied"] == 4 + 1
-    assert stored(target) == stored(source)
-    rows = {r[0]: r for ex, sym, r in stored(target) if (ex, sym) == ("binance_futures", "BTCUSDT")}
+    assert target.rows() == stored(source)
+    rows = {r[0]: r for ex, sym, r in target.rows() if (ex, sym) == ("binance_futures", "BTCUSDT")}
     assert rows[T0 + (N - 1) * M][4] == "9.99" and rows[T0 + (N - 1) * M][8] & 1
     assert not rows[T0 + N * M][8] & 1
 
@@ -255,10 +344,21 @@ def test_an_empty_source_copies_nothing(tmp_path: Path) -> None:
     assert summary(out)["rows_copied"] == 0 and summary(out)["ok"] is True
 
 
+def test_an_unreachable_server_is_one_line_without_the_password(
+    source: Path, pg_server: PgServer, pg_dsn: str
+) -> None:
+    wrong = pg_dsn.replace(pg_server.password, "Not-The-Pw-4242")
+    code, out, err = migrate("--from", f"sqlite:{source}", "--to", wrong)
+    assert (code, out) == (1, "")
+    assert err.strip().count("\n") == 0 and err.strip().startswith("feedd migrate: error: ")
+    assert "Not-The-Pw-4242" not in err and pg_server.password not in err
+    assert "***" in err
+
+
 # --- interruption --------------------------------------------------------------------------
 
 
-def big_source(path: Path, per_series: int = 15_000) -> int:
+def big_source(path: Path, per_series: int = 10_000) -> int:
     db = Database.open(path)
     try:
         for symbol in ("AUSDT", "BUSDT", "CUSDT", "DUSDT"):
@@ -266,20 +366,6 @@ def big_source(path: Path, per_series: int = 15_000) -> int:
     finally:
         db.close()
     return 4 * per_series
-
-
-def progress_rows(target: Path) -> int:
-    """Candles the target holds (0 before the migration made it)."""
-    if not Path(f"{target}-wal").exists() and not target.exists():
-        return 0
-    try:
-        conn = sqlite3.connect(f"{target.as_uri()}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(conn.execute("SELECT count(*) FROM candles").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0  # not made yet
 
 
 def start_migrate(*args: str) -> subprocess.Popen[bytes]:
@@ -290,11 +376,11 @@ def start_migrate(*args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_for_rows(proc: subprocess.Popen[bytes], target: Path, at_least: int) -> int:
+def wait_for_rows(proc: subprocess.Popen[bytes], target: Store, at_least: int) -> int:
     """Poll the target (another process writes it) until it holds ``at_least`` candles."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        rows = progress_rows(target)
+        rows = target.count()
         if rows >= at_least:
             return rows
         assert proc.poll() is None, proc.communicate()
@@ -313,11 +399,11 @@ def reap() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def test_resumes_after_ctrl_c_and_sigkill(
-    tmp_path: Path, reap: list[subprocess.Popen[bytes]]
+    tmp_path: Path, target: Store, reap: list[subprocess.Popen[bytes]]
 ) -> None:
-    source, target = tmp_path / "source.db", tmp_path / "target.db"
+    source = tmp_path / "source.db"
     total = big_source(source)
-    args = ("--from", f"sqlite:{source}", "--to", f"sqlite:{target}", "--batch", "300", "--json")
+    args = ("--from", f"sqlite:{source}", "--to", target.spec, "--batch", "300", "--json")
     # Ctrl-C: an orderly stop, a one-line hint, exit 130.
     proc = start_migrate(*args)
     reap.append(proc)
@@ -330,7 +416,7 @@ def test_resumes_after_ctrl_c_and_sigkill(
         .rstrip()
         .endswith("feedd migrate: interrupted; run the same command again to continue")
     )
-    after_int = progress_rows(target)
+    after_int = target.count()
     assert 0 < after_int < total
     # SIGKILL mid-run, once the second run has copied more than the first.
     proc = start_migrate(*args)
@@ -338,7 +424,7 @@ def test_resumes_after_ctrl_c_and_sigkill(
     wait_for_rows(proc, target, after_int + 1200)
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
-    after_kill = progress_rows(target)
+    after_kill = target.count()
     assert after_int < after_kill < total
     # The third run copies the rest only and verifies the whole.
     proc = start_migrate(*args)
@@ -350,7 +436,7 @@ def test_resumes_after_ctrl_c_and_sigkill(
     # What the earlier runs committed is not copied again (a batch may be, at most one per
     # run: the one in flight when the process died was rolled back).
     assert doc["rows_copied"] <= total - after_kill + 300, (doc, after_kill)
-    assert stored(target) == stored(source)
+    assert target.rows() == stored(source)
 
 
 # --- bad arguments -------------------------------------------------------------------------

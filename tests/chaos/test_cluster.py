@@ -54,41 +54,30 @@ def node_doc(sim: Simulator, dsn: str, role: str) -> dict[str, Any]:
     return doc
 
 
-def stored_closed(dsn: str, exchange: str, symbol: str) -> dict[int, tuple[Any, ...]]:
-    """Closed candles as PostgreSQL holds them, values as their exact numeric text."""
+Truth = dict[tuple[str, str], dict[int, tuple[Any, ...]]]
+
+
+def the_truth(sim: Simulator, start: int, end: int) -> Truth:
+    """The simulator's closed candles of every series in [start, end] (in trio's thread)."""
+    truth = {
+        (ex, sym): truth_rows(sim, ex, sym, start, end) for ex, syms in PLAN.items() for sym in syms
+    }
+    for (ex, sym), rows in truth.items():
+        assert len(rows) == (end - start) // MINUTE_MS + 1, f"{ex} {sym}: the window is wrong"
+    return truth
+
+
+def problems(truth: Truth, dsn: str, start: int, end: int) -> list[str]:
+    """Differences from the truth of every closed candle in [start, end], any row there still
+    forming (a closed candle lost or regressed), a series stored twice (blocking: a thread)."""
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
         rows = conn.execute(
-            "SELECT c.open_time, c.open::text, c.high::text, c.low::text, c.close::text,"
-            " c.volume::text, c.quote_volume::text, c.trades FROM candles c"
-            " JOIN series s ON s.id = c.series WHERE s.exchange = %s AND s.symbol = %s"
-            " AND s.interval = '1m' AND (c.flags & 1) = 1",
-            (exchange, symbol),
+            "SELECT s.exchange, s.symbol, c.open_time, c.open::text, c.high::text, c.low::text,"
+            " c.close::text, c.volume::text, c.quote_volume::text, c.trades FROM candles c"
+            " JOIN series s ON s.id = c.series WHERE s.interval = '1m' AND (c.flags & 1) = 1"
+            " AND c.open_time BETWEEN %s AND %s",
+            (start, end),
         ).fetchall()
-    return {r[0]: tuple(r[1:]) for r in rows}
-
-
-def problems(sim: Simulator, dsn: str, start: int, end: int) -> list[str]:
-    """Differences from the truth of every closed candle in [start, end], and any row there
-    still forming (a closed candle lost or regressed), or a series stored twice."""
-    out: list[str] = []
-    for exchange, symbols in PLAN.items():
-        for symbol in symbols:
-            truth = truth_rows(sim, exchange, symbol, start, end)
-            stored = {
-                t: r for t, r in stored_closed(dsn, exchange, symbol).items() if start <= t <= end
-            }
-            if len(truth) != (end - start) // MINUTE_MS + 1:
-                out.append(f"{exchange} {symbol}: truth has {len(truth)} candles, window is wrong")
-            out += [f"{exchange} {symbol} {t}: missing" for t in sorted(set(truth) - set(stored))]
-            out += [
-                f"{exchange} {symbol} {t}: not in truth" for t in sorted(set(stored) - set(truth))
-            ]
-            out += [
-                f"{exchange} {symbol} {t}: stored {stored[t]} != {truth[t]}"
-                for t in sorted(set(truth) & set(stored))
-                if stored[t] != truth[t]
-            ]
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
         forming = conn.execute(
             "SELECT count(*) FROM candles WHERE (flags & 1) = 0 AND open_time BETWEEN %s AND %s",
             (start, end),
@@ -98,6 +87,19 @@ def problems(sim: Simulator, dsn: str, start: int, end: int) -> list[str]:
             " HAVING count(*) > 1) AS x"
         ).fetchone()
     assert forming is not None and twice is not None
+    stored: Truth = {key: {} for key in truth}
+    for ex, sym, t, *values in rows:
+        stored.setdefault((ex, sym), {})[t] = tuple(values)
+    out: list[str] = []
+    for (ex, sym), want in truth.items():
+        got = stored[(ex, sym)]
+        out += [f"{ex} {sym} {t}: missing" for t in sorted(set(want) - set(got))]
+        out += [f"{ex} {sym} {t}: not in truth" for t in sorted(set(got) - set(want))]
+        out += [
+            f"{ex} {sym} {t}: stored {got[t]} != {want[t]}"
+            for t in sorted(set(want) & set(got))
+            if got[t] != want[t]
+        ]
     if forming[0]:
         out.append(f"{forming[0]} candles in the window are stored as still forming")
     if twice[0]:
@@ -174,9 +176,10 @@ async def test_two_collectors_and_an_api_node_survive_kills_and_outages(
                     # collector's held candles, the restarted one's bootstrap and heals).
                     start = floor_open("1m", first_start) - (BOOTSTRAP - 5) * MINUTE_MS
                     end = last_closed_minute(sim, 2)
+                    truth = the_truth(sim, start, end)
                     await poll_until(
                         lambda: trio.to_thread.run_sync(
-                            lambda: not problems(sim, pg_dsn, start, end)
+                            lambda: not problems(truth, pg_dsn, start, end)
                         ),
                         60,
                         "the database to equal the truth",
@@ -187,7 +190,7 @@ async def test_two_collectors_and_an_api_node_survive_kills_and_outages(
         finally:
             for node in nodes.values():
                 await node.aclose()
-        assert problems(sim, pg_dsn, start, end) == []
+        assert problems(truth, pg_dsn, start, end) == []
     assert kills == KILLS and terminated > 0 and down is not None
     for name, node in nodes.items():
         assert crash_lines(node.log_text()) == [], name
