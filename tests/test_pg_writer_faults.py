@@ -248,3 +248,15 @@ def test_collectors_starting_at_once_migrate_once(pg_dsn: str) -> None:
     for db in opened:
         db.close()
     assert backend.size_bytes() is not None and backend.size_bytes() > 0  # type: ignore[operator]
+
+
+def test_nul_in_a_series_name_is_rejected_not_the_batch(pg_dsn: str) -> None:
+    """text cannot hold NUL: such a candle would fail the whole COPY, so it is refused alone."""
+    db = postgres_backend(pg_dsn).open_writer(busy_timeout_ms=1000)
+    try:
+        bad = candle("BAD\x00USDT", T0, "1", closed=True)
+        db.write([bad, candle("BTCUSDT", T0, "2", closed=True)])
+        assert db.rejected == 1
+        assert stored(pg_dsn) == {("BTCUSDT", T0): ("2", True)}
+    finally:
+        db.close()

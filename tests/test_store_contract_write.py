@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+import trio
 
 from feedd.candle import Candle, Source
 from feedd.store.backend import Backend, WriteConnection
 from feedd.store.codec import decode_str
+from feedd.store.writer import Writer, WriterSettings
 
 if TYPE_CHECKING:
     from pgserver import PgServer
@@ -354,3 +356,25 @@ def test_pg_server_fixture_is_the_backends(
         pytest.skip("PostgreSQL only")
     server: PgServer = request.getfixturevalue("pg_server")
     assert server.password not in backend.location and "***" in backend.location
+
+
+async def test_backend_reader_sees_what_the_writer_committed(backend: Backend) -> None:
+    """The Writer over the backend, then the backend's own reader: same candles, coverage."""
+    backend.prepare()
+    writer = Writer(WriterSettings(backend=backend, batch_interval_ms=10, max_records=0))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run, recv)
+        async with send:
+            for i in range(6):
+                await send.send([candle("BTCUSDT", T0 + i * MIN, f"{i}.5", closed=i < 5)])
+    reader = backend.open_reader()
+    try:
+        rows = await reader.candles(EX, "BTCUSDT", "1m", since=0)
+        assert [(r.open_time, r.close, r.closed) for r in rows] == [
+            (T0 + i * MIN, i + 0.5, i < 5) for i in range(6)
+        ]
+        (cov,) = await reader.coverage(EX)
+        assert (cov.first_open_time, cov.last_open_time, cov.candles) == (T0, T0 + 4 * MIN, 5)
+    finally:
+        reader.close()

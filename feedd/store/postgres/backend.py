@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from feedd.errors import StoreError
 from feedd.store.postgres.connection import location, parse
 
 if TYPE_CHECKING:
@@ -35,7 +34,9 @@ class PostgresBackend:
         return PgWriteConnection.open(self.dsn, on_size=self._set_size)
 
     def open_reader(self) -> ReadStore:
-        raise StoreError("reading from PostgreSQL is not available in this build yet")
+        from feedd.store.postgres.reader import PgReader
+
+        return PgReader(self.dsn)
 
     def size_bytes(self) -> int | None:
         """A cached figure (refreshed by the writer), never a query on the caller's thread."""
