@@ -10,7 +10,6 @@ candles reuse ``feedd.store.export``'s path for computed values.
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -30,6 +29,7 @@ from feedd.store.export import (
     resampled_chunk,
 )
 from feedd.store.postgres import resample as pg_rs
+from feedd.store.postgres.connection import Connection
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST
 
 #: rows read, encoded and handed on at a time (a Parquet row group each)
@@ -69,7 +69,7 @@ class PgExport:
         self._done = False
         self._parquet = _ParquetSink() if request.format == "parquet" else None
 
-    def next_chunk(self, conn: psycopg.Connection[Any]) -> bytes | None:
+    def next_chunk(self, conn: Connection) -> bytes | None:
         """The next bytes of the file (the header comes with the first), None at the end."""
         if self._done:
             return None
@@ -90,7 +90,7 @@ class PgExport:
             return head + self._parquet.write(parquet_table(chunk))
         return head + (csv_bytes(chunk) if self.request.format == "csv" else ndjson_bytes(chunk))
 
-    def _locate(self, conn: psycopg.Connection[Any]) -> None:
+    def _locate(self, conn: Connection) -> None:
         r = self.request
         interval = rs.BASE_INTERVAL if r.resampled else r.interval
         try:
@@ -101,7 +101,7 @@ class PgExport:
             self._cursor = self._start_of_newest(conn, r.limit)
         self._located = True
 
-    def _start_of_newest(self, conn: psycopg.Connection[Any], count: int) -> int:
+    def _start_of_newest(self, conn: Connection, count: int) -> int:
         """Where the newest ``count`` rows up to ``until`` begin: a limit without ``since``
         means the newest rows, as on ``/ohlcv``'s JSON."""
         r = self.request
@@ -118,7 +118,7 @@ class PgExport:
         ).fetchone()
         return _MIN_T if row is None else int(row[0])
 
-    def _read(self, conn: psycopg.Connection[Any], budget: int) -> Chunk | None:
+    def _read(self, conn: Connection, budget: int) -> Chunk | None:
         r = self.request
         if r.resampled:
             start = rs.first_bucket_at_or_after(r.interval, self._cursor)
@@ -141,9 +141,7 @@ class PgExport:
         return _stored_chunk(table, floats=self._parquet is not None)
 
 
-def _copy_table(
-    conn: psycopg.Connection[Any], series: int, lo: int, hi: int, limit: int
-) -> pa.Table:
+def _copy_table(conn: Connection, series: int, lo: int, hi: int, limit: int) -> pa.Table:
     # COPY takes no bound parameters; every one of these is an int formatted here.
     sql = _STORED_SQL.format(series=int(series), lo=int(lo), hi=int(hi), limit=int(limit))
     data = bytearray()

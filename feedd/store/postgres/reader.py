@@ -19,17 +19,17 @@ import psycopg
 import trio
 
 from feedd.errors import StoreError
-from feedd.storageconfig import redacted_dsn
 from feedd.store import coverage as cov
 from feedd.store import resample as rs
 from feedd.store.export import ExportRequest
 from feedd.store.postgres import resample as pg_rs
+from feedd.store.postgres.connection import Connection as Conn
+from feedd.store.postgres.connection import connect, location, store_error
 from feedd.store.postgres.export import PgExport
 from feedd.store.reader import CandleRow, JsonPage, SeriesInfo
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST, source_name
 
 T = TypeVar("T")
-Conn = psycopg.Connection[Any]
 
 _MIN_T, _MAX_T = -(2**63), 2**63 - 1
 _FIELDS = ("open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades")
@@ -49,10 +49,9 @@ Row = tuple[Any, ...]
 class PgReader:
     """Pooled connections to one PostgreSQL database; safe to share between tasks."""
 
-    def __init__(self, dsn: str, *, max_connections: int = 4, connect_timeout: int = 5) -> None:
-        self.location = redacted_dsn(dsn)
+    def __init__(self, dsn: str, *, max_connections: int = 4) -> None:
+        self.location = location(dsn)
         self._dsn = dsn
-        self._connect_timeout = connect_timeout
         self._limiter = trio.CapacityLimiter(max_connections)
         self._idle: list[Conn] = []
         self._lock = threading.Lock()
@@ -258,15 +257,7 @@ class PgReader:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _connect(self) -> Conn:
-        try:
-            return psycopg.connect(
-                self._dsn,
-                autocommit=True,
-                connect_timeout=self._connect_timeout,
-                application_name="feedd reader",
-            )
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
+        return connect(self._dsn, application_name="feedd reader")
 
     def _release(self, conn: Conn) -> None:
         with self._lock:
@@ -276,20 +267,7 @@ class PgReader:
         conn.close()
 
     def _error(self, exc: psycopg.Error) -> StoreError:
-        """One line naming the server, never the password (psycopg may quote the DSN)."""
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        password = _password(self._dsn)
-        if password:
-            text = text.replace(password, "***")
-        return StoreError(f"cannot read {self.location}: {text}")
-
-
-def _password(dsn: str) -> str | None:
-    try:
-        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
-    except psycopg.Error:
-        return None
-    return str(password) if password else None
+        return store_error(exc, "cannot read", self._dsn)
 
 
 def _to_dict(row: Row) -> dict[str, Any]:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import cache
-from typing import Any
-
-import psycopg
 
 from feedd.intervals import INTERVAL_MS, MINUTE_MS, WEEK_MS, floor_open, next_open
 from feedd.store import resample as rs
+from feedd.store.postgres.connection import Connection
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST
 
 _MIN_T, _MAX_T = -(2**63), 2**63 - 1
@@ -68,9 +66,7 @@ ORDER BY g.bucket
 """
 
 
-def series_id(
-    conn: psycopg.Connection[Any], exchange: str, symbol: str, interval: str
-) -> int | None:
+def series_id(conn: Connection, exchange: str, symbol: str, interval: str) -> int | None:
     row = conn.execute(
         "SELECT id FROM series WHERE exchange = %s AND symbol = %s AND interval = %s",
         (exchange, symbol, interval),
@@ -79,7 +75,7 @@ def series_id(
 
 
 def query(
-    conn: psycopg.Connection[Any],
+    conn: Connection,
     exchange: str,
     symbol: str,
     interval: str,
@@ -103,7 +99,7 @@ def query(
 
 
 def _windows(
-    conn: psycopg.Connection[Any],
+    conn: Connection,
     series: int,
     interval: str,
     start: int,
@@ -135,7 +131,7 @@ def _windows(
 
 
 def _aggregate(
-    conn: psycopg.Connection[Any], series: int, interval: str, lo: int, hi: int
+    conn: Connection, series: int, interval: str, lo: int, hi: int
 ) -> list[rs.Resampled]:
     rows = conn.execute(_aggregate_sql(interval), {"series": series, "lo": lo, "hi": hi})
     out: list[rs.Resampled] = []
