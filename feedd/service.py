@@ -194,9 +194,11 @@ async def run_service(
             # One deadline for the whole shutdown, so it is bounded whatever part is slow.
             deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
             heartbeats.cancel()
-            # Tells the cluster this node stopped rather than died (it is not marked stale).
-            with trio.move_on_at(trio.current_time() + HEARTBEAT_GOODBYE_S):
-                await cluster.beat("stopped")
+            if cluster.last_error is None:
+                # Tells the cluster this node stopped rather than died (it is not marked
+                # stale). Skipped when the store fails: a connect attempt would hold us up.
+                with trio.move_on_at(trio.current_time() + HEARTBEAT_GOODBYE_S):
+                    await cluster.beat("stopped")
             ingest.cancel()
             jobs_scope.cancel()
             with trio.move_on_at(deadline) as drain:

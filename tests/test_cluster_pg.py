@@ -1,11 +1,13 @@
-"""Nodes on PostgreSQL (a real server, tests/pgserver.py): heartbeat rows, and a collector and
-an API node sharing one database: the API node serves what the collector ingested, opens no
-venue session, and its /status lists both nodes."""
+"""Nodes over both backends, and on PostgreSQL (a real server, tests/pgserver.py): heartbeat
+rows, a dropped connection, and a collector and an API node sharing one database: the API
+node serves what the collector ingested, opens no venue session, and /status lists both."""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -13,16 +15,22 @@ import pytest
 import trio
 from e2e import feedd_config
 
+from feedd.candle import Candle
+from feedd.errors import StoreError
 from feedd.intervals import MINUTE_MS
 from feedd.service import Service, run_service
 from feedd.sim.app import open_simulator
 from feedd.sim.settings import SimSettings
-from feedd.store.backend import open_backend
+from feedd.store.backend import Backend, open_backend
 from feedd.store.nodes import KEEP_MS, NodeRecord
 from feedd.store.postgres import nodes as pg_nodes
 from feedd.store.postgres import postgres_backend
+from feedd.store.writer import Writer, WriterSettings
 
-pytest_plugins = ["pgserver"]
+if TYPE_CHECKING:
+    from pgserver import PgServer
+
+pytest_plugins = ["store_backends"]
 
 EX = "binance_futures"
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -32,6 +40,27 @@ T0 = 1_700_000_000_000
 def read_nodes(dsn: str) -> list[NodeRecord]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return pg_nodes.read(conn)
+
+
+async def test_nodes_through_the_store_interface(backend: Backend) -> None:
+    """Both backends: an uncreated store reads no node; heartbeats upsert, newest first."""
+    backend.prepare()
+    reader = backend.open_reader()
+    try:
+        assert await reader.nodes() == []
+        db = backend.open_writer(busy_timeout_ms=2000)
+        try:
+            db.record_node("b", '{"role": "api"}', T0)
+            db.record_node("a", '{"role": "collector"}', T0 + 5)
+            db.record_node("b", '{"role": "api", "n": 2}', T0 + 10)
+        finally:
+            db.close()
+        assert await reader.nodes() == [
+            NodeRecord("b", T0 + 10, '{"role": "api", "n": 2}'),
+            NodeRecord("a", T0 + 5, '{"role": "collector"}'),
+        ]
+    finally:
+        reader.close()
 
 
 def test_heartbeat_rows_upsert_and_expire(pg_dsn: str) -> None:
@@ -53,8 +82,6 @@ def test_heartbeat_rows_upsert_and_expire(pg_dsn: str) -> None:
 
 
 async def test_collector_and_api_node_on_one_database(tmp_path: Path, pg_dsn: str) -> None:
-    # Runs once the PostgreSQL reader (h-pgr's feedd/store/postgres/reader.py) is merged.
-    pytest.importorskip("feedd.store.postgres.reader", reason="the PostgreSQL reader is missing")
     storage = {"backend": "postgresql", "dsn": pg_dsn}
     async with open_simulator(SimSettings(venues=(EX,))) as sim:
         start = sim.now_ms() // MINUTE_MS * MINUTE_MS
@@ -126,3 +153,21 @@ async def test_collector_and_api_node_on_one_database(tmp_path: Path, pg_dsn: st
     # The clean stops said goodbye in the shared table.
     states = {r.node_id: r.doc for r in read_nodes(pg_dsn)}
     assert len(states) == 2 and all('"state":"stopped"' in doc for doc in states.values())
+
+
+async def test_heartbeats_reconnect_after_the_server_drops_the_connection(
+    pg_server: PgServer, pg_dsn: str
+) -> None:
+    """An API node commits no candles, so no failed commit replaces a broken connection: the
+    heartbeat must. (Before: every later heartbeat failed on the dead connection.)"""
+    writer = Writer(WriterSettings(postgres_backend(pg_dsn), 50, 1000))
+    send, recv = trio.open_memory_channel[list[Candle]](1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run, recv)
+        await writer.record_node("a", "{}", T0)
+        assert pg_server.terminate(urlsplit(pg_dsn).path.lstrip("/")) >= 1
+        with pytest.raises(StoreError):
+            await writer.record_node("a", "{}", T0 + 1)
+        await writer.record_node("a", '{"back": true}', T0 + 2)
+        await send.aclose()
+    assert read_nodes(pg_dsn) == [NodeRecord("a", T0 + 2, '{"back": true}')]

@@ -127,7 +127,8 @@ async def test_api_node_opens_no_venue_session_and_refuses_ingest_changes(
         status = (await client.get("/status")).json()
         assert status["role"] == "api"
         (binance,) = (ex for ex in status["exchanges"] if ex["name"] == EX)
-        assert binance["state"] == "not collected here"
+        assert binance["state"] == "remote"
+        assert [row["state"] for row in binance["symbols"]] == ["remote"]
         assert (await client.get("/ohlcv/binance_futures/BTCUSDT/1m")).status_code == 200
         assert (await client.get("/")).status_code == 200
         assert (await client.get("/health")).status_code == 200

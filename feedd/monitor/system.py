@@ -76,6 +76,11 @@ class Monitor:
         self._failing = False
         self.sample()
 
+    @property
+    def busy_seconds(self) -> Mapping[str, float]:
+        """Event-loop seconds spent in task steps, by group (an exchange's name or other)."""
+        return self._cpu.busy
+
     def sample(self) -> None:
         now = time.monotonic()
         try:

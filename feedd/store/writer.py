@@ -337,7 +337,13 @@ class Writer:
         """Save this node's heartbeat (in the writer's thread, between commits)."""
         async with self._db_lock:
             db = await self._db.get()
-            await self._db.run(db.record_node, node_id, doc, at_ms)
+            try:
+                await self._db.run(db.record_node, node_id, doc, at_ms)
+            except StoreError:
+                # A node that commits no candles (an API node) has no failed commit to replace
+                # a broken connection: the next heartbeat must open a new one itself.
+                await self._db.discard()
+                raise
 
     async def load_jobs(self) -> list[str]:
         async with self._db_lock:

@@ -42,6 +42,10 @@ _WRITER_FIELDS = (
 )
 
 
+#: the state of an enabled exchange (and its streams) on an API node: collectors collect it
+REMOTE = "remote"
+
+
 def exchange_settings(state: AppState, name: str) -> ExchangeConfig:
     configured = state.config.exchanges.get(name)
     return configured or ExchangeConfig(name, symbols=(), enabled=False)
@@ -73,7 +77,9 @@ def symbol_rows(
             key = stream_key(Stream(symbol, interval))
             stream_state = "disabled"
             error = progress = None
-            if settings.enabled and stats is not None:
+            if settings.enabled and state.security.role == "api":
+                stream_state = REMOTE
+            elif settings.enabled and stats is not None:
                 stream_state = str(stats.stream_states.get(key, StreamState.PENDING))
                 error = stats.stream_errors.get(key)
                 progress = stats.backfilling.get(key)
@@ -108,7 +114,7 @@ def worker(state: AppState, name: str, *, symbols: bool = True) -> dict[str, Any
     worker_state_, health = worker_state(settings, stats)
     if state.security.role == "api" and settings.enabled:
         # An API node collects nothing: the collectors' states are in ``cluster``.
-        worker_state_, health = "not collected here", "disabled"
+        worker_state_, health = REMOTE, "disabled"
     out: dict[str, Any] = {
         "name": name,
         "enabled": settings.enabled,

@@ -22,6 +22,8 @@ from feedd.errors import StoreError
 from feedd.store import coverage as cov
 from feedd.store import resample as rs
 from feedd.store.export import ExportRequest
+from feedd.store.nodes import NodeRecord
+from feedd.store.postgres import nodes
 from feedd.store.postgres import resample as pg_rs
 from feedd.store.postgres.connection import Connection as Conn
 from feedd.store.postgres.connection import connect, location, store_error
@@ -213,6 +215,9 @@ class PgReader:
         while (chunk := await self._run(job.next_chunk, None, empty_schema=False)) is not None:
             if chunk:
                 yield chunk
+
+    async def nodes(self) -> list[NodeRecord]:
+        return await self._run(nodes.read, [])
 
     def close(self) -> None:
         with self._lock:
