@@ -6,7 +6,8 @@ series, as fast as the store takes them. Runs alternate SQLite, PostgreSQL, SQLi
 shared machine's speed drifts) and the summary gives PostgreSQL's candles/s as a ratio of the
 SQLite run next to it (median over the pairs). ``--chunk 600`` sends a minute of 600 series
 as one list, which takes the channel out of the way: then the commits set the pace. Also each
-backend's raw write() rate in batches of ``--batch``.
+backend's raw write() rate in batches of ``--batch``, and two collectors writing the same
+candles into one PostgreSQL database at once.
 
 PostgreSQL is a server of its own started by tests/pgserver.py in a temporary folder (initdb,
 loopback, as the postgres system user under root), durable like SQLite's WAL with
@@ -61,6 +62,16 @@ async def writer_rate(backend: Backend, candles: list[Candle], chunk: int) -> di
     }
 
 
+async def two_collectors(backends: Sequence[Backend], candles: list[Candle], chunk: int) -> float:
+    """Two Writers (two collectors) taking the same candles into one database at once:
+    candles/s each, both done."""
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for backend in backends:
+            nursery.start_soon(writer_rate, backend, candles, chunk)
+    return len(candles) / (time.perf_counter() - start)
+
+
 def write_rate(backend: Backend, candles: list[Candle], batch: int) -> float:
     db = backend.open_writer(busy_timeout_ms=5000)
     start = time.perf_counter()
@@ -104,6 +115,11 @@ def main() -> None:
                           f" {r['batches']:.0f} batches, commit p50 {r['p50']:.1f} ms"
                           f" p99 {r['p99']:.1f} ms")  # fmt: skip
                 ratios.append(results["postgresql"]["rate"] / results["sqlite"]["rate"])
+            dsn = server.dsn(server.create_database())
+            pair_rate = trio.run(
+                two_collectors, [postgres_backend(dsn) for _ in range(2)], candles, args.chunk
+            )
+            print(f"two collectors, same candles, one database: {pair_rate:,.0f} candles/s each")
             for name, backend in (
                 ("sqlite", SqliteBackend(Path(tmp) / "raw.db")),
                 ("postgresql", postgres_backend(server.dsn(server.create_database()))),

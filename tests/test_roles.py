@@ -150,7 +150,11 @@ async def test_api_node_opens_no_venue_session_and_refuses_ingest_changes(
             assert response.status_code == 409, path
             message = response.json()["error"]
             assert 'role "api"' in message and words in message, message
+        listing = await client.get(f"/exchangeSymbols/{EX}")
+        assert listing.status_code == 409
+        assert "does not ask the venues" in listing.json()["error"]
         assert service.state.config.exchanges[EX].symbols == ("BTCUSDT",)
+        assert stats["rest_requests"] == 0
         assert stats["ws_connections"] == 0
 
 

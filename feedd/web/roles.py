@@ -34,6 +34,12 @@ API_REFUSED = {
     ),
 }
 
+#: GET /exchangeSymbols/<exchange> asks the venue: an API node never talks to venues
+_VENUE_LISTING = (
+    'this node has role "api": it does not ask the venues for their symbols (it collects '
+    "nothing); list and change symbols in a collector's config"
+)
+
 
 def collector_refusal() -> ApiError:
     paths = ", ".join(sorted(COLLECTOR_PATHS))
@@ -50,6 +56,8 @@ async def check_role() -> None:
         raise collector_refusal()
     if role == "api":
         refusal = API_REFUSED.get((request.method, request.path))
+        if request.path.startswith("/exchangeSymbols/"):
+            refusal = _VENUE_LISTING
         if refusal is not None:
             raise ApiError(409, refusal)
 

@@ -47,8 +47,13 @@ CREATE TEMPORARY TABLE IF NOT EXISTS feedd_stage (
 ) ON COMMIT DELETE ROWS
 """
 _COLUMNS = "series, open_time, open, high, low, close, volume, quote_volume, trades, flags"
+_VALUES = ("open", "high", "low", "close", "volume", "quote_volume", "trades", "flags")
+_VALUES_OF_C = ", ".join(f"c.{v}" for v in _VALUES)
+_VALUES_OF_EXCLUDED = ", ".join(f"excluded.{v}" for v in _VALUES)
 # A closed row only yields to another closed row: a late forming update (a WS frame racing a
 # REST backfill, or a second collector a frame behind) must never reopen a finished candle.
+# A row that would not change (the other collector stored the same candle) is left alone: no
+# new row version, no WAL. Compared as text, since numeric 1.5 = 1.50 but the text differs.
 _UPSERT = f"""
 INSERT INTO candles AS c ({_COLUMNS})
 SELECT {_COLUMNS} FROM feedd_stage ORDER BY series, open_time
@@ -56,7 +61,8 @@ ON CONFLICT (series, open_time) DO UPDATE SET
     open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
     volume = excluded.volume, quote_volume = excluded.quote_volume, trades = excluded.trades,
     flags = excluded.flags
-WHERE (c.flags & 1) = 0 OR (excluded.flags & 1) = 1
+WHERE ((c.flags & 1) = 0 OR (excluded.flags & 1) = 1)
+    AND ({_VALUES_OF_C})::text IS DISTINCT FROM ({_VALUES_OF_EXCLUDED})::text
 """
 _MINT = """
 INSERT INTO series (exchange, symbol, "interval")
@@ -133,7 +139,8 @@ class PgWriteConnection:
     # -- writes -------------------------------------------------------------------------------
 
     def write(self, candles: Sequence[Candle]) -> int:
-        """Upsert ``candles`` in one transaction; returns rows inserted or changed."""
+        """Upsert ``candles`` in one transaction; returns rows inserted or changed (a row
+        rewritten with identical values is not changed here; SQLite counts it)."""
         if not candles:
             return 0
         return self._upsert(candles)
