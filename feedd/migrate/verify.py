@@ -49,9 +49,11 @@ async def verify(
     source: ReadStore, target: ReadStore, found: list[SeriesInfo], err: TextIO
 ) -> list[Mismatch]:
     print(f"verifying {len(found)} series", file=err, flush=True)
-    bar = Progress("series", err)
+    bar = Progress("candles verified", err)
+    total = sum(info.count for info in found) or 1
+    done = 0
     mismatches = []
-    for n, info in enumerate(found):
+    for info in found:
         got: dict[str, Digest] = {}
         async with trio.open_nursery() as nursery:
             for side, reader in (("source", source), ("target", target)):
@@ -60,7 +62,8 @@ async def verify(
             first = await first_difference(source, target, info)
             rows = got["source"].rows, got["target"].rows
             mismatches.append(Mismatch(info.exchange, info.symbol, info.interval, *rows, first))
-        bar.update(n + 1, (n + 1) / len(found))
+        done += info.count
+        bar.update(done, done / total)
     bar.finish()
     return mismatches
 
