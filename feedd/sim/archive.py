@@ -85,8 +85,9 @@ class SimArchive:
         lines = [HEADER] if _year(start) >= HEADER_FROM_YEAR else []
         t = max(first_open_at_or_after(interval, start), venue.first_open(interval))
         while t < end:
-            row = venue.kline_row(market.final(symbol, interval, t))
-            lines.append(",".join(str(cell) for cell in row))
+            if market.exists(symbol, t):
+                row = venue.kline_row(market.final(symbol, interval, t))
+                lines.append(",".join(str(cell) for cell in row))
             t = next_open(interval, t)
         return ("\n".join(lines) + "\n").encode()
 

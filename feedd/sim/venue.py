@@ -137,7 +137,8 @@ class Venue:
         out: list[TruthCandle] = []
         t = max(first_open_at_or_after(interval, start_ms), self.first_open(interval))
         while t <= end_ms and close_time(interval, t) <= now and len(out) < TRUTH_MAX_ROWS:
-            out.append(self.truth_candle(self.market.final(symbol, interval, t)))
+            if self.market.exists(symbol, t):
+                out.append(self.truth_candle(self.market.final(symbol, interval, t)))
             t = next_open(interval, t)
         return out
 
