@@ -226,6 +226,13 @@ class Market:
             self._hour_draws[key] = cached
         return cached
 
+    def deep_hour(self, symbol: str, hour_ms: int) -> list[Draw] | None:
+        """The drawn minutes of a closed hour of the deep history (None for a later hour,
+        whose minutes come from trades): the same bars ``final`` gives, in bulk."""
+        if self.detail_from_ms is None or hour_ms + HOUR_MS > self.detail_from_ms:
+            return None
+        return self._draws(symbol, hour_ms)
+
     def _hour(self, symbol: str, hour_ms: int) -> Bar:
         """A closed hour, cached: long candles are built from hours, not 1,440 minutes."""
         cached = self._hours.get((symbol, hour_ms))
