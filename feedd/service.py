@@ -130,6 +130,7 @@ async def run_service(
             supervisor = Supervisor(candles_send, reader, http, cpu, store=writer)
             controller = Controller(config, config_path, supervisor, writer, http)
             jobs = JobManager(writer, supervisor, http, lambda: controller.config)
+            controller.jobs = jobs
             started_at = time.time()
             monitor = Monitor(database, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))
