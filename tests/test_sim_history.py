@@ -13,6 +13,7 @@ import trio.testing
 
 from feedd.intervals import DAY_MS, MINUTE_MS, floor_open
 from feedd.sim import SimSettings, Simulator, open_simulator
+from feedd.sim.__main__ import build_parser, settings_from
 from feedd.sim.archive import SimArchive
 from feedd.sim.clock import DEFAULT_START_MS
 from feedd.sim.market import MAX_TRADES_PER_MINUTE, Market, _aggregate
@@ -171,3 +172,16 @@ async def test_bulk_deep_history_equals_a_bar_per_minute(sim: Simulator) -> None
                 archive.csv(symbol, "1m", start, end).decode().split("\n")[-len(rows) - 1 : -1]
                 == rows
             )
+
+
+def test_holes_from_the_command_line() -> None:
+    args = build_parser().parse_args(["--hole", "BTCUSDT:60000:120000", "--hole", "ETHUSDT:0:0"])
+    assert settings_from(args).holes == (("BTCUSDT", 60_000, 120_000), ("ETHUSDT", 0, 0))
+    for bad in ("BTCUSDT:2:1", "BTCUSDT:1", ":1:2", "BTCUSDT:a:2"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--hole", bad])
+    market = Market(1, holes=[("BTCUSDT", 60_000, 120_000)])
+    assert [market.exists("BTCUSDT", t) for t in (0, 60_000, 120_000, 180_000)] == [
+        True, False, False, True
+    ]  # fmt: skip
+    assert market.exists("ETHUSDT", 60_000)
