@@ -71,6 +71,11 @@ class StoreError(FeeddError):
     """The database could not be read or written."""
 
 
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached now (down, restarting, failing over): a
+    transient failure, retried, also when it happens at start."""
+
+
 def leaves(exc: BaseException) -> Iterator[BaseException]:
     """The exceptions inside ``exc``, depth first, with every exception group opened.
 

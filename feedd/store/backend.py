@@ -84,7 +84,7 @@ class WriteConnection(Protocol):
         ...
 
     def wipe(self) -> None:
-        """Delete every candle, series and coverage run."""
+        """Delete every candle, series, coverage run and saved job (node heartbeats stay)."""
         ...
 
     def close(self, *, checkpoint: bool = True) -> None:

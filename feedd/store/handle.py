@@ -10,7 +10,7 @@ from typing import ParamSpec, TypeVar
 
 import trio
 
-from feedd.errors import StoreError
+from feedd.errors import StoreError, StoreUnavailable
 from feedd.store.backend import Backend, WriteConnection
 
 log = logging.getLogger("feedd.store")
@@ -47,12 +47,15 @@ class DatabaseHandle:
         return self._db is not None
 
     async def start(self) -> str | None:
-        """Open at start: StoreError if the file cannot be opened at all (a configuration
-        problem the operator must see at once); the reason if it opened read-only (then the
-        writer starts unhealthy and reopens until the operator fixes it), else None."""
+        """Open at start: StoreError if the store cannot be opened at all (a configuration
+        problem the operator must see at once); the reason if it opened read-only or its
+        server cannot be reached now (then the writer starts unhealthy and reopens until it
+        can write), else None."""
         self._serving = True
         try:
             await self.get()
+        except StoreUnavailable as exc:
+            return str(exc)
         except StoreError as exc:
             if self._identity is None:
                 self._serving = False

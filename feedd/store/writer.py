@@ -108,7 +108,7 @@ class Writer:
         """
         read_only = await self._db.start()
         if read_only is not None:
-            log.error("%s; holding candles until it is writable", read_only)
+            log.error("%s; holding candles until it can be written", read_only)
             self._counters.healthy, self._counters.last_error = False, read_only
         try:
             async with trio.open_nursery() as nursery:

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo
 
-from feedd.errors import StoreError
+from feedd.errors import StoreError, StoreUnavailable
 from feedd.storageconfig import redacted_dsn
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -88,7 +88,36 @@ def store_error(exc: psycopg.Error, action: str, dsn: str) -> StoreError:
     hint = _HINTS.get(getattr(exc, "sqlstate", None) or "")
     if hint and hint not in reason:
         reason = f"{hint} ({reason})"
-    return StoreError(f"{action} {location(dsn)}: {_scrub(reason, dsn)}")
+    message = f"{action} {location(dsn)}: {_scrub(reason, dsn)}"
+    return StoreUnavailable(message) if _unreachable(exc) else StoreError(message)
+
+
+def _unreachable(exc: psycopg.Error) -> bool:
+    """A failure of the server or the network, not of feedd's settings (a wrong password or
+    a missing database stay errors the operator must fix)."""
+    state = getattr(exc, "sqlstate", None) or ""
+    if state:
+        # 08: connection exceptions; 57P0x: shutdown, crash, starting up; 53300: no slots
+        return state.startswith("08") or state in ("57P01", "57P02", "57P03", "53300")
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    # No SQLSTATE: a failed connection attempt. When the server answered (FATAL), only its
+    # passing states are transient; a wrong password or a missing database is for the
+    # operator. No answer at all (refused, timed out, unreachable, broken) is transient.
+    text = str(exc)
+    if "FATAL:" in text:
+        return any(state in text for state in _PASSING_STATES)
+    return "no password supplied" not in text
+
+
+#: what a server says at connect while it cannot serve for now
+_PASSING_STATES = (
+    "is starting up",
+    "is shutting down",
+    "in recovery mode",
+    "too many clients",
+    "not yet accepting connections",
+)
 
 
 def _first_line(text: str) -> str:

@@ -328,12 +328,14 @@ class PgWriteConnection:
         return cur.rowcount
 
     def wipe(self) -> None:
-        """Delete every candle, series and coverage run (jobs stay, as on SQLite)."""
+        """Delete every candle, series, coverage run and backfill job, as on SQLite (the job
+        manager cancels and forgets its jobs first)."""
         try:
             with self._conn.transaction():
                 # EXCLUSIVE on series first: writers (which lock series rows before anything
                 # else) wait for the wipe and it for them, never a deadlock; readers go on.
                 self._conn.execute("LOCK TABLE series IN EXCLUSIVE MODE")
+                self._conn.execute("DELETE FROM jobs")
                 self._conn.execute("DELETE FROM candles")
                 self._conn.execute("DELETE FROM runs")
                 self._conn.execute("DELETE FROM series")
