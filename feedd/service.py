@@ -27,6 +27,7 @@ from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
 from feedd.monitor.taskcpu import TaskCpu
+from feedd.publish.publisher import Publisher
 from feedd.store.reader import Reader
 from feedd.store.writer import Writer, WriterSettings
 from feedd.web.app import create_app, serve_web
@@ -146,6 +147,9 @@ async def run_service(
             )
             await root.start(monitor.run)
             await root.start(hub.run)
+            if config.publish is not None and config.publish.nats is not None:
+                state.publisher = Publisher(config.publish.nats, writer)
+                await root.start(state.publisher.run)
             web_stop = trio.Event()
             web_done = trio.Event()
 

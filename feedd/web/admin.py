@@ -37,6 +37,8 @@ async def get_config() -> Response:
     data = state().config.to_json()
     if data.get("api_token"):
         data["api_token"] = REDACTED
+    if "nats" in data.get("publish", {}):
+        data["publish"]["nats"]["url"] = config_module.redacted_url(data["publish"]["nats"]["url"])
     return json_response(data)
 
 
@@ -52,6 +54,7 @@ async def post_config() -> Response:
     controller = state().controller
     if data.get("api_token") == REDACTED:
         data["api_token"] = controller.config.api_token
+    config_module.restore_nats_url(data, controller.config)
     loaded = config_module.parse(data)
     return applied(await controller.replace(loaded.config, loaded.warnings))
 
