@@ -21,7 +21,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from feedd.candle import Candle
 from feedd.config import NatsConfig
 from feedd.publish import wire
-from feedd.publish.connect import NATS_ERRORS, connect, where
+from feedd.publish.connect import NATS_ERRORS, connect, ensure_stream, where
 from feedd.web.live import LiveHub
 
 log = logging.getLogger("feedd.publish")
@@ -122,6 +122,12 @@ async def feed_live_hub(
         loop_box.append((asyncio.get_running_loop(), asyncio.current_task()))  # type: ignore[arg-type]
         while True:
             try:
+                # The same stream the collectors make: an API node may start before them.
+                nc = await connect(settings, reconnect=False, name="feedd-consumer")
+                try:
+                    await ensure_stream(nc.jetstream(), settings)
+                finally:
+                    await nc.close()
                 await consume(settings, on_candle, since_ms=since_ms, subscribed=ready)
             except NATS_ERRORS as exc:
                 log.warning("NATS %s: consumer failed (%s); again in 1 s", where(settings), exc)
