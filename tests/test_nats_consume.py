@@ -15,6 +15,7 @@ from e2e import feedd_config, wait_on_commits
 from natsserver import running_nats
 from test_nats_publish import (
     EX,
+    HISTORY_CHECKED,
     STREAM,
     SYMBOLS,
     check_truth,
@@ -148,4 +149,4 @@ async def test_a_consumer_that_stops_reading_slows_nothing(tmp_path: Path) -> No
     assert stalled_pending and stalled_pending[0] <= 50  # it read nothing and buffered little
     assert stats.backlog_closed == 0 and stats.dropped_closed == 0 and stats.connected
     assert writer.healthy
-    assert check_truth(sim, received, start - 20 * MINUTE_MS, start + 3 * MINUTE_MS) == []
+    assert check_truth(sim, received, start - HISTORY_CHECKED, start + 3 * MINUTE_MS) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import trio
@@ -18,6 +20,9 @@ EX = "binance_futures"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 PREFIX = "feedd"
 STREAM = "FEEDD_CANDLES"
+#: bootstrap loads 20 minutes of history when feedd starts; at 60x speed on a loaded machine
+#: that can be some sim minutes after ``start``, so the check starts 10 minutes back
+HISTORY_CHECKED = 10 * MINUTE_MS
 
 
 def nats_section(url: str) -> dict[str, object]:
@@ -83,9 +88,20 @@ async def test_stream_equals_truth(tmp_path: Path) -> None:
             stats = publisher(service).stats
             service.stop.set()
         messages = await trio.to_thread.run_sync(read_stream, server.url, STREAM)
+        tail = await trio.run_process(
+            [sys.executable, "-m", "feedd.feedctl", "tail", "--nats", server.url, "--since",
+             "0", "--symbol", "ethusdt", "--closed", "--count", "5", "--json"],
+            capture_stdout=True,
+        )  # fmt: skip
     assert stats.connected and stats.last_error is None and stats.dropped_closed == 0
+    # feedctl tail --nats replays the stream from the start, filtered by subject
+    tailed = [json.loads(line) for line in tail.stdout.decode().splitlines()]
+    assert [(c["symbol"], c["closed"]) for c in tailed] == [("ETHUSDT", True)] * 5
+    assert [c["open_time"] for c in tailed] == closed_by_subject(messages)[
+        f"{PREFIX}.candles.{EX}.ETHUSDT.1m"
+    ][:5]
     # bootstrap (20 minutes over REST) and the live minutes, each closed candle once
-    assert check_truth(sim, messages, start - 20 * MINUTE_MS, start + 3 * MINUTE_MS) == []
+    assert check_truth(sim, messages, start - HISTORY_CHECKED, start + 3 * MINUTE_MS) == []
     assert any(not doc["closed"] for _, doc in messages)  # forming updates go out too
 
 
@@ -107,7 +123,7 @@ async def test_two_collectors_store_each_closed_candle_once(tmp_path: Path) -> N
     stored = sum(len(times) for times in closed_by_subject(messages).values())
     # both published every closed candle; the stream kept each once
     assert both >= 2 * stored > 0
-    assert check_truth(sim, messages, start - 20 * MINUTE_MS, start + 3 * MINUTE_MS) == []
+    assert check_truth(sim, messages, start - HISTORY_CHECKED, start + 3 * MINUTE_MS) == []
 
 
 async def test_broker_restart_loses_no_closed_candle(tmp_path: Path) -> None:
@@ -133,4 +149,4 @@ async def test_broker_restart_loses_no_closed_candle(tmp_path: Path) -> None:
     assert held.last_error is not None
     assert stats.connected and stats.dropped_closed == 0
     assert writer.healthy and writer.dropped == 0  # ingest never noticed
-    assert check_truth(sim, messages, start - 20 * MINUTE_MS, start + 4 * MINUTE_MS) == []
+    assert check_truth(sim, messages, start - HISTORY_CHECKED, start + 4 * MINUTE_MS) == []
