@@ -82,7 +82,9 @@ class Sender:
     def abort(self) -> None:
         loop, main = self._loop, self._main
         if loop is not None and main is not None:
-            loop.call_soon_threadsafe(main.cancel)
+            # The thread may be ending on its own: its loop is closed, nothing left to stop.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(main.cancel)
 
     def wait_ready(self) -> None:
         self._ready.wait()
@@ -164,7 +166,8 @@ class Sender:
                 self.backlog.drop_forming(len(forming))
                 raise
             if futures:
-                acks = asyncio.ensure_future(asyncio.gather(*futures))
+                acks = asyncio.gather(*futures)
+                acks.add_done_callback(_retrieve)
                 done = await _first(acks, lost.wait(), timeout=ACK_TIMEOUT_S)
                 if done is not acks:
                     acks.cancel()
@@ -211,6 +214,12 @@ async def _first(*aws: Awaitable[Any], timeout: float | None = None) -> object: 
             if task is not given and not task.done():
                 task.cancel()
     return next((given for task, given in zip(tasks, aws, strict=True) if task in done), None)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a window given up on as seen (asyncio logs it otherwise)."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _close(nc: Client) -> None:
