@@ -119,7 +119,20 @@ async def measure(rate: float, count: int, seconds: float, nats_url: str | None)
             async with trio.open_nursery() as nursery:
                 service: Service = await nursery.start(run_service, cfg, db)
                 writer = service.state.writer
+                commits: dict[tuple[str, str, int, str], float] = {}
+                recording = trio.CancelScope()
+
+                async def record_commits() -> None:
+                    with recording, writer.open_commit_listener(max_buffer=100_000) as listener:
+                        async for batch in listener:
+                            now = time.monotonic()
+                            for c in batch:
+                                commits.setdefault(
+                                    (c.exchange, c.symbol, c.open_time, c.close), now
+                                )
+
                 if nats_url:
+                    nursery.start_soon(record_commits)
                     consumer = await start_consumer(nats_url)
                 await trio.sleep(bi.WARM_UP_S)
                 cpu0, received0 = bi.cpu_seconds(me), writer.stats.received
@@ -135,6 +148,7 @@ async def measure(rate: float, count: int, seconds: float, nats_url: str | None)
                     arrivals = json.loads((await bi.stop_child(consumer)).decode() or "[]")
                     consumer = None
                 sent = await bi._send_log(urls, t0, t0 + seconds) if nats_url else {}
+                recording.cancel()
                 service.stop.set()
     finally:
         sim.kill()
@@ -154,7 +168,10 @@ async def measure(rate: float, count: int, seconds: float, nats_url: str | None)
         lat = [
             now - by_float[(v, s, o, c)] for v, s, o, c, now in arrivals if (v, s, o, c) in by_float
         ]
+        to_commit = [commits[k] - t for k, t in sent.items() if commits.get(k, -1.0) >= t]
+        result["frame_to_commit_ms"] = bi._percentiles(to_commit, len(sent))
         result["frame_to_nats_consumer_ms"] = bi._percentiles(lat, len(sent))
+        result["consumer_received"] = len(arrivals)
         if stats is not None:
             result["published"] = stats.published
             result["dropped_forming"] = stats.dropped_forming
@@ -186,7 +203,7 @@ def ceiling(url: str, count: int, closed: bool) -> dict[str, Any]:
                    Source.WS)
             for i in range(count)
         ]  # fmt: skip
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     backlog.add(candles)
     sender.wake()
     sender.drain()
@@ -198,6 +215,8 @@ def ceiling(url: str, count: int, closed: bool) -> dict[str, Any]:
         "candles": count,
         "published": published,
         "per_s": round(published / elapsed),
+        # the process does nothing else meanwhile: its CPU is the thread's (and the GIL's)
+        "cpu_us_per_candle": round((time.process_time() - cpu0) / max(published, 1) * 1e6, 1),
     }
 
 
