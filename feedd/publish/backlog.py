@@ -7,6 +7,7 @@ older than a closed candle of its series, so a consumer never sees a candle go b
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -69,7 +70,7 @@ class Backlog:
         updates (taken) once no closed candle is left behind the window: forming updates
         go out after the closed candles of their series, never before."""
         with self._lock:
-            window = [self._closed[i] for i in range(min(count, len(self._closed)))]
+            window = list(itertools.islice(self._closed, count))
             forming: list[Candle] = []
             if len(window) == len(self._closed) and self._forming:
                 forming = list(self._forming.values())

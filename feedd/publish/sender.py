@@ -118,6 +118,12 @@ class Sender:
                 return
             except (*NATS_ERRORS, BrokerLost) as exc:  # type: ignore[misc]
                 self._failed(exc)
+            except Exception as exc:
+                # Not a broker failure (a client library bug, say): the thread must not die
+                # silently while the backlog fills, so it is reported and retried the same way.
+                # asyncio's CancelledError is a BaseException and still ends the thread.
+                log.exception("NATS publisher failed unexpectedly")
+                self._failed(exc)
             finally:
                 self.state.connected = False
                 if nc is not None:
