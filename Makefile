@@ -45,6 +45,7 @@ sim: $(STAMP)
 test: $(STAMP)
 	scripts/browser_setup.sh $(BIN)/python
 	scripts/prometheus_setup.sh
+	scripts/postgres_setup.sh
 	$(BIN)/ruff check feedd tests scripts
 	$(BIN)/mypy
 	$(BIN)/pytest

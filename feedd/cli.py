@@ -22,6 +22,7 @@ from feedd.configsource import CONFIG_ENV, DEFAULT_PATHS, TOKEN_ENV, find_config
 from feedd.errors import ConfigError, FeeddError
 from feedd.logsetup import FORMATS, configure_logging
 from feedd.service import Service, run_service
+from feedd.store.backend import Backend, open_backend
 
 log = logging.getLogger("feedd")
 
@@ -123,9 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("config file %s (%s)", prepared.path.resolve(), prepared.how)
     if prepared.config.api_token_source is not None:
         log.info("api token from %s", prepared.config.api_token_source)
-    database = config_module.database_file(prepared.config, prepared.path)
+    store = open_backend(prepared.config.storage, config_module.config_folder(prepared.path))
     try:
-        trio.run(_run, prepared.config, database, prepared.path)
+        trio.run(_run, prepared.config, store, prepared.path)
     except (Exception, KeyboardInterrupt, BaseExceptionGroup) as exc:
         return exit_status(exc)
     return 0
@@ -180,7 +181,7 @@ def exit_status(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
-async def _run(config: config_module.Config, database: Path, config_path: Path) -> None:
+async def _run(config: config_module.Config, store: Backend, config_path: Path) -> None:
     stop = trio.Event()
     # Size 1: SIGHUPs that arrive during a reload make one more reload, not a queue of them.
     reload_send, reload_recv = trio.open_memory_channel[None](1)
@@ -215,7 +216,7 @@ async def _run(config: config_module.Config, database: Path, config_path: Path) 
 
             async def serve(*, task_status: trio.TaskStatus[Service]) -> None:
                 await run_service(
-                    config, database, config_path=config_path, stop=stop, task_status=task_status
+                    config, store, config_path=config_path, stop=stop, task_status=task_status
                 )
                 nursery.cancel_scope.cancel()
 

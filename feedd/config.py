@@ -23,6 +23,7 @@ from feedd import exchanges
 from feedd.configsource import Secret, external_token
 from feedd.errors import ConfigError
 from feedd.intervals import is_interval
+from feedd.storageconfig import StorageConfig, parse_storage
 from feedd.symbols import RULE as SYMBOL_RULE
 from feedd.symbols import is_symbol
 
@@ -33,6 +34,8 @@ _HOST_PATTERN = re.compile(r"[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]{2,45}\]?")
 _MAX_SYMBOLS = 5000
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+#: what a node does: everything, ingest only (a collector), or serve the shared store only
+ROLES = ("all", "collector", "api")
 
 # Bounds of every number, each named in its error. Below them a value is never a real need but
 # a typo or a unit mistake that turns feedd against the venue or itself: a silence timeout of
@@ -116,7 +119,8 @@ class Config:
         factory=lambda: {name: ExchangeConfig(name) for name in exchanges.REGISTRY}
     )
     intervals: tuple[str, ...] = ("1m",)
-    database_path: str = "./data/ohlcv.db"
+    #: where candles are kept (the old top-level ``database_path`` names the SQLite file)
+    storage: StorageConfig = attrs.Factory(StorageConfig)
     #: milliseconds between writer commits
     batch_interval: int = 50
     max_records: int = 100_000
@@ -131,6 +135,8 @@ class Config:
     api_token_source: str | None = None
     #: live candles leave the process here too (None: nowhere but /ws)
     publish: PublishConfig | None = None
+    #: one of ROLES; read at start
+    role: str = "all"
 
     def enabled_exchanges(self) -> list[ExchangeConfig]:
         return [ex for ex in self.exchanges.values() if ex.enabled]
@@ -147,6 +153,7 @@ class Config:
             for name, ex in self.exchanges.items()
         }
         out["intervals"] = list(self.intervals)
+        out["storage"] = self.storage.to_json()
         out["allowed_hosts"] = list(self.allowed_hosts)
         if self.publish is not None:
             out["publish"] = self.publish.to_json()
@@ -222,7 +229,7 @@ def parse(data: object, environ: Mapping[str, str] | None = None) -> Loaded:
     if not isinstance(data, dict):
         raise ConfigError("", "the config must be a JSON object")
     defaults = Config()
-    known = {f.name for f in attrs.fields(Config)} - {"api_token_source"}
+    known = {f.name for f in attrs.fields(Config)} - {"api_token_source"} | {"database_path"}
     for key in data:
         if key not in known:
             warnings.append(f"{key}: unknown key, ignored")
@@ -232,7 +239,7 @@ def parse(data: object, environ: Mapping[str, str] | None = None) -> Loaded:
     config = Config(
         exchanges=_exchanges(data.get("exchanges"), intervals, warnings),
         intervals=intervals,
-        database_path=_string(data, "database_path", defaults.database_path),
+        storage=parse_storage(data, environ, warnings),
         batch_interval=_integer(data, "batch_interval", defaults.batch_interval),
         max_records=_integer(data, "max_records", defaults.max_records),
         bootstrap_load=_integer(data, "bootstrap_load", defaults.bootstrap_load),
@@ -242,6 +249,7 @@ def parse(data: object, environ: Mapping[str, str] | None = None) -> Loaded:
         api_token_source=token.source if token else None,
         allowed_hosts=_host_names(data.get("allowed_hosts", [])),
         publish=_publish(data.get("publish"), environ, warnings),
+        role=_role(data.get("role", defaults.role)),
     )
     check_exposure(config)
     return Loaded(config, tuple(warnings))
@@ -348,6 +356,13 @@ def _host_names(value: object) -> tuple[str, ...]:
         if not isinstance(name, str) or not _HOST_PATTERN.fullmatch(name):
             raise ConfigError(f"allowed_hosts[{index}]", f"not a host name: {name!r}")
     return tuple(dict.fromkeys(name.lower() for name in value))
+
+
+def _role(value: object) -> str:
+    if value not in ROLES:
+        names = ", ".join(f'"{name}"' for name in ROLES)
+        raise ConfigError("role", f"expected one of {names}, got {value!r}")
+    return str(value)
 
 
 def _integer(data: dict[str, Any], key: str, default: int) -> int:
@@ -561,7 +576,6 @@ def save(path: str | os.PathLike[str], config: Config) -> None:
             os.close(dir_fd)
 
 
-def database_file(config: Config, config_path: str | os.PathLike[str]) -> Path:
-    """The database path, relative paths taken from the config file's folder."""
-    path = Path(config.database_path)
-    return path if path.is_absolute() else Path(config_path).resolve().parent / path
+def config_folder(config_path: str | os.PathLike[str]) -> Path:
+    """Where relative paths in the config (the SQLite file) are taken from."""
+    return Path(config_path).resolve().parent

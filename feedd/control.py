@@ -36,11 +36,12 @@ log = logging.getLogger("feedd.control")
 STARTUP_KEYS = (
     "host",
     "port",
-    "database_path",
+    "storage",
     "api_token",
     "allowed_hosts",
     "batch_interval",
     "max_records",
+    "role",
 )
 #: an instrument list fetched on demand (for an exchange not running) stays fresh this long
 LISTING_TTL_S = 600.0

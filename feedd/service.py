@@ -8,8 +8,8 @@ the web server, telling WebSocket handlers first so they close cleanly.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
-import os
 import socket
 import time
 from pathlib import Path
@@ -19,27 +19,32 @@ import httpx
 import trio
 
 from feedd.candle import Candle
+from feedd.cluster import Cluster, NodeIdentity
 from feedd.config import Config, check_exposure
 from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
-from feedd.errors import ListenError, StoreError, leaves
+from feedd.errors import ListenError, leaves
 from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
 from feedd.monitor.taskcpu import TaskCpu
+from feedd.publish.consumer import feed_live_hub
 from feedd.publish.publisher import Publisher
-from feedd.store.reader import Reader
+from feedd.store.backend import Backend
+from feedd.store.sqlite import SqliteBackend
 from feedd.store.writer import Writer, WriterSettings
 from feedd.web.app import create_app, serve_web
 from feedd.web.live import LiveHub
 from feedd.web.state import AppState
-from feedd.web.status import status_document
+from feedd.web.status import node_status, status_document
 
 log = logging.getLogger("feedd")
 
 #: lists of candles in flight between ingest and the writer
 CANDLE_QUEUE = 1024
 SHUTDOWN_TIMEOUT_S = 10.0
+#: of which the last heartbeat may take this long
+HEARTBEAT_GOODBYE_S = 1.0
 
 
 @attrs.define(eq=False)
@@ -49,30 +54,6 @@ class Service:
     url: str
     state: AppState
     stop: trio.Event
-
-
-def prepare_database_folder(database: Path) -> None:
-    """Create the database's folder, or say in one line why it cannot be used.
-
-    SQLite alone reports most of these as "unable to open database file", naming no cause.
-    """
-    if database.is_dir():
-        raise StoreError(f"database_path {database} is a folder, not a database file")
-    folder = database.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise StoreError(f"database folder {folder} is a file, not a folder") from None
-    except OSError as exc:
-        raise StoreError(f"cannot create the database folder {folder}: {_reason(exc)}") from None
-    try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError as exc:
-        raise StoreError(f"cannot use the database folder {folder}: {_reason(exc)}") from None
-    if read_only:
-        raise StoreError(f"database folder {folder} is on a read-only file system")
-    if not database.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot create {database.name} in {folder}: permission denied")
 
 
 def listen_error(exc: OSError, host: str, port: int) -> ListenError:
@@ -95,7 +76,7 @@ def _reason(exc: OSError) -> str:
 
 async def run_service(
     config: Config,
-    database: Path,
+    store: Backend | Path,
     *,
     config_path: Path | None = None,
     stop: trio.Event | None = None,
@@ -103,13 +84,15 @@ async def run_service(
 ) -> None:
     """Run feedd until ``stop`` is set, then shut down in order.
 
+    ``store``: the backend, or the path of a SQLite file.
     ``config_path``: where API changes to the configuration are saved (None: not saved).
     """
     check_exposure(config)
     stop = trio.Event() if stop is None else stop
-    prepare_database_folder(database)
-    writer = Writer(WriterSettings(database, config.batch_interval, config.max_records))
-    reader = Reader(database)
+    backend: Backend = SqliteBackend(store) if isinstance(store, Path) else store
+    backend.prepare()
+    writer = Writer(WriterSettings(backend, config.batch_interval, config.max_records))
+    reader = backend.open_reader()
     candles_send, candles_recv = trio.open_memory_channel[list[Candle]](CANDLE_QUEUE)
     logs = LogRing()
     cpu = TaskCpu()
@@ -128,12 +111,16 @@ async def run_service(
                     writer_done.set()
 
             await root.start(run_writer)
-            supervisor = Supervisor(candles_send, reader, http, cpu, store=writer)
+            supervisor = Supervisor(
+                candles_send, reader, http, cpu, store=writer, collect=config.role != "api"
+            )
             controller = Controller(config, config_path, supervisor, writer, http)
             jobs = JobManager(writer, supervisor, http, lambda: controller.config)
             started_at = time.time()
-            monitor = Monitor(database, lambda: supervisor.stats, cpu, started_at)
+            monitor = Monitor(backend, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))
+            node = NodeIdentity.of_this_process(config.role, started_at)
+            cluster = Cluster(node, writer, reader, lambda: node_status(state))
             state = AppState(
                 controller=controller,
                 reader=reader,
@@ -144,11 +131,16 @@ async def run_service(
                 hub=hub,
                 started_at=started_at,
                 jobs=jobs,
+                cluster=cluster,
             )
             await root.start(monitor.run)
             await root.start(hub.run)
-            if config.publish is not None and config.publish.nats is not None:
-                state.publisher = Publisher(config.publish.nats, writer)
+            nats = config.publish.nats if config.publish is not None else None
+            if nats is not None and config.role == "api":
+                # An API node collects nothing: its /ws serves what the collectors published.
+                await root.start(functools.partial(feed_live_hub, hub, nats))
+            elif nats is not None:
+                state.publisher = Publisher(nats, writer)
                 await root.start(state.publisher.run)
             web_stop = trio.Event()
             web_done = trio.Event()
@@ -185,17 +177,38 @@ async def run_service(
                 with jobs_scope:
                     await jobs.run(task_status=task_status)
 
-            await root.start(run_jobs)
+            if config.role != "api":
+                # An API node runs no job, saved ones included: they fetch from the venues.
+                await root.start(run_jobs)
             # Changes run in the controller's task, not a request's (see feedd/changes.py);
             # started once ingest runs, so a change sent earlier waits in the queue for it.
             await root.start(controller.run, stop)
-            log.info("feedd serving on %s; database %s", url, database)
+            heartbeats = trio.CancelScope()
+
+            async def run_heartbeats(*, task_status: trio.TaskStatus[None]) -> None:
+                with heartbeats:
+                    await cluster.run(task_status=task_status)
+
+            await root.start(run_heartbeats)
+            log.info(
+                "feedd serving on %s; %s database %s; role %s",
+                url,
+                backend.kind,
+                backend.location,
+                config.role,
+            )
             task_status.started(Service(url, state, stop))
 
             await stop.wait()
             log.info("shutting down: stopping ingest")
             # One deadline for the whole shutdown, so it is bounded whatever part is slow.
             deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
+            heartbeats.cancel()
+            if cluster.last_error is None:
+                # Tells the cluster this node stopped rather than died (it is not marked
+                # stale). Skipped when the store fails: a connect attempt would hold us up.
+                with trio.move_on_at(trio.current_time() + HEARTBEAT_GOODBYE_S):
+                    await cluster.beat("stopped")
             ingest.cancel()
             jobs_scope.cancel()
             with trio.move_on_at(deadline) as drain:

@@ -18,6 +18,7 @@ import trio
 from feedd.candle import Candle, Source
 from feedd.store.database import Database
 from feedd.store.reader import Reader
+from feedd.store.sqlite import SqliteBackend
 from feedd.store.writer import Writer, WriterSettings
 
 T0 = 1_700_006_400_000
@@ -125,7 +126,9 @@ async def bench_reads(path: Path) -> None:
 
 async def bench_writer(path: Path, candles: list[Candle], chunk: int) -> None:
     """End to end: lists on a channel -> collector -> writer thread -> SQLite."""
-    writer = Writer(WriterSettings(path=path, batch_interval_ms=50, max_records=10**9))
+    writer = Writer(
+        WriterSettings(backend=SqliteBackend(path), batch_interval_ms=50, max_records=10**9)
+    )
     send, recv = trio.open_memory_channel[Sequence[Candle]](64)
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:

@@ -34,7 +34,8 @@ def main() -> int:
             if settings is not None:
                 settings.update({k: v for k, v in entry.items() if k.endswith("_url")})
                 venues += 1
-        config["database_path"] = str(ROOT / "data" / "demo.db")
+        config.pop("database_path", None)
+        config["storage"] = {"backend": "sqlite", "path": str(ROOT / "data" / "demo.db")}
         config["bootstrap_load"] = min(config.get("bootstrap_load", 10000), 1440)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
             json.dump(config, handle)

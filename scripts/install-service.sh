@@ -131,14 +131,15 @@ do_install() {
     install -d -m 0770 "$conf_dir"
     system chown root:feedd "$conf_dir"
     if [[ ! -e $config ]]; then
-        say "writing $config (database_path /var/lib/feedd/ohlcv.db)"
+        say "writing $config (SQLite database /var/lib/feedd/ohlcv.db)"
         "$release/bin/python" - "$src/config.json" "$config.new" <<'EOF'
 import json
 import sys
 
 with open(sys.argv[1]) as source:
     document = json.load(source)
-document["database_path"] = "/var/lib/feedd/ohlcv.db"
+document.pop("database_path", None)
+document["storage"] = {"backend": "sqlite", "path": "/var/lib/feedd/ohlcv.db"}
 with open(sys.argv[2], "w") as target:
     json.dump(document, target, indent=2)
     target.write("\n")

@@ -18,6 +18,7 @@ import trio
 from feedd import config, configsource
 from feedd.errors import ConfigError
 from feedd.service import Service, run_service
+from feedd.store.backend import open_backend
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +136,8 @@ def test_round_trip_through_json() -> None:
 
 def test_database_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
     cfg = config.parse({}).config
-    assert config.database_file(cfg, tmp_path / "c.json") == tmp_path / "data" / "ohlcv.db"
+    store = open_backend(cfg.storage, config.config_folder(tmp_path / "c.json"))
+    assert store.location == str(tmp_path / "data" / "ohlcv.db")
 
 
 def run_feedd(*args: str) -> subprocess.CompletedProcess[str]:
@@ -418,3 +420,20 @@ async def test_post_config_with_a_token_from_the_environment(
     saved = (tmp_path / "config.json").read_text()
     assert "env-secret" not in saved and "api_token" not in saved
     assert config.load(tmp_path / "config.json").config.host == "0.0.0.0"
+
+
+async def test_get_config_hides_the_dsn_password_and_post_keeps_it(tmp_path: Path) -> None:
+    dsn = "postgresql://feedd:pg-secret@db.lan:5432/candles"
+    # The running store is SQLite (run_service is handed it); only the config names PG.
+    doc = {**QUIET, "storage": {"backend": "postgresql", "dsn": dsn}}
+    async with serving(tmp_path, doc) as client:
+        shown = (await client.get("/config")).json()
+        assert shown["storage"] == {
+            "backend": "postgresql",
+            "dsn": "postgresql://feedd:***@db.lan:5432/candles",
+        }
+        response = await client.post("/config", json={**shown, "max_records": 5000})
+        assert response.status_code == 200, response.text
+        assert "storage" not in response.json()["restart_required"]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["storage"]["dsn"] == dsn

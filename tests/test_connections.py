@@ -24,6 +24,7 @@ from feedd.monitor.system import Monitor
 from feedd.monitor.taskcpu import TaskCpu
 from feedd.sim.app import open_simulator
 from feedd.sim.settings import SimSettings
+from feedd.store.sqlite import SqliteBackend
 from feedd.web.app import serve_web
 from feedd.web.peer import MAX_CONNECTIONS, RESERVED_FDS, Connections, caps_for
 
@@ -221,7 +222,7 @@ async def test_running_out_of_descriptors_degrades(
     (before, the monitor raised EMFILE and took feedd down)."""
     app, _ = tiny_app()
     connections = Connections(total=8, per_client=8)
-    monitor = Monitor(tmp_path / "ohlcv.db", dict, TaskCpu(), time.time())
+    monitor = Monitor(SqliteBackend(tmp_path / "ohlcv.db"), dict, TaskCpu(), time.time())
     figures = monitor.system
     async with served(app, connections) as port:
         sock = trio.socket.socket()  # made while there is room

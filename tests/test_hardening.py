@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -26,8 +27,12 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask
+from quart import Response
+from quart_trio import QuartTrio
+from test_connections import served
 
 from feedd.web import hardening
+from feedd.web.peer import Connections
 
 BINANCE = "binance_futures"
 ROOT = Path(__file__).parents[1]
@@ -65,6 +70,9 @@ def test_hypercorn_internals_are_where_the_guards_expect_them() -> None:
     # cancels): the reason the guard shields them.
     send_source = inspect.getsource(TCPServer.protocol_send)
     assert "await self._close()" in send_source
+    # RawData: the guard writes as hypercorn does, under its lock, with a deadline added.
+    assert "async with self.send_lock" in send_source
+    assert "await self.stream.send_all(event.data)" in send_source
     assert "self.idle_task.restart" in send_source
     assert "self.idle_task.stop()" in send_source
     assert callable(TrioSingleTask.stop)
@@ -202,3 +210,31 @@ async def test_a_ws_client_that_stops_reading_is_cut_off(tmp_path: Path) -> None
             await stream.aclose()  # unblocks the server's write if the test failed
         assert not hub.clients and hub.overflows == 1
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_a_client_that_stops_reading_a_response_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A response bigger than the socket buffers to a client that reads none of it: hypercorn's
+    write had no deadline (the slot was held for ever, and shutdown hung on it); the guard
+    closes the connection once a write has stalled for ``WRITE_STALL_S``."""
+    monkeypatch.setattr(hardening, "WRITE_STALL_S", 1.0)
+    app = QuartTrio("stall-test")
+
+    @app.get("/big")
+    async def big() -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(400):
+                yield b"x" * 100_000
+
+        return Response(chunks(), mimetype="application/octet-stream")
+
+    connections = Connections(total=8, per_client=8)
+    async with served(app, connections) as port:
+        stream = await raw_connect(port, rcvbuf=4096)
+        try:
+            await stream.send_all(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            with trio.fail_after(WITHIN_S):
+                await connections.wait_until(lambda c: c.stalled == 1 and c.open == 0)
+        finally:
+            await stream.aclose()

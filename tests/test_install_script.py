@@ -127,7 +127,8 @@ def test_upgrade_refused_then_done_then_uninstalled(tmp_path: Path) -> None:
     assert {name: pins().get(name) for name in installed} == installed
     written = json.loads(config.read_text())
     expected = json.loads((REPO / "config.json").read_text())
-    assert written == {**expected, "database_path": "/var/lib/feedd/ohlcv.db"}
+    storage = {"backend": "sqlite", "path": "/var/lib/feedd/ohlcv.db"}
+    assert written == {**expected, "storage": storage}
     assert config.stat().st_mode & 0o777 == 0o640
     assert unit.read_text() == UNIT.read_text()
     assert skipped(done)[-4:-1] == [

@@ -185,5 +185,5 @@ def test_real_feedd_under_journald(tmp_path: Path) -> None:
     lines = journal.read_text().splitlines()
     assert result.returncode == 1
     assert lines and all(re.match(r"<[2-7]>[A-Z]+ ", line) for line in lines), lines
-    assert lines[-1].startswith("<3>ERROR feedd: database_path ")
+    assert lines[-1].startswith("<3>ERROR feedd: database path ")
     assert not [line for line in lines if line.startswith("<3>") and line != lines[-1]]

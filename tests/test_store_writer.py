@@ -13,6 +13,7 @@ import trio.testing
 from feedd.candle import Candle, Source
 from feedd.errors import StoreError
 from feedd.store import codec
+from feedd.store.sqlite import SqliteBackend
 from feedd.store.state import Pending
 from feedd.store.writer import Writer, WriterSettings
 
@@ -43,6 +44,7 @@ def settings(tmp_path: Path, **kw: object) -> WriterSettings:
         busy_timeout_ms=10, retry_initial_s=0.01, retry_max_s=0.05,
     )  # fmt: skip
     base.update(kw)
+    base["backend"] = SqliteBackend(base.pop("path"))  # type: ignore[arg-type]
     return WriterSettings(**base)  # type: ignore[arg-type]
 
 

@@ -73,8 +73,12 @@ class Supervisor:
         http: httpx.AsyncClient,
         cpu: TaskCpu | None = None,
         store: StoreGenerations | None = None,
+        *,
+        collect: bool = True,
     ) -> None:
         self._candles_send = candles_send
+        #: False on an API node: no exchange ever starts, whatever config is applied
+        self._collect = collect
         self._store = store
         #: each running exchange's backfill, to queue heals for all its streams
         self._backfills: dict[str, Backfill] = {}
@@ -112,7 +116,7 @@ class Supervisor:
         (with ``restart_all``, every exchange that runs or should run)."""
         assert self._nursery is not None, "apply() before run()"
         async with self._lock:
-            wanted = plans(config)
+            wanted = plans(config) if self._collect else {}
             changed = [
                 name
                 for name in sorted(set(wanted) | set(self._running))

@@ -13,7 +13,6 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -22,7 +21,7 @@ import trio
 
 from feedd.engine.stats import ExchangeStats
 from feedd.monitor.taskcpu import TaskCpu
-from feedd.store.reader import database_bytes
+from feedd.store.backend import Backend
 
 log = logging.getLogger("feedd.monitor")
 
@@ -54,12 +53,12 @@ def count_tasks() -> int:
 class Monitor:
     def __init__(
         self,
-        database: Path,
+        store: Backend,
         exchange_stats: Callable[[], Mapping[str, ExchangeStats]],
         cpu: TaskCpu,
         started_at: float,
     ) -> None:
-        self.database = database
+        self.store = store
         self._exchange_stats = exchange_stats
         self._cpu = cpu
         self._process = psutil.Process()
@@ -76,6 +75,11 @@ class Monitor:
         self.sample_errors = 0
         self._failing = False
         self.sample()
+
+    @property
+    def busy_seconds(self) -> Mapping[str, float]:
+        """Event-loop seconds spent in task steps, by group (an exchange's name or other)."""
+        return self._cpu.busy
 
     def sample(self) -> None:
         now = time.monotonic()
@@ -101,11 +105,12 @@ class Monitor:
             process_cpu = self._process.cpu_percent(None)
             threads = self._process.num_threads()
             fds = self._process.num_fds() if hasattr(self._process, "num_fds") else None
+        folder = self.store.disk_folder()
         try:
-            disk = psutil.disk_usage(os.fspath(self.database.parent))
-            disk_free, disk_total = disk.free, disk.total
+            disk = psutil.disk_usage(os.fspath(folder)) if folder is not None else None
         except OSError:
-            disk_free = disk_total = None
+            disk = None
+        disk_free, disk_total = (disk.free, disk.total) if disk is not None else (None, None)
         return {
             "cpu_percent": psutil.cpu_percent(None),
             "cpu_count": psutil.cpu_count() or 1,
@@ -119,7 +124,7 @@ class Monitor:
             "threads": threads,
             "open_fds": fds,
             "tasks": count_tasks(),
-            "db_size": database_bytes(self.database),
+            "db_size": self.store.size_bytes(),
             "disk_free": disk_free,
             "disk_total": disk_total,
             "uptime_s": round(time.time() - self.started_at, 1),

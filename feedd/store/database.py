@@ -14,7 +14,7 @@ from pathlib import Path
 from feedd.candle import Candle
 from feedd.errors import StoreError
 from feedd.intervals import INTERVAL_MS
-from feedd.store import coverage
+from feedd.store import coverage, nodes
 from feedd.store.codec import encode
 from feedd.store.schema import (
     FLAG_CLOSED,
@@ -48,6 +48,11 @@ WHERE NOT (candles.flags & 1) OR (excluded.flags & 1)
 
 class Database:
     """Owns the read-write connection; every public method is one transaction."""
+
+    read_only_reason = (
+        "SQLite could open it only read-only"
+        " (file or directory permissions, an immutable file, a read-only mount)"
+    )
 
     def __init__(
         self,
@@ -195,6 +200,12 @@ class Database:
     def delete_job(self, job_id: str) -> None:
         try:
             self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        except sqlite3.Error as exc:
+            raise store_error(exc, "cannot write to", self.path) from exc
+
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
+        try:
+            nodes.record(self._conn, node_id, doc, at_ms)
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot write to", self.path) from exc
 

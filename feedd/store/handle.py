@@ -1,18 +1,17 @@
 """The writer's connection across faults: reopened after a failure, recreated (a new
-generation) when its file was deleted or replaced, every call run in one worker thread.
+generation) when its store was deleted or replaced, every call run in one worker thread.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Hashable
 from typing import ParamSpec, TypeVar
 
 import trio
 
 from feedd.errors import StoreError
-from feedd.store.database import Database, FileIdentity
+from feedd.store.backend import Backend, WriteConnection
 
 log = logging.getLogger("feedd.store")
 
@@ -21,19 +20,19 @@ T = TypeVar("T")
 
 
 class DatabaseHandle:
-    """Owns the writer's Database between failures; ``get`` hands out a usable one."""
+    """Owns the writer's connection between failures; ``get`` hands out a usable one."""
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int) -> None:
-        self.path = path
+    def __init__(self, backend: Backend, *, busy_timeout_ms: int) -> None:
+        self.backend = backend
         self._busy_timeout_ms = busy_timeout_ms
-        self._db: Database | None = None
+        self._db: WriteConnection | None = None
         # trio's worker threads are pooled; a limiter of one keeps the connection single-user.
         # A dedicated thread hops ~20 µs faster, irrelevant at a few commits per second.
         self._thread = trio.CapacityLimiter(1)
         self._serving = False
-        #: the file last opened: a different one (or a new one) at the next open is a recreation
-        self._identity: FileIdentity | None = None
-        #: times the database file was found deleted or replaced and made anew
+        #: the store last opened: a different one (or a new one) at the next open is a recreation
+        self._identity: Hashable | None = None
+        #: times the store was found deleted or replaced and made anew
         self.generation = 0
         self._recreated = trio.Event()
         self._rejected_before = 0
@@ -61,29 +60,30 @@ class DatabaseHandle:
             return str(exc)
         return None
 
-    async def get(self) -> Database:
+    async def get(self) -> WriteConnection:
         """The connection to write with, (re)opened as needed; StoreError if the file cannot
         be opened for writing now."""
         if not self._serving:
             raise StoreError("the store writer is not running")
         db = self._db
         if db is not None and db.moved():
-            log.error("database %s was deleted or replaced while open: reopening it", self.path)
+            log.error(
+                "database %s was deleted or replaced while open: reopening it",
+                self.backend.location,
+            )
             await self.discard()
             db = None
         if db is None:
-            db = await self.run(Database.open, self.path, busy_timeout_ms=self._busy_timeout_ms)
+            db = await self.run(self.backend.open_writer, busy_timeout_ms=self._busy_timeout_ms)
             self._adopt(db)
             if not db.writable:
+                reason = db.read_only_reason
                 await self.run(db.close, checkpoint=False)
-                raise StoreError(
-                    f"cannot write to {self.path}: SQLite could open it only read-only"
-                    " (file or directory permissions, an immutable file, a read-only mount)"
-                )
+                raise StoreError(f"cannot write to {self.backend.location}: {reason}")
             self._db = db
         return db
 
-    def _adopt(self, db: Database) -> None:
+    def _adopt(self, db: WriteConnection) -> None:
         known = self._identity
         self._identity = db.identity
         if known is not None and (db.created or db.identity != known):
@@ -91,8 +91,8 @@ class DatabaseHandle:
             recreated, self._recreated = self._recreated, trio.Event()
             recreated.set()
             log.error(
-                "database %s is a new file (generation %d): what the old one held is gone",
-                self.path,
+                "database %s was made anew (generation %d): what the old one held is gone",
+                self.backend.location,
                 self.generation,
             )
 

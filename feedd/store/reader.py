@@ -19,6 +19,7 @@ import trio
 
 from feedd.errors import StoreError
 from feedd.store import coverage as cov
+from feedd.store import nodes as node_rows
 from feedd.store import resample as rs
 from feedd.store.codec import sql_decode
 from feedd.store.database import FileIdentity, file_identity
@@ -255,6 +256,9 @@ class Reader:
             return found
 
         return await self._run(query, dict.fromkeys(_SOURCES, 0))
+
+    async def nodes(self) -> list[node_rows.NodeRecord]:
+        return await self._run(node_rows.read, [])
 
     async def export(self, request: ExportRequest) -> AsyncIterator[bytes]:
         """``request``'s file a chunk at a time, each read and encoded in a worker thread on a

@@ -12,7 +12,6 @@ import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import attrs
 import trio
@@ -20,6 +19,7 @@ import trio
 from feedd.candle import Candle
 from feedd.errors import StoreError
 from feedd.monitor.histogram import Histogram
+from feedd.store.backend import Backend
 from feedd.store.handle import DatabaseHandle
 from feedd.store.state import Key, Pending, WriterCounters, WriterStats, fold
 
@@ -31,7 +31,7 @@ FULL_POLL_S = 0.25
 
 @attrs.frozen
 class WriterSettings:
-    path: Path
+    backend: Backend
     #: commit cadence
     batch_interval_ms: int
     max_records: int
@@ -55,7 +55,7 @@ class Writer:
         self._pending = Pending()
         #: the batch being committed (or retried); grows with pending while the DB fails
         self._inflight: dict[Key, Candle] = {}
-        self._db = DatabaseHandle(settings.path, busy_timeout_ms=settings.busy_timeout_ms)
+        self._db = DatabaseHandle(settings.backend, busy_timeout_ms=settings.busy_timeout_ms)
         #: held around every use of the database so wipe() slots in between commits
         self._db_lock = trio.Lock()
         self._counters = WriterCounters()
@@ -332,6 +332,18 @@ class Writer:
         async with self._db_lock:
             db = await self._db.get()
             await self._db.run(db.delete_job, job_id)
+
+    async def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
+        """Save this node's heartbeat (in the writer's thread, between commits)."""
+        async with self._db_lock:
+            db = await self._db.get()
+            try:
+                await self._db.run(db.record_node, node_id, doc, at_ms)
+            except StoreError:
+                # A node that commits no candles (an API node) has no failed commit to replace
+                # a broken connection: the next heartbeat must open a new one itself.
+                await self._db.discard()
+                raise
 
     async def load_jobs(self) -> list[str]:
         async with self._db_lock:

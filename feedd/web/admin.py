@@ -8,9 +8,11 @@ from quart import Blueprint, Response
 
 from feedd import config as config_module
 from feedd.control import Applied
+from feedd.storageconfig import redacted_dsn
 from feedd.symbols import is_symbol
 from feedd.web import body, params
 from feedd.web.errors import ApiError, json_response
+from feedd.web.roles import check_change
 from feedd.web.state import current_state as state
 from feedd.web.status import exchanges_document
 
@@ -34,11 +36,13 @@ def applied(result: Applied, **extra: Any) -> Response:
 
 @admin.get("/config")
 async def get_config() -> Response:
-    data = state().config.to_json()
+    config = state().config
+    data = config.to_json()
     if data.get("api_token"):
         data["api_token"] = REDACTED
     if "nats" in data.get("publish", {}):
         data["publish"]["nats"]["url"] = config_module.redacted_url(data["publish"]["nats"]["url"])
+    data["storage"] = config.storage.to_json(redact=True)
     return json_response(data)
 
 
@@ -55,7 +59,17 @@ async def post_config() -> Response:
     if data.get("api_token") == REDACTED:
         data["api_token"] = controller.config.api_token
     config_module.restore_nats_url(data, controller.config)
+    running = controller.config.storage
+    storage = data.get("storage")
+    if (
+        isinstance(storage, dict)
+        and running.dsn
+        and storage.get("dsn") == redacted_dsn(running.dsn)
+    ):
+        # The redacted DSN GET /config showed means "unchanged", as the token's REDACTED does.
+        data["storage"] = {**storage, "dsn": running.dsn}
     loaded = config_module.parse(data)
+    check_change(controller.started_with, controller.config, loaded.config)
     return applied(await controller.replace(loaded.config, loaded.warnings))
 
 

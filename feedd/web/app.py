@@ -20,6 +20,7 @@ from feedd.web.limits import MAX_BODY_BYTES, RequestLimits, has_body
 from feedd.web.observe import observe
 from feedd.web.openapi import openapi
 from feedd.web.peer import Connections
+from feedd.web.roles import check_role, check_role_websocket
 from feedd.web.security import check_request, check_websocket
 from feedd.web.socket import live
 from feedd.web.state import AppState
@@ -44,6 +45,9 @@ def create_app(state: AppState) -> QuartTrio:
         app.register_blueprint(blueprint)
     app.before_request(check_request)
     app.before_websocket(check_websocket)
+    # After the front door: the role is nobody's business before the token is checked.
+    app.before_request(check_role)
+    app.before_websocket(check_role_websocket)
     app.asgi_app = RequestLimits(app.asgi_app)  # type: ignore[method-assign]
 
     @app.get("/ws")

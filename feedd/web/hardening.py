@@ -17,6 +17,10 @@ server runs as hypercorn wrote it. Each guard exists because nothing public does
   into the server's nursery and takes the server (and feedd) down. A client can trigger that
   at will: a WebSocket frame sent before the handshake's 101 makes hypercorn answer 400
   twice, and h11 raises LocalProtocolError on the second. It is logged, the connection dropped.
+- Stalled writes: hypercorn writes every byte under a cancel shield with no deadline, so a
+  client that stops reading a large response (an export) held its connection slot for ever
+  and hung feedd's shutdown on that write. Each write here has its own deadline
+  (``WRITE_STALL_S``); past it the connection is closed and counted (``stalled``).
 - A client that vanishes while a response or a /ws message is being written makes hypercorn
   close the stream (``send_eof`` holds trio's send guard across a checkpoint) while a
   handler's write is on its way: the write fails with BusyResourceError, which hypercorn does
@@ -46,6 +50,9 @@ log = logging.getLogger("feedd.web")
 
 #: closing a connection or (re)arming its keep-alive timer takes no network wait; bounded anyway
 LIFECYCLE_TIMEOUT_S = 5.0
+#: a write to a client that has not read anything for this long gives up and closes: a
+#: reading client drains a socket buffer in milliseconds, even over a slow link
+WRITE_STALL_S = 60.0
 #: the logger trio's ``serve_listeners`` reports failed accept() calls on
 ACCEPT_LOGGER = "trio.serve_listeners"
 
@@ -110,10 +117,7 @@ def _guard(server: Any, connections: Connections, connection: Connection | None)
 
     async def protocol_send(event: Any) -> None:
         if isinstance(event, RawData):
-            try:
-                await original_send(event)
-            except trio.BusyResourceError:
-                await server.protocol.handle(Closed())
+            await send_data(event.data)
             return
         if isinstance(event, Updated) and connection is not None:
             connections.set_idle(connection, event.idle)
@@ -128,6 +132,23 @@ def _guard(server: Any, connections: Connections, connection: Connection | None)
         # whole timeout.
         with trio.move_on_after(LIFECYCLE_TIMEOUT_S, shield=True):
             await server.idle_task.stop()
+
+    async def send_data(data: bytes) -> None:
+        # hypercorn's own RawData branch, with a deadline on its shield (see the docstring).
+        async with server.send_lock:
+            try:
+                deadline = trio.current_time() + WRITE_STALL_S
+                with trio.CancelScope(shield=True, deadline=deadline) as scope:
+                    await server.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                await server.protocol.handle(Closed())
+                return
+        if scope.cancelled_caught:
+            connections.stalled += 1
+            log.info("closed a connection whose client read nothing for %g s", WRITE_STALL_S)
+            with trio.CancelScope(shield=True):
+                await server.stream.aclose()  # the read loop and the handler end on it
+                await server.protocol.handle(Closed())
 
     server.protocol_send = protocol_send
     server._read_data = read_data

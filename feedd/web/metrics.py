@@ -225,6 +225,11 @@ SCALARS: tuple[Scalar, ...] = (
         lambda s: _nats(s, "dropped_closed"),
     ),
     counter(
+        "feedd_web_connections_stalled",
+        "Connections closed because the client read nothing of a response for 60 s.",
+        lambda s: s.state.connections.stalled,
+    ),
+    counter(
         "feedd_monitor_sample_errors",
         "System samples that failed (out of descriptors, say): the last figures are kept.",
         lambda s: s.state.monitor.sample_errors,
@@ -332,8 +337,7 @@ class FeeddCollector(Collector):
             "discovery) or 'other'; rate() of it is the share of one core, 0-1.",
             labels=["group"],
         )
-        # The monitor is the instrument's only holder (service.py hands it over at start).
-        busy = self.state.monitor._cpu.busy
+        busy = self.state.monitor.busy_seconds
         for group, seconds in sorted(busy.items()):
             family.add_metric([group], seconds)
         return family

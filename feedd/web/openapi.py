@@ -106,6 +106,7 @@ SCHEMAS: dict[str, Schema] = {
                 ),
             },
             "intervals": STRINGS,
+            "storage": obj([], backend=STRING, path=STRING, dsn=STRING),
             "database_path": STRING,
             "batch_interval": INTEGER,
             "max_records": INTEGER,

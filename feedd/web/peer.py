@@ -97,6 +97,8 @@ class Connections:
         self.evicted = 0
         #: accept() failures for lack of descriptors or memory (EMFILE, ENFILE, ...)
         self.accept_errors = 0
+        #: connections closed because the client stopped reading what was written to it
+        self.stalled = 0
         self._crowded = False
         self._starved = False
         self._changed = trio.Event()

@@ -9,6 +9,7 @@ import attrs
 import trio
 from quart import current_app
 
+from feedd.cluster import Cluster
 from feedd.config import Config
 from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
@@ -16,7 +17,7 @@ from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
 from feedd.publish.publisher import Publisher
-from feedd.store.reader import Reader
+from feedd.store.backend import ReadStore
 from feedd.store.writer import Writer
 from feedd.web.live import LiveHub
 from feedd.web.peer import Connections
@@ -25,7 +26,7 @@ from feedd.web.peer import Connections
 @attrs.define(eq=False)
 class AppState:
     controller: Controller
-    reader: Reader
+    reader: ReadStore
     writer: Writer
     supervisor: Supervisor
     monitor: Monitor
@@ -34,6 +35,8 @@ class AppState:
     started_at: float = attrs.field(factory=time.time)
     #: backfill jobs (None in apps built without them, as some tests do)
     jobs: JobManager | None = None
+    #: this node's heartbeats and every node's latest (None in apps built without them)
+    cluster: Cluster | None = None
     #: set before the server shuts down so long-lived handlers close cleanly themselves
     closing: trio.Event = attrs.field(factory=trio.Event)
     #: the web server's open connections (caps, and cutting one off)

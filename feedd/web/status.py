@@ -42,6 +42,10 @@ _WRITER_FIELDS = (
 )
 
 
+#: the state of an enabled exchange (and its streams) on an API node: collectors collect it
+REMOTE = "remote"
+
+
 def exchange_settings(state: AppState, name: str) -> ExchangeConfig:
     configured = state.config.exchanges.get(name)
     return configured or ExchangeConfig(name, symbols=(), enabled=False)
@@ -73,7 +77,9 @@ def symbol_rows(
             key = stream_key(Stream(symbol, interval))
             stream_state = "disabled"
             error = progress = None
-            if settings.enabled and stats is not None:
+            if settings.enabled and state.security.role == "api":
+                stream_state = REMOTE
+            elif settings.enabled and stats is not None:
                 stream_state = str(stats.stream_states.get(key, StreamState.PENDING))
                 error = stats.stream_errors.get(key)
                 progress = stats.backfilling.get(key)
@@ -106,6 +112,9 @@ def worker(state: AppState, name: str, *, symbols: bool = True) -> dict[str, Any
     settings = exchange_settings(state, name)
     stats = state.supervisor.stats.get(name)
     worker_state_, health = worker_state(settings, stats)
+    if state.security.role == "api" and settings.enabled:
+        # An API node collects nothing: the collectors' states are in ``cluster``.
+        worker_state_, health = REMOTE, "disabled"
     out: dict[str, Any] = {
         "name": name,
         "enabled": settings.enabled,
@@ -141,6 +150,27 @@ def status_document(state: AppState) -> dict[str, Any]:
         "live_clients": len(state.hub.clients),
         "nats": None if state.publisher is None else attrs.asdict(state.publisher.stats),
         "exchanges": [worker(state, name) for name in sorted(exchanges.REGISTRY)],
+        "role": state.security.role,
+        "cluster": state.cluster.document() if state.cluster is not None else [],
+    }
+
+
+def node_status(state: AppState) -> dict[str, Any]:
+    """What this node's heartbeat says of it: health, each exchange it collects, the writer."""
+    writer = state.writer.stats
+    collected = {}
+    for name in sorted(exchanges.REGISTRY):
+        full = worker(state, name, symbols=False)
+        if full["enabled"] and state.security.role != "api":
+            collected[name] = {
+                key: full.get(key)
+                for key in ("state", "health", "connections", "streams", "streams_subscribed")
+            }
+    healthy = writer.healthy and all(ex["health"] == "healthy" for ex in collected.values())
+    return {
+        "health": "healthy" if healthy else "degraded",
+        "exchanges": collected,
+        "writer": {"healthy": writer.healthy, "last_error": writer.last_error},
     }
 
 

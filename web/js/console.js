@@ -1,6 +1,7 @@
 // index.html, the console: one /ws for status, logs and candles; panels; dangerous actions.
 
 import { api, ApiError, fmtTime, getToken, LiveSocket, onAuthRequired, setToken } from "./api.js";
+import { ClusterPanel } from "./cluster.js";
 import { refreshCoverage } from "./coverage.js";
 import { refreshJobs } from "./jobs.js";
 import { BackfillForm, JobsPanel } from "./jobs_panel.js";
@@ -67,6 +68,7 @@ const App = {
   components: {
     SystemPanel,
     WorkersPanel,
+    ClusterPanel,
     SymbolsPanel,
     TapePanel,
     TerminalPanel,
@@ -168,6 +170,7 @@ const App = {
     <main class="grid-main">
       <SystemPanel class="area-system" />
       <WorkersPanel class="area-workers" />
+      <ClusterPanel class="area-cluster" />
       <JobsPanel class="area-jobs" />
       <SymbolsPanel class="area-symbols" />
       <TapePanel class="area-tape" />

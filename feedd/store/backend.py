@@ -1,0 +1,202 @@
+"""The store interface: what the writer, the readers, jobs and the service ask of a backend.
+
+SQLite (``feedd.store.sqlite``) and PostgreSQL (``feedd.store.postgres``) implement it; which
+one runs is chosen by ``open_backend`` from the config and known nowhere outside this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Hashable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from feedd.candle import Candle
+    from feedd.storageconfig import StorageConfig
+    from feedd.store.coverage import SeriesCoverage
+    from feedd.store.export import ExportRequest
+    from feedd.store.nodes import NodeRecord
+    from feedd.store.reader import CandleRow, JsonPage, SeriesInfo
+
+
+class WriteConnection(Protocol):
+    """The writer's connection. Used from one thread at a time (the writer's); every
+    method is one transaction and raises ``StoreError`` on failure."""
+
+    @property
+    def identity(self) -> Hashable | None:
+        """What this connection has open; a different value at the next open means the
+        store was made anew (deleted, replaced) and lost its history."""
+        ...
+
+    @property
+    def created(self) -> bool:
+        """This open created the store (it did not exist)."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """False when the store could be opened only for reading."""
+        ...
+
+    @property
+    def rejected(self) -> int:
+        """Candles refused as unstorable (logged, never retried)."""
+        ...
+
+    @property
+    def read_only_reason(self) -> str:
+        """Why the store may be read-only, for the operator (when ``writable`` is False)."""
+        ...
+
+    def moved(self) -> bool:
+        """Whether the store this connection writes is no longer the configured one."""
+        ...
+
+    def write(self, candles: Sequence[Candle]) -> int:
+        """Upsert ``candles``: a closed candle is never overwritten by a forming one."""
+        ...
+
+    def write_job(self, candles: Sequence[Candle], job_id: str, created_at: int, doc: str) -> int:
+        """Upsert ``candles`` and save the job's document in the same transaction."""
+        ...
+
+    def delete_job(self, job_id: str) -> None: ...
+
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
+        """Save node ``node_id``'s heartbeat (its status ``doc``, JSON, at ``at_ms``) and
+        delete the rows of nodes silent for a day."""
+        ...
+
+    def load_jobs(self) -> list[str]:
+        """Every saved job document, oldest first."""
+        ...
+
+    def closed_runs(
+        self, exchange: str, symbol: str, interval: str, start: int, end: int
+    ) -> list[tuple[int, int]]:
+        """Runs of stored closed candles overlapping [start, end], clipped to it, ascending."""
+        ...
+
+    def prune(self, max_records: int) -> int:
+        """Keep the newest ``max_records`` candles of every series written since the last
+        prune (0: keep everything); returns rows deleted."""
+        ...
+
+    def wipe(self) -> None:
+        """Delete every candle, series and coverage run."""
+        ...
+
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Close; ``checkpoint`` False after a failure, where tidying would only fail again."""
+        ...
+
+
+class ReadStore(Protocol):
+    """Reads for the API, the engine's heals and coverage: safe to share between tasks,
+    each query run off the event loop. A store not created yet reads as empty."""
+
+    async def candles(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> list[CandleRow]: ...
+
+    async def candles_json(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> JsonPage: ...
+
+    async def last_closed_open_time(
+        self, exchange: str, symbol: str, interval: str, before: int | None = None
+    ) -> int | None: ...
+
+    async def closed_open_times(
+        self, exchange: str, symbol: str, interval: str, start: int, end: int
+    ) -> list[int]: ...
+
+    async def series(self) -> list[SeriesInfo]: ...
+
+    async def resample(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> list[CandleRow]: ...
+
+    async def resample_json(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> JsonPage: ...
+
+    async def coverage(
+        self, exchange: str | None = None, symbol: str | None = None, interval: str | None = None
+    ) -> list[SeriesCoverage]: ...
+
+    async def sources(self, exchange: str, symbol: str, interval: str) -> dict[str, int]: ...
+
+    def export(self, request: ExportRequest) -> AsyncIterator[bytes]: ...
+
+    async def nodes(self) -> list[NodeRecord]:
+        """Every node's latest heartbeat, the most recent first."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """One configured store: how to open its writer and its readers."""
+
+    #: "sqlite" or "postgresql"
+    kind: str
+    #: where the store is, for logs and errors: never a password
+    location: str
+
+    def prepare(self) -> None:
+        """Check at start what would make the store unusable for good (a folder in the way,
+        a malformed address): ``StoreError`` in one line naming the cause."""
+        ...
+
+    def open_writer(self, *, busy_timeout_ms: int) -> WriteConnection:
+        """Open the writer's connection, creating or migrating the schema (blocking: called
+        in the writer's thread)."""
+        ...
+
+    def open_reader(self) -> ReadStore: ...
+
+    def size_bytes(self) -> int | None:
+        """Bytes the store takes, when the backend can tell cheaply."""
+        ...
+
+    def disk_folder(self) -> Path | None:
+        """A local folder whose free space matters to the store, if any."""
+        ...
+
+
+def open_backend(storage: StorageConfig, base: Path) -> Backend:
+    """The backend ``storage`` names; relative SQLite paths are taken from ``base``."""
+    if storage.backend == "postgresql":
+        from feedd.store.postgres import postgres_backend  # psycopg only when asked for
+
+        return postgres_backend(storage.dsn or "")
+    from feedd.store.sqlite import SqliteBackend
+
+    path = Path(storage.path)
+    return SqliteBackend(path if path.is_absolute() else base / path)

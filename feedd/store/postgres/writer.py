@@ -1,0 +1,364 @@
+"""The writer thread's PostgreSQL connection: batched upserts, retention, jobs and wipe.
+
+Same semantics as feedd/store/database.py. A batch is COPYed into a temporary staging table
+and upserted by one ``INSERT ... ON CONFLICT`` in key order; several collectors may write the
+same series at once: each transaction first locks its series' rows in id order, so they take
+turns per series and never deadlock, and a closed candle only yields to another closed one.
+Nothing here is thread-safe or async.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+
+import psycopg
+
+from feedd.candle import Candle
+from feedd.intervals import INTERVAL_MS
+from feedd.store.postgres import nodes, runs
+from feedd.store.postgres.connection import Connection, connect, location, store_error
+from feedd.store.postgres.schema import is_read_only, migrate, read_store_id
+from feedd.store.schema import FLAG_CLOSED, SOURCE_FLAGS
+
+log = logging.getLogger("feedd.store")
+
+SeriesKey = tuple[str, str, str]
+#: series key, open time, the six values (decimal text), trades, flags
+Staged = tuple[SeriesKey, int, str, str, str, str, str, str, int | None, int]
+
+#: a plain decimal (ASCII digits: ``\d`` would take other scripts' digits, numeric would not)
+_DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
+#: numeric's own limits: digits before and after the point
+_MAX_INTEGER_DIGITS, _MAX_DECIMALS = 131072, 16383
+_BIGINT = 1 << 63
+#: how often the cached database size is refreshed (pg_database_size stats every file)
+SIZE_EVERY_S = 60.0
+
+_STAGE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS feedd_stage (
+    series integer, open_time bigint, open numeric, high numeric, low numeric,
+    close numeric, volume numeric, quote_volume numeric, trades bigint, flags smallint
+) ON COMMIT DELETE ROWS
+"""
+_COLUMNS = "series, open_time, open, high, low, close, volume, quote_volume, trades, flags"
+# A closed row only yields to another closed row: a late forming update (a WS frame racing a
+# REST backfill, or a second collector a frame behind) must never reopen a finished candle.
+_UPSERT = f"""
+INSERT INTO candles AS c ({_COLUMNS})
+SELECT {_COLUMNS} FROM feedd_stage ORDER BY series, open_time
+ON CONFLICT (series, open_time) DO UPDATE SET
+    open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
+    volume = excluded.volume, quote_volume = excluded.quote_volume, trades = excluded.trades,
+    flags = excluded.flags
+WHERE (c.flags & 1) = 0 OR (excluded.flags & 1) = 1
+"""
+_MINT = """
+INSERT INTO series (exchange, symbol, "interval")
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) AS k ORDER BY 1, 2, 3
+ON CONFLICT DO NOTHING
+"""
+# Resolving by name (not a cached id) each batch: another node's wipe may have deleted a
+# series; ids are never reused (the identity is not restarted), so a stale id cannot alias.
+_LOCK = """
+SELECT series.id, series.exchange, series.symbol, series."interval"
+FROM series JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(exchange, symbol, iv)
+    ON series.exchange = k.exchange AND series.symbol = k.symbol AND series."interval" = k.iv
+ORDER BY series.id FOR NO KEY UPDATE OF series
+"""
+
+
+class PgWriteConnection:
+    """Owns one autocommit connection; every public method is one transaction."""
+
+    read_only_reason = (
+        "the PostgreSQL server accepts only reads (a hot standby, or"
+        " default_transaction_read_only is on): point the DSN at the primary"
+    )
+
+    def __init__(
+        self,
+        conn: Connection,
+        dsn: str,
+        *,
+        identity: str | None,
+        created: bool,
+        writable: bool,
+        on_size: Callable[[int], None] | None = None,
+    ) -> None:
+        self._conn = conn
+        self._dsn = dsn
+        self.location = location(dsn)
+        self.identity = identity
+        self.created = created
+        self.writable = writable
+        self.rejected = 0
+        self._on_size = on_size
+        self._size_at = -float("inf")
+        #: series this connection has made sure exist (skips the mint statement)
+        self._known: set[SeriesKey] = set()
+        self._intervals: dict[int, str] = {}
+        #: series written since the last prune
+        self._dirty: set[int] = set()
+
+    @classmethod
+    def open(cls, dsn: str, *, on_size: Callable[[int], None] | None = None) -> PgWriteConnection:
+        """Connect, then create or migrate the schema. A read-only server (a standby) gives a
+        connection with ``writable`` False rather than an error: the caller decides."""
+        conn = connect(dsn, application_name="feedd-writer")
+        try:
+            if is_read_only(conn):
+                return cls(conn, dsn, identity=read_store_id(conn), created=False, writable=False)
+            identity, created = migrate(conn)
+            conn.execute(_STAGE)
+        except psycopg.Error as exc:
+            conn.close()
+            raise store_error(exc, "cannot open", dsn) from None
+        except BaseException:
+            conn.close()
+            raise
+        out = cls(conn, dsn, identity=identity, created=created, writable=True, on_size=on_size)
+        out._refresh_size()
+        return out
+
+    def moved(self) -> bool:
+        """A recreated database is caught at the reopen (its store id); nothing cheaper."""
+        return False
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def write(self, candles: Sequence[Candle]) -> int:
+        """Upsert ``candles`` in one transaction; returns rows inserted or changed."""
+        if not candles:
+            return 0
+        return self._upsert(candles)
+
+    def write_job(self, candles: Sequence[Candle], job_id: str, created_at: int, doc: str) -> int:
+        """Upsert ``candles`` and save job ``job_id``'s document in one transaction."""
+
+        def save_job() -> None:
+            self._conn.execute(
+                "INSERT INTO jobs (id, created_at, doc) VALUES (%s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                (job_id, created_at, doc),
+            )
+
+        return self._upsert(candles, save_job)
+
+    def _upsert(self, candles: Sequence[Candle], also: Callable[[], None] | None = None) -> int:
+        staged = self._stage(candles)
+        keys = sorted({row[0] for row in staged})
+        changed = 0
+        ids: dict[SeriesKey, int] = {}
+        try:
+            with self._conn.transaction():
+                if keys:
+                    ids = self._lock_series(keys)
+                    changed = self._copy_and_upsert(staged, ids)
+                if also is not None:
+                    also()
+        except psycopg.Error as exc:
+            raise store_error(exc, "cannot write to", self._dsn) from None
+        self._known.update(keys)
+        self._dirty.update(ids.values())
+        self._refresh_size()
+        return changed
+
+    def _stage(self, candles: Sequence[Candle]) -> list[Staged]:
+        """Validated rows, one per key (the last, unless that would reopen a closed one, as
+        SQLite's row-by-row upsert would have it), sorted by key."""
+        rows: dict[tuple[SeriesKey, int], Staged] = {}
+        for c in candles:
+            flags = (FLAG_CLOSED if c.closed else 0) | SOURCE_FLAGS[c.source]
+            values = (c.open, c.high, c.low, c.close, c.volume, c.quote_volume)
+            problem = _refusal(c, values)
+            if problem is not None:
+                self.rejected += 1
+                log.warning("dropping candle %s: %s", c.key, problem)
+                continue
+            series = (c.exchange, c.symbol, c.interval)
+            key = (series, c.open_time)
+            before = rows.get(key)
+            if before is None or not before[9] & FLAG_CLOSED or flags & FLAG_CLOSED:
+                rows[key] = (series, c.open_time, *values, c.trades, flags)
+        return [rows[key] for key in sorted(rows)]
+
+    def _lock_series(self, keys: list[SeriesKey]) -> dict[SeriesKey, int]:
+        """The ids of ``keys`` (created where missing), their rows locked in id order."""
+        if not self._known.issuperset(keys):
+            self._mint(keys)
+        ids = self._lock(keys)
+        if len(ids) < len(keys):
+            # wiped by another node since we made them: make them again
+            missing = [k for k in keys if k not in ids]
+            self._known.difference_update(missing)
+            self._mint(missing)
+            ids.update(self._lock(missing))
+        return ids
+
+    def _mint(self, keys: list[SeriesKey]) -> None:
+        self._conn.execute(_MINT, _columns(keys))
+
+    def _lock(self, keys: list[SeriesKey]) -> dict[SeriesKey, int]:
+        ids = {}
+        for sid, exchange, symbol, interval in self._conn.execute(_LOCK, _columns(keys)):
+            ids[(exchange, symbol, interval)] = sid
+            self._intervals[sid] = interval
+        return ids
+
+    def _copy_and_upsert(self, staged: list[Staged], ids: dict[SeriesKey, int]) -> int:
+        closed: dict[int, list[int]] = {}
+        with self._conn.cursor() as cur:
+            with cur.copy(f"COPY feedd_stage ({_COLUMNS}) FROM STDIN") as copy:
+                for row in staged:
+                    sid, open_time = ids[row[0]], row[1]
+                    copy.write_row((sid, *row[1:]))
+                    if row[9] & FLAG_CLOSED:
+                        closed.setdefault(sid, []).append(open_time)
+            cur.execute(_UPSERT)
+            changed = cur.rowcount
+        runs.add_closed(self._conn, closed, self._intervals)
+        return changed
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def delete_job(self, job_id: str) -> None:
+        try:
+            self._conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
+        except psycopg.Error as exc:
+            raise store_error(exc, "cannot write to", self._dsn) from None
+
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
+        nodes.record(self._conn, self._dsn, node_id, doc, at_ms)
+
+    def load_jobs(self) -> list[str]:
+        """Every saved job document, oldest first."""
+        try:
+            rows = self._conn.execute("SELECT doc FROM jobs ORDER BY created_at, id").fetchall()
+        except psycopg.Error as exc:
+            raise store_error(exc, "cannot read", self._dsn) from None
+        return [row[0] for row in rows]
+
+    def closed_runs(
+        self, exchange: str, symbol: str, interval: str, start: int, end: int
+    ) -> list[tuple[int, int]]:
+        """Runs of stored closed candles overlapping [start, end], clipped to it, ascending."""
+        try:
+            rows = self._conn.execute(
+                'SELECT runs.start, runs."end" FROM runs JOIN series ON series.id = runs.series'
+                ' WHERE series.exchange = %s AND series.symbol = %s AND series."interval" = %s'
+                ' AND runs."end" >= %s AND runs.start <= %s ORDER BY runs."end"',
+                (exchange, symbol, interval, start, end),
+            ).fetchall()
+        except psycopg.Error as exc:
+            raise store_error(exc, "cannot read", self._dsn) from None
+        return [(max(a, start), min(b, end)) for a, b in rows]
+
+    # -- retention and wipe -------------------------------------------------------------------
+
+    def prune(self, max_records: int) -> int:
+        """Keep the newest ``max_records`` candles of every series written since the last prune
+        (0: keep everything); returns rows deleted."""
+        if not self._dirty or max_records <= 0:
+            self._dirty.clear()
+            return 0
+        deleted = 0
+        try:
+            with self._conn.transaction():
+                # Locked like a write, so retention and another node's runs update take turns.
+                spans = self._conn.execute(
+                    "SELECT s.id, (SELECT min(open_time) FROM candles WHERE series = s.id),"
+                    " (SELECT max(open_time) FROM candles WHERE series = s.id)"
+                    " FROM series s WHERE s.id = ANY(%s) ORDER BY s.id FOR NO KEY UPDATE OF s",
+                    (sorted(self._dirty),),
+                ).fetchall()
+                for sid, first, last in spans:
+                    deleted += self._prune_series(sid, first, last, max_records)
+        except psycopg.Error as exc:
+            raise store_error(exc, "cannot prune", self._dsn) from None
+        self._dirty.clear()
+        return deleted
+
+    def _prune_series(self, sid: int, first: int | None, last: int | None, keep: int) -> int:
+        if first is None or last is None:
+            return 0
+        interval = self._intervals.get(sid, "")
+        step = INTERVAL_MS.get(interval, 0)
+        # Open times are aligned, so the span bounds the count from above (as on SQLite).
+        if step and (last - first) // step + 1 <= keep:
+            return 0
+        row = self._conn.execute(
+            "SELECT open_time FROM candles WHERE series = %s"
+            " ORDER BY open_time DESC LIMIT 1 OFFSET %s",
+            (sid, keep),
+        ).fetchone()
+        if row is None:
+            return 0
+        cur = self._conn.execute(
+            "DELETE FROM candles WHERE series = %s AND open_time <= %s", (sid, row[0])
+        )
+        if interval:
+            runs.trim(self._conn, sid, interval, row[0])
+        return cur.rowcount
+
+    def wipe(self) -> None:
+        """Delete every candle, series and coverage run (jobs stay, as on SQLite)."""
+        try:
+            with self._conn.transaction():
+                # EXCLUSIVE on series first: writers (which lock series rows before anything
+                # else) wait for the wipe and it for them, never a deadlock; readers go on.
+                self._conn.execute("LOCK TABLE series IN EXCLUSIVE MODE")
+                self._conn.execute("DELETE FROM candles")
+                self._conn.execute("DELETE FROM runs")
+                self._conn.execute("DELETE FROM series")
+        except psycopg.Error as exc:
+            raise store_error(exc, "cannot wipe", self._dsn) from None
+        self._known.clear()
+        self._intervals.clear()
+        self._dirty.clear()
+        self._size_at = -float("inf")
+
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Close the connection (nothing to checkpoint: the server owns durability)."""
+        try:
+            self._conn.close()
+        except psycopg.Error as exc:
+            log.warning("closing %s: %s", self.location, exc)
+
+    def _refresh_size(self) -> None:
+        """Cache the database's size for /metrics, at most every ``SIZE_EVERY_S`` (best
+        effort: a failure here never fails the write that preceded it)."""
+        if self._on_size is None or time.monotonic() - self._size_at < SIZE_EVERY_S:
+            return
+        self._size_at = time.monotonic()
+        try:
+            row = self._conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        except psycopg.Error as exc:
+            log.debug("cannot read the size of %s: %s", self.location, exc)
+            return
+        if row is not None:
+            self._on_size(int(row[0]))
+
+
+def _columns(keys: Sequence[SeriesKey]) -> tuple[list[str], list[str], list[str]]:
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+
+
+def _refusal(c: Candle, values: Sequence[str]) -> str | None:
+    """Why PostgreSQL could not store ``c`` (which would fail the whole batch), else None."""
+    for value in values:
+        if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
+            return f"not a plain decimal string: {value!r}"
+        point = value.find(".")
+        whole = len(value) - (value[0] == "-") if point < 0 else point - (value[0] == "-")
+        if whole > _MAX_INTEGER_DIGITS or (point >= 0 and len(value) - point - 1 > _MAX_DECIMALS):
+            return f"decimal out of range: {value[:40]!r}"
+    if c.trades is not None and not -_BIGINT <= c.trades < _BIGINT:
+        return f"trade count out of range: {c.trades}"
+    if not -_BIGINT <= c.open_time < _BIGINT:
+        return f"open time out of range: {c.open_time}"
+    if "\x00" in c.exchange or "\x00" in c.symbol or "\x00" in c.interval:
+        return "a NUL character in its series name"
+    return None
