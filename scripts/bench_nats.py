@@ -131,8 +131,9 @@ async def measure(rate: float, count: int, seconds: float, nats_url: str | None)
                                     (c.exchange, c.symbol, c.open_time, c.close), now
                                 )
 
+                # recorded with publishing off too, so that both runs pay for it
+                nursery.start_soon(record_commits)
                 if nats_url:
-                    nursery.start_soon(record_commits)
                     consumer = await start_consumer(nats_url)
                 await trio.sleep(bi.WARM_UP_S)
                 cpu0, received0 = bi.cpu_seconds(me), writer.stats.received
@@ -147,7 +148,7 @@ async def measure(rate: float, count: int, seconds: float, nats_url: str | None)
                     stats = service.state.publisher.stats if service.state.publisher else None
                     arrivals = json.loads((await bi.stop_child(consumer)).decode() or "[]")
                     consumer = None
-                sent = await bi._send_log(urls, t0, t0 + seconds) if nats_url else {}
+                sent = await bi._send_log(urls, t0, t0 + seconds)
                 recording.cancel()
                 service.stop.set()
     finally:
@@ -163,13 +164,13 @@ async def measure(rate: float, count: int, seconds: float, nats_url: str | None)
         "cpu_percent": round(cpu_s / elapsed * 100, 1),
         "cpu_us_per_update": round(cpu_s / max(received, 1) * 1e6, 1),
     }
+    to_commit = [commits[k] - t for k, t in sent.items() if commits.get(k, -1.0) >= t]
+    result["frame_to_commit_ms"] = bi._percentiles(to_commit, len(sent))
     if nats_url:
         by_float = {(v, s, o, float(c)): t for (v, s, o, c), t in sent.items()}
         lat = [
             now - by_float[(v, s, o, c)] for v, s, o, c, now in arrivals if (v, s, o, c) in by_float
         ]
-        to_commit = [commits[k] - t for k, t in sent.items() if commits.get(k, -1.0) >= t]
-        result["frame_to_commit_ms"] = bi._percentiles(to_commit, len(sent))
         result["frame_to_nats_consumer_ms"] = bi._percentiles(lat, len(sent))
         result["consumer_received"] = len(arrivals)
         if stats is not None:

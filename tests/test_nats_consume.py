@@ -75,6 +75,33 @@ async def test_api_node_ws_serves_candles_another_process_ingested(tmp_path: Pat
         assert candle["close"] == float(truth.close) and candle["volume"] == float(truth.volume)
 
 
+async def test_an_api_node_feeds_its_ws_from_nats_by_itself(tmp_path: Path) -> None:
+    """role api + publish.nats: the service starts feed_live_hub (and publishes nothing)."""
+    async with running_nats(tmp_path) as server, open_simulator(SimSettings(venues=(EX,))) as sim:
+        collector_cfg = feedd_config(sim, {EX: SYMBOLS}, publish=nats_section(server.url))
+        api_doc = {"role": "api", "port": 0, "publish": nats_section(server.url)}
+        api_cfg = config.parse(api_doc).config
+        async with trio.open_nursery() as nursery:
+            api: Service = await nursery.start(run_service, api_cfg, tmp_path / "api.db")
+            host, port = api.url.removeprefix("http://").rsplit(":", 1)
+            async with trio_websocket.open_websocket(host, int(port), "/ws", use_ssl=False) as ws:
+                await ws.send_message('{"op":"subscribe","topic":"candles"}')
+                collector: Service = await nursery.start(
+                    run_service, collector_cfg, tmp_path / "collector.db"
+                )
+                with trio.fail_after(60):
+                    while True:
+                        doc = orjson.loads(await ws.get_message())
+                        if doc["type"] == "candles" and any(c["closed"] for c in doc["data"]):
+                            break
+            collector.stop.set()
+            api.stop.set()
+    assert api.state.publisher is None
+    closed = next(c for c in doc["data"] if c["closed"])
+    (truth,) = sim.truth(EX, closed["symbol"], "1m", closed["open_time"], closed["open_time"])
+    assert closed["close"] == float(truth.close)
+
+
 def stalled_consumer(url: str, started: threading.Event, stop: threading.Event) -> int:
     """A JetStream consumer whose application never reads: returns what it had buffered."""
 
