@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from feedd.config import NatsConfig
@@ -35,6 +36,36 @@ ACK_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 5
 RETRY_INITIAL_S = 0.25
 RETRY_MAX_S = 10.0
+
+
+class Acks:
+    """JetStream's acks of the window in flight, counted on one reply subject.
+
+    nats-py's publish_async makes a future, a token and a parsed PubAck per message (~70 us of
+    CPU, under the GIL the event loop needs); a window only needs to know that every candle
+    was stored (or stored before: a duplicate ack) and that none was refused."""
+
+    def __init__(self, inbox: str) -> None:
+        self.inbox = inbox
+        self.expected = 0
+        self.received = 0
+        self.error: str | None = None
+        self.all_in = asyncio.Event()
+
+    def expect(self, count: int) -> None:
+        self.expected, self.received, self.error = count, 0, None
+        self.all_in.clear()
+
+    async def on_reply(self, msg: Msg) -> None:
+        # A PubAck is {"stream":..,"seq":..}; a refusal carries "error"; no stream on the
+        # subject is an empty 503 status message.
+        if not msg.data or b'"error"' in msg.data:
+            self.error = msg.data.decode(errors="replace") or f"no stream ({msg.header})"
+            self.all_in.set()
+            return
+        self.received += 1
+        if self.received >= self.expected:
+            self.all_in.set()
 
 
 class BrokerLost(Exception):
@@ -140,6 +171,8 @@ class Sender:
         """Publish until drained (returns) or the broker fails (raises)."""
         assert self._wake is not None
         prefix = self.settings.subject_prefix
+        acks = Acks(nc.new_inbox())
+        await nc.subscribe(acks.inbox, cb=acks.on_reply)
         forming_headers = {wire.TTL: wire.FORMING_TTL} if self.state.forming_ttl else None
         while True:
             window, forming = self.backlog.peek(WINDOW)
@@ -153,14 +186,16 @@ class Sender:
                 if lost.is_set():
                     raise BrokerLost("connection closed")
                 continue
-            futures = []
-            for candle in window:
-                headers = {wire.MSG_ID: wire.msg_id(candle)}
-                futures.append(
-                    await js.publish_async(
-                        wire.subject(prefix, candle), wire.payload(candle), headers=headers
+            if window:
+                acks.expect(len(window))
+                for candle in window:
+                    headers = {wire.MSG_ID: wire.msg_id(candle)}
+                    await nc.publish(
+                        wire.subject(prefix, candle),
+                        wire.payload(candle),
+                        reply=acks.inbox,
+                        headers=headers,
                     )
-                )
             try:
                 for candle in forming:
                     # No ack wanted: a forming update is superseded within a second and may
@@ -171,14 +206,12 @@ class Sender:
             except NATS_ERRORS:
                 self.backlog.drop_forming(len(forming))
                 raise
-            if futures:
-                acks = asyncio.gather(*futures)
-                acks.add_done_callback(_retrieve)
-                done = await _first(acks, lost.wait(), timeout=ACK_TIMEOUT_S)
-                if done is not acks:
-                    acks.cancel()
+            if window:
+                done = await _first(acks.all_in.wait(), lost.wait(), timeout=ACK_TIMEOUT_S)
+                if acks.error is not None:
+                    raise BrokerLost(f"JetStream refused a candle: {acks.error}")
+                if done is None or not acks.all_in.is_set():
                     raise BrokerLost("connection closed" if lost.is_set() else "no ack in time")
-                acks.result()  # an API error raises here
             self.backlog.done(window)
             if not window:
                 await nc.flush(timeout=FLUSH_TIMEOUT_S)
@@ -220,12 +253,6 @@ async def _first(*aws: Awaitable[Any], timeout: float | None = None) -> object: 
             if task is not given and not task.done():
                 task.cancel()
     return next((given for task, given in zip(tasks, aws, strict=True) if task in done), None)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark the outcome of a window given up on as seen (asyncio logs it otherwise)."""
-    if not future.cancelled():
-        future.exception()
 
 
 async def _close(nc: Client) -> None:
