@@ -16,7 +16,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from feedd import __version__, errors, sdnotify
+from feedd import __version__, errors, migrate, sdnotify
 from feedd import config as config_module
 from feedd.configsource import CONFIG_ENV, DEFAULT_PATHS, TOKEN_ENV, find_config
 from feedd.errors import ConfigError, FeeddError
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"the file to check (default: the one feedd would run: {_LOOKUP})",
     )
+    migrate.add_command(commands)
     return parser
 
 
@@ -110,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    if args.command == "migrate":
+        return migrate.run(args)
     try:
         given = getattr(args, "path", None) or args.config
         prepared = prepare(given, args.host, args.port)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import httpx
@@ -29,6 +30,9 @@ from feedd.engine.supervisor import Supervisor
 from feedd.errors import ConfigError, FeeddError, StoreError, TransportError
 from feedd.store.writer import Writer
 from feedd.symbols import is_symbol
+
+if TYPE_CHECKING:
+    from feedd.jobs.manager import JobManager
 
 log = logging.getLogger("feedd.control")
 
@@ -89,6 +93,9 @@ class Controller:
         self.config_path = config_path
         self.supervisor = supervisor
         self.writer = writer
+        #: the backfill jobs, cancelled and forgotten by a delete of the database (set by the
+        #: service once made: they read the configuration through this controller)
+        self.jobs: JobManager | None = None
         self._http = http
         self._changes = ChangeQueue()
         self._listings: dict[str, Listing] = {}
@@ -192,7 +199,11 @@ class Controller:
         now = trio.current_time()
         if failure is not None and failure.base == base and now < failure.until:
             raise TransportError(f"{failure.message} (asked again in {failure.until - now:.0f} s)")
-        rest = RestClient(module, base, self._http, ExchangeStats(exchange), log)
+        # The venue's one budget, as heals and jobs draw from: a venue that asked us to slow
+        # down (a 429's Retry-After) is not asked for its list meanwhile.
+        stats = self.supervisor.stats.get(exchange) or ExchangeStats(exchange)
+        pacer = self.supervisor.budget(exchange)
+        rest = RestClient(module, base, self._http, stats, log, pacer=pacer)
         try:
             with trio.move_on_after(LISTING_TIMEOUT_S):
                 listing = Listing(await fetch_instruments(module, rest), int(time.time() * 1000))
@@ -245,7 +256,11 @@ class Controller:
         return Applied(tuple(restarted), self._startup_changes(new), warnings)
 
     async def _delete_database(self) -> None:
-        log.warning("deleting every stored candle (requested over the API)")
+        log.warning("deleting every stored candle and backfill job (requested over the API)")
+        if self.jobs is not None:
+            # A job left running would refill the database it was asked to empty, and a
+            # finished one would list rows that are gone.
+            await self.jobs.forget_all()
         await self.writer.wipe()
 
     async def _replace(self, new: Config, warnings: tuple[str, ...]) -> Applied:

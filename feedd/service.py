@@ -116,6 +116,7 @@ async def run_service(
             )
             controller = Controller(config, config_path, supervisor, writer, http)
             jobs = JobManager(writer, supervisor, http, lambda: controller.config)
+            controller.jobs = jobs
             started_at = time.time()
             monitor = Monitor(backend, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))

@@ -148,7 +148,11 @@ async def ingest_latency(
                 t0 = time.monotonic()
                 await trio.sleep(seconds)
                 end = time.monotonic()
-                latencies = sorted(await bench_ingest._latencies(urls, commits, t0, end))
+                # frame left the simulator -> row committed (bench_ingest's measure)
+                sent = await bench_ingest._send_log(urls, t0, end)
+                latencies = sorted(
+                    commits[key] - t for key, t in sent.items() if commits.get(key, -1.0) >= t
+                )
                 jobs = service.state.jobs
                 fetched = sum(jobs.rows.values()) if jobs else 0
                 recording.cancel()

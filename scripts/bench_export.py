@@ -1,10 +1,13 @@
-"""Benchmark streamed exports through the real HTTP API: a year of 1m candles (525,600) as
-CSV, NDJSON and Parquet, and 1h resampled from it; peak RSS growth of feedd while exporting.
+"""Benchmark streamed exports: a year of 1m candles (525,600) as CSV, NDJSON and Parquet,
+and 1h resampled from it; peak RSS growth of feedd while exporting.
 
-Fills a temporary database (the same random walk as bench_api), starts feedd with every
-exchange disabled, and downloads each export over loopback with a streaming client. The
-reference, measured in the same run: a bare ``sqlite3`` read of the same rows into Python
-tuples (``fetchall``), which stores nothing and encodes nothing.
+Fills a temporary database (the same random walk as bench_api) and times each export twice:
+in-process (the store's ``Reader.export`` iterated to the end: reading and encoding alone), and
+through the real HTTP API of a feedd started with every exchange disabled, downloaded over
+loopback by ``curl`` in a process of its own (so the client's work is not feedd's). RSS is
+feedd's process, sampled from just before the export. The reference, measured in the same run:
+a bare ``sqlite3`` read of the same rows into Python tuples (``fetchall``), which stores
+nothing and encodes nothing (what the export cost before it read through ADBC).
 
 Usage: .venv/bin/python scripts/bench_export.py [--minutes 525600] [--repeat 3]
 """
@@ -18,10 +21,12 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 import trio
 from bench_api import EXCHANGE, SYMBOL, fill, serving
+
+from feedd.store.export import ExportRequest
+from feedd.store.reader import Reader
 
 
 class PeakRss:
@@ -63,33 +68,55 @@ def bare_read(db_path: Path) -> float:
     return elapsed
 
 
-async def download(client: httpx.AsyncClient, path: str) -> tuple[float, int]:
-    start = time.perf_counter()
+async def in_process(reader: Reader, request: ExportRequest) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds of the process (every thread) and bytes: on a shared machine
+    the CPU time says more than the wall time about the export's own cost."""
+    start, cpu = time.perf_counter(), time.process_time()
     size = 0
-    async with client.stream("GET", path) as response:
-        response.raise_for_status()
-        async for piece in response.aiter_raw():
-            size += len(piece)
-    return time.perf_counter() - start, size
+    async for piece in reader.export(request):
+        size += len(piece)
+    return time.perf_counter() - start, time.process_time() - cpu, size
+
+
+async def over_http(url: str) -> tuple[float, int]:
+    start = time.perf_counter()
+    done = await trio.run_process(
+        ["curl", "-sSf", "-o", "/dev/null", "-w", "%{size_download}", url], capture_stdout=True
+    )
+    return time.perf_counter() - start, int(done.stdout)
+
+
+def line(how: str, interval: str, fmt: str, rows: int, size: int, seconds: float) -> str:
+    return (
+        f"{how:7s} {interval} {fmt:8s} {rows:,} rows {size / 1e6:5.1f} MB "
+        f"{seconds:5.2f} s {rows / seconds:9,.0f} rows/s"
+    )
 
 
 async def bench(db_path: Path, minutes: int, repeat: int) -> None:
-    base = f"/ohlcv/{EXCHANGE}/{SYMBOL}"
     cases = [(fmt, "1m", minutes) for fmt in ("csv", "ndjson", "parquet")]
     cases.append(("csv", "1h", -(-minutes // 60)))
+    reader = Reader(db_path)
     async with serving(db_path, read_s=120) as client:
+        base = f"{str(client.base_url).rstrip('/')}/ohlcv/{EXCHANGE}/{SYMBOL}"
         for fmt, interval, rows in cases:
-            path = f"{base}/{interval}?format={fmt}"
+            request = ExportRequest(EXCHANGE, SYMBOL, interval, interval != "1m", fmt)
             for _ in range(repeat):
                 reference = await trio.to_thread.run_sync(bare_read, db_path)
                 with PeakRss() as rss:
-                    seconds, size = await download(client, path)
+                    seconds, cpu, size = await in_process(reader, request)
                 print(
-                    f"{interval} {fmt:8s} {rows:,} rows {size / 1e6:6.1f} MB  "
-                    f"{seconds:5.2f} s  {rows / seconds:9,.0f} rows/s  "
-                    f"RSS +{rss.growth_mb:5.1f} MB  | bare sqlite3 read "
-                    f"{reference:5.2f} s: feedd takes {seconds / reference:4.2f}x"
+                    line("in-proc", interval, fmt, rows, size, seconds)
+                    + f" CPU {cpu:5.2f} s RSS +{rss.growth_mb:5.1f} MB"
+                    + f" | bare sqlite3 read {reference:5.2f} s"
                 )
+                with PeakRss() as rss:
+                    seconds, size = await over_http(f"{base}/{interval}?format={fmt}")
+                print(
+                    line("HTTP", interval, fmt, rows, size, seconds)
+                    + f" RSS +{rss.growth_mb:5.1f} MB"
+                )
+    reader.close()
 
 
 def main() -> None:

@@ -23,6 +23,10 @@ and the summary gives feedd as a ratio of the reader next to it (median over the
     python scripts/bench_ingest.py                       # 3 pairs at full load and 2,000/s
     python scripts/bench_ingest.py --pairs 5 --seconds 10 --symbols 600
     python scripts/bench_ingest.py --only feedd --exchange all --ws-clients 200
+    python scripts/bench_ingest.py --connector trio-websocket,websockets   # both, in turn
+
+``--connector`` names feedd's WebSocket client (feedd/engine/connector.py); with several, each
+pair becomes the reader followed by feedd once per connector, each a ratio of that reader.
 
 ``--ws-clients N`` adds N /ws clients subscribed to every candle, in a process of their own
 (like real dashboards elsewhere), to show what fan-out costs ingest.
@@ -49,6 +53,7 @@ import psutil
 import trio
 
 from feedd import config as config_module
+from feedd.engine import connector
 from feedd.service import Service, run_service
 from feedd.sim.symbols import universe
 
@@ -291,7 +296,10 @@ async def run_ws_timer(url: str) -> None:
 
     arrived: list[tuple[str, str, int, float, float]] = []
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with trio_websocket.open_websocket_url(url.replace("http", "ws") + "/ws") as ws:
+        # max size: a /ws message carries every candle of a commit, which can pass 1 MiB
+        async with trio_websocket.open_websocket_url(
+            url.replace("http", "ws") + "/ws", max_message_size=2**28
+        ) as ws:
             await ws.send_message(SUBSCRIBE_ALL.decode())
             print("connected", flush=True)
             async with trio.open_nursery() as nursery:
@@ -339,8 +347,14 @@ async def stop_child(process: trio.Process) -> bytes:
 
 
 async def measure_feedd(
-    venues: Sequence[str], count: int, seconds: float, rate: float, ws_clients: int = 0
+    venues: Sequence[str],
+    count: int,
+    seconds: float,
+    rate: float,
+    ws_clients: int = 0,
+    client: str = connector.DEFAULT,
 ) -> dict[str, Any]:
+    connector.use(client)
     sim, urls = await start_sim(venues, rate)
     clients: trio.Process | None = None
     timer: trio.Process | None = None
@@ -404,6 +418,7 @@ async def measure_feedd(
                 await child.wait()
     result: dict[str, Any] = {
         "who": "feedd",
+        "connector": client,
         "venues": list(venues),
         "symbols": count,
         "rate": rate or "unpaced",
@@ -473,13 +488,22 @@ async def _send_log(
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """feedd over the reader next to it, per load: the median of the pairs' ratios."""
     out: dict[str, Any] = {}
-    for rate in sorted({str(r["rate"]) for r in rows}):
+    clients = sorted({r.get("connector", connector.DEFAULT) for r in rows if r["who"] == "feedd"})
+    for rate, client in [(r, c) for r in sorted({str(r["rate"]) for r in rows}) for c in clients]:
         readers = [r for r in rows if str(r["rate"]) == rate and r["who"] == "reader"]
-        feedds = [r for r in rows if str(r["rate"]) == rate and r["who"] == "feedd"]
+        feedds = [
+            r
+            for r in rows
+            if str(r["rate"]) == rate
+            and r["who"] == "feedd"
+            and r.get("connector", connector.DEFAULT) == client
+        ]
         pairs = list(zip(readers, feedds, strict=False))
         if not pairs:
             continue
-        out[rate] = {
+        key = rate if len(clients) == 1 else f"{rate} {client}"
+        out[key] = {
+            "connector": client,
             "pairs": len(pairs),
             # rows committed, not updates received: a writer behind holds what it received
             "rate_ratio": _median(
@@ -498,8 +522,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
         ws = [f["frame_to_ws_ms"] for _, f in pairs if f.get("frame_to_ws_ms", {}).get("samples")]
         if ws:
-            out[rate]["frame_to_ws_p50_ms"] = _median([w["p50"] for w in ws])
-            out[rate]["frame_to_ws_p99_ms"] = _median([w["p99"] for w in ws])
+            out[key]["frame_to_ws_p50_ms"] = _median([w["p50"] for w in ws])
+            out[key]["frame_to_ws_p99_ms"] = _median([w["p99"] for w in ws])
     return out
 
 
@@ -529,8 +553,10 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                 row = await measure_reader(venues[0], args.symbols, args.seconds, rate)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-            if args.only in (None, "feedd"):
-                row = await measure_feedd(venues, args.symbols, args.seconds, rate, args.ws_clients)
+            for client in args.connector.split(",") if args.only in (None, "feedd") else ():
+                row = await measure_feedd(
+                    venues, args.symbols, args.seconds, rate, args.ws_clients, client
+                )
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
@@ -547,6 +573,12 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=2000.0, help="0: skip")
     parser.add_argument("--rate", type=float, default=None, help="only this rate (0: unpaced)")
     parser.add_argument("--only", choices=("reader", "feedd"), default=None)
+    parser.add_argument(
+        "--connector",
+        default=connector.DEFAULT,
+        help="feedd's WebSocket client(s), comma-separated: "
+        + ", ".join(sorted(connector.CLIENTS)),
+    )
     parser.add_argument("--ws-clients", type=int, default=0, help="/ws clients reading all candles")
     parser.add_argument("--summarise", metavar="FILE", help="summarise the rows of a past run")
     parser.add_argument("--ws-client-process", nargs=2, help=argparse.SUPPRESS)

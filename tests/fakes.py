@@ -17,6 +17,8 @@ import trio.testing
 import trio_websocket
 
 from feedd.candle import Candle
+from feedd.engine import connector
+from feedd.engine.connector import Connection
 from feedd.engine.context import ExchangeContext, HealRequest
 from feedd.engine.pacing import Pacer
 from feedd.engine.stats import ExchangeStats
@@ -53,18 +55,14 @@ class FakeVenue:
             await self._connected.wait()
 
     @asynccontextmanager
-    async def connect(self, url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    async def connect(self, url: str) -> AsyncIterator[Connection]:
         client, server = trio.testing.memory_stream_pair()
         async with unwrapped_nursery() as nursery:
             nursery.start_soon(self._serve, server)
-            ws = await trio_websocket.wrap_client_stream(nursery, client, "fake", "/market/stream")  # type: ignore[arg-type]
-            try:
+            # the connector selected (tests/test_engine.py runs with each)
+            async with connector.client().wrap_stream(client, "fake", "/market/stream") as ws:
                 yield ws
-            finally:
-                # The fake server dies with the client's scope, so bound the close handshake.
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + 1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
         self.connects.append(trio.current_time())

@@ -72,7 +72,7 @@ def _free_port() -> int:
 class PgServer:
     """One postgres process over one data folder; stop() and start() keep the folder and port."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
         found = bindir()
         if found is None:
             raise RuntimeError(problem())
@@ -84,6 +84,9 @@ class PgServer:
         self.running = False
         self.user = USER
         self.password = PASSWORD
+        #: server settings (-c name=value); durability off by default: tests, not data
+        self.settings = {"fsync": "off", "full_page_writes": "off", "max_connections": "200"}
+        self.settings.update(settings or {})
         self._as: dict[str, Any] = {}
         if os.geteuid() == 0:
             # postgres refuses root: run it as the system user, in a folder it owns
@@ -124,9 +127,8 @@ class PgServer:
             return
         for attempt in range(_START_ATTEMPTS):
             port = self.port or _free_port()
-            options = (
-                f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1"
-                " -c fsync=off -c full_page_writes=off -c max_connections=200"
+            options = f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1" + "".join(
+                f" -c {name}={value}" for name, value in self.settings.items()
             )
             done = self._run(
                 self.bin / "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w",
@@ -186,13 +188,14 @@ class PgServer:
     def drop_database(self, name: str) -> None:
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
-    def terminate(self, dbname: str | None = None) -> int:
-        """pg_terminate_backend every ``feedd`` connection (to ``dbname`` only, if given);
-        returns how many were terminated."""
+    def terminate(self, dbname: str | None = None, application: str | None = None) -> int:
+        """pg_terminate_backend every ``feedd`` connection (to ``dbname`` only, if given; of
+        ``application`` only, e.g. "feedd-writer", if given); returns how many."""
         rows = self.admin(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE usename = %s AND (%s::text IS NULL OR datname = %s)",
-            (USER, dbname, dbname),
+            " WHERE usename = %s AND (%s::text IS NULL OR datname = %s)"
+            " AND (%s::text IS NULL OR application_name = %s)",
+            (USER, dbname, dbname, application, application),
         )
         return int(rows[0][0])
 

@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 from e2e import running_feedd
+from test_backfill_jobs import differences, exchanges_doc, feedd_with_jobs, finished, start_job
 from test_feedctl import feedctl
 
 from feedd.candle import Candle, Source
-from feedd.intervals import DAY_MS, MINUTE_MS, next_open
+from feedd.intervals import DAY_MS, MINUTE_MS, floor_open, next_open
+from feedd.sim.app import open_simulator
+from feedd.sim.clock import DEFAULT_START_MS
+from feedd.sim.settings import SimSettings
 from feedd.store import coverage
 from feedd.store.database import Database
 from feedd.store.schema import connect_writer
@@ -182,3 +186,53 @@ async def test_coverage_route_and_feedctl(tmp_path: Path, capsys: Any) -> None:
         assert "sources: ws 599, rest 90" in run.out
         listed = await feedctl(capsys, "--url", service.url, "coverage", "--missing-only")
         assert listed.code == 0 and "ETHUSDT" in listed.out and "(300 candles)" in listed.out
+
+
+BTC = "BTCUSDT"
+START = DEFAULT_START_MS
+#: holes the simulator is told to leave: inside a daily archive file, in today's REST part,
+#: and in the live stream after feedd connected (first, last open time)
+DAY_BEFORE = floor_open("1d", START) - 2 * DAY_MS
+SIM_HOLES = (
+    (DAY_BEFORE + 100 * MINUTE_MS, DAY_BEFORE + 109 * MINUTE_MS),
+    (START - 300 * MINUTE_MS, START - 298 * MINUTE_MS),
+    (START + 3 * MINUTE_MS, START + 4 * MINUTE_MS),
+)  # fmt: skip
+
+
+async def test_coverage_reports_the_holes_the_simulator_left(tmp_path: Path) -> None:
+    """The simulator leaves holes (REST, archive and live alike, its truth too); a backfill
+    job plus live ingest against it, and /coverage names exactly those holes."""
+    settings = SimSettings(
+        venues=(EX,), history_days=4, holes=tuple((BTC, a, b) for a, b in SIM_HOLES)
+    )
+    async with open_simulator(settings) as sim:
+        venue = sim.venues[EX]
+        archive = {EX: {"archive_url": venue.archive_url}}  # type: ignore[attr-defined]
+        doc = exchanges_doc(sim, {EX: [BTC]}, **archive)
+        async with feedd_with_jobs(tmp_path, sim, {EX: [BTC]}, exchanges=doc) as (service, client):
+            since = DAY_BEFORE
+            job = await start_job(
+                client, exchange=EX, symbols=[BTC], interval="1m", since=since, until=START
+            )
+            done = await finished(service, job["id"])
+            assert done["state"] == "done", done
+            assert done["sources"]["archive"] > 0 and done["sources"]["rest"] > 0
+            after_live_hole = SIM_HOLES[-1][1] + 2 * MINUTE_MS
+            reader = service.state.reader
+
+            with service.state.writer.open_commit_listener() as commits:
+                while (await reader.last_closed_open_time(EX, BTC, "1m") or 0) < after_live_hole:
+                    await commits.receive()
+            answer = (await client.get("/coverage", params={"exchange": EX, "symbol": BTC})).json()
+            (series,) = answer["series"]
+            assert series["first_open_time"] == since
+            expected = [
+                {"start": a, "end": b, "candles": (b - a) // MINUTE_MS + 1} for a, b in SIM_HOLES
+            ]
+            assert series["missing"] == expected
+            assert series["missing_candles"] == sum(h["candles"] for h in expected)
+            last = series["last_open_time"]
+            assert differences(sim, tmp_path / "ohlcv.db", EX, BTC, since, last) == []
+            for a, b in SIM_HOLES:  # the truth says so too
+                assert len(sim.truth(EX, BTC, "1m", a - MINUTE_MS, b + MINUTE_MS)) == 2

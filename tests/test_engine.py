@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import orjson
@@ -13,9 +13,12 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-from fakes import FakeVenue, Script, make_context
+from fakes import FakeVenue, Script, kline_frame, make_context
 
+from feedd.candle import Candle
+from feedd.engine import connector
 from feedd.engine.backoff import Backoff
+from feedd.engine.connector import Connection
 from feedd.engine.context import HealRequest
 from feedd.engine.pacing import Pacer
 from feedd.engine.session import ACK_TIMEOUT_S, Session
@@ -28,11 +31,21 @@ from feedd.exchanges.contract import Stream
 
 BTC = Stream("BTCUSDT", "1m")
 ETH = Stream("ETHUSDT", "1m")
+T0 = 1_700_000_040_000
 
 
 @pytest.fixture
 def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture(autouse=True, params=sorted(connector.CLIENTS))
+def each_connector(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every engine test runs over each connector: the session must not care which."""
+    before = connector.selected()
+    connector.use(request.param)
+    yield request.param
+    connector.use(before)
 
 
 def test_backoff_grows_caps_and_jitters() -> None:
@@ -244,7 +257,7 @@ def test_heal_requests_merge_to_the_widest() -> None:
 
 def okx_without_ids(
     reject: frozenset[str] = frozenset(),
-) -> Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocketConnection]]:
+) -> Callable[[str], AbstractAsyncContextManager[Connection]]:
     """An in-memory OKX that answers as the 2022 captures show: no ``id`` echoed, one ack
     per arg, and a 60018 error naming the arg for each instId in ``reject``."""
 
@@ -269,17 +282,13 @@ def okx_without_ids(
             nursery.cancel_scope.cancel()
 
     @asynccontextmanager
-    async def connect(url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    async def connect(url: str) -> AsyncIterator[Connection]:
         client, server = trio.testing.memory_stream_pair()
         async with unwrapped_nursery() as nursery:
             nursery.start_soon(serve, server)
-            ws = await trio_websocket.wrap_client_stream(nursery, client, "fake", "/ws/v5/business")  # type: ignore[arg-type]
-            try:
+            async with connector.client().wrap_stream(client, "fake", "/ws/v5/business") as ws:
                 yield ws
-            finally:
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + 1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
 
     return connect
 
@@ -320,4 +329,50 @@ async def test_okx_refusal_without_id_is_matched_on_the_arg_it_names(
         assert ctx.stats.streams_subscribed == 149
         assert ctx.stats.stream_states.pop("C120USDT 1m") == StreamState.REJECTED
         assert set(ctx.stats.stream_states.values()) == {StreamState.PENDING}
+        session.cancel()
+
+
+async def test_a_burst_reaches_the_writer_in_a_few_lists(each_connector: str) -> None:
+    """Frames that arrive together are parsed in one step and handed on as one list (one
+    channel send per wake-up, not per frame), in order, with either connector; a ping
+    that follows is answered."""
+    frames = 200
+    ctx, _, _ = make_context(FakeVenue())
+    # unbuffered: the session blocks on its first list while the rest arrives
+    candles_send, candles_recv = trio.open_memory_channel[list[Candle]](0)
+    ctx.candles_send = candles_send
+    servers, server_got = trio.open_memory_channel[trio_websocket.WebSocketConnection](1)
+
+    @asynccontextmanager
+    async def connect(url: str) -> AsyncIterator[Connection]:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+
+        async def serve() -> None:
+            request = await trio_websocket.wrap_server_stream(nursery, server_stream)  # type: ignore[arg-type]
+            await servers.send(await request.accept())
+            await trio.sleep_forever()
+
+        async with unwrapped_nursery() as nursery:
+            nursery.start_soon(serve)
+            async with connector.client().wrap_stream(client_stream, "fake", "/") as conn:
+                yield conn
+            nursery.cancel_scope.cancel()
+
+    ctx.connect = connect
+    async with trio.open_nursery() as nursery:
+        session = Session(ctx, (BTC,), frozenset())
+        nursery.start_soon(session.run)
+        server = await server_got.receive()
+        request = orjson.loads(await server.get_message())
+        await server.send_message(orjson.dumps({"result": None, "id": request["id"]}).decode())
+        for i in range(frames):
+            frame = kline_frame("BTCUSDT", T0, closed=False)
+            await server.send_message(frame.replace('"o":"100.0"', f'"o":"{i}"'))
+        lists = []
+        with trio.fail_after(10):
+            while sum(map(len, lists)) < frames:
+                lists.append(await candles_recv.receive())
+            await server.ping(b"still there?")
+        assert [c.open for batch in lists for c in batch] == [str(i) for i in range(frames)]
+        assert len(lists) <= 3, [len(b) for b in lists]
         session.cancel()

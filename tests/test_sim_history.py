@@ -13,6 +13,8 @@ import trio.testing
 
 from feedd.intervals import DAY_MS, MINUTE_MS, floor_open
 from feedd.sim import SimSettings, Simulator, open_simulator
+from feedd.sim.__main__ import build_parser, settings_from
+from feedd.sim.archive import SimArchive
 from feedd.sim.clock import DEFAULT_START_MS
 from feedd.sim.market import MAX_TRADES_PER_MINUTE, Market, _aggregate
 from feedd.sim.venue import TruthCandle
@@ -141,3 +143,45 @@ def test_deep_history_bars_aggregate_like_traded_ones() -> None:
     before, after = (market.final("BTCUSDT", "1m", detail + i * MINUTE_MS) for i in (-1, 0))
     assert abs(after.open - before.close) < before.close * 0.002
     assert after.first_id == before.last_id + MAX_TRADES_PER_MINUTE - before.trades + 1
+
+
+async def test_bulk_deep_history_equals_a_bar_per_minute(sim: Simulator) -> None:
+    """Archives and the truth of deep history are formatted an hour at a time from the draws
+    (``Venue.deep_minutes``): the same text as a ``Bar`` per minute, for symbols of every
+    price and quantity precision, on both sides of the seam with the traded minutes."""
+    venue = sim.venues[BN]
+    archive = SimArchive(venue)  # type: ignore[arg-type]
+    seam = venue.market.detail_from_ms
+    assert seam is not None
+    # prices with 2, 7 and 8 decimals, quantities with 3 and none
+    symbols = ["BTCUSDT", "ETHUSDT", "PEPEUSDT", "ZQXUSDT"]
+    for symbol in symbols:
+        spec = venue.market.spec(symbol)
+        for start in (Y - 7 * MINUTE_MS, seam - 2 * 3_600_000):
+            end = start + 3 * 3_600_000  # across the seam for the second start
+            slow = [
+                venue.truth_candle(venue.market.final(symbol, "1m", t))
+                for t in range(start, end, MINUTE_MS)
+            ]
+            assert venue.truth(symbol, "1m", start, end - MINUTE_MS) == slow, spec
+            rows = [
+                ",".join(str(cell) for cell in venue.kline_row(venue.market.final(symbol, "1m", t)))  # type: ignore[attr-defined]
+                for t in range(start, end, MINUTE_MS)
+            ]
+            assert (
+                archive.csv(symbol, "1m", start, end).decode().split("\n")[-len(rows) - 1 : -1]
+                == rows
+            )
+
+
+def test_holes_from_the_command_line() -> None:
+    args = build_parser().parse_args(["--hole", "BTCUSDT:60000:120000", "--hole", "ETHUSDT:0:0"])
+    assert settings_from(args).holes == (("BTCUSDT", 60_000, 120_000), ("ETHUSDT", 0, 0))
+    for bad in ("BTCUSDT:2:1", "BTCUSDT:1", ":1:2", "BTCUSDT:a:2"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--hole", bad])
+    market = Market(1, holes=[("BTCUSDT", 60_000, 120_000)])
+    assert [market.exists("BTCUSDT", t) for t in (0, 60_000, 120_000, 180_000)] == [
+        True, False, False, True
+    ]  # fmt: skip
+    assert market.exists("ETHUSDT", 60_000)

@@ -44,6 +44,8 @@ MINUTES = 4 * 24 * 60
 HOLES = (range(50, 53), range(1_000, 1_130), range(3_000, 3_001))
 #: minutes stored but still forming (not closed): a hole for coverage, a partial bucket
 FORMING = (700, 2_222)
+#: minutes of the second venue's series, 40 days after its first ten
+FAR = 40 * 24 * 60
 #: since and until values: before, at and inside the data, in a hole, at its end, after it
 SAMPLE_TIMES = (None, T0 - DAY_MS, T0 + 1, T0 + 59 * MINUTE_MS + 7, T0 + 1_010 * MINUTE_MS)
 SAMPLE_TIMES += (T0 + (MINUTES - 1) * MINUTE_MS, T0 + 9 * DAY_MS)
@@ -92,7 +94,7 @@ def truth() -> list[Candle]:
     out += [
         Candle("okx_futures", "ETHUSDT", "1m", T0 + n * MINUTE_MS, "0.1", "0.3", "0.1", "0.2",
                "0.1", "0.2", None, True, Source.WS)
-        for n in range(10)
+        for n in (*range(10), *range(FAR, FAR + 5))
     ]  # fmt: skip
     return out
 
@@ -101,14 +103,6 @@ def make_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> B
     from store_backends import make_backend as make  # loaded by pytest_plugins
 
     return make(kind, request, tmp_path)
-
-
-def open_reader(backend: Backend) -> ReadStore:
-    try:
-        return backend.open_reader()
-    except StoreError:
-        # Until PostgresBackend.open_reader returns a PgReader (a line in h-pgw's backend.py).
-        return PgReader(getattr(backend, "dsn", ""))
 
 
 def fill(backend: Backend, candles: Sequence[Candle]) -> None:
@@ -127,7 +121,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Read
     for kind in ("sqlite", "postgresql"):
         backend = make_backend(kind, request, tmp_path)
         fill(backend, truth())
-        readers.append(open_reader(backend))
+        readers.append(backend.open_reader())
     yield readers
     for reader in readers:
         reader.close()
@@ -181,7 +175,7 @@ def test_closed_open_times_and_last_closed(stores: list[ReadStore]) -> None:
 def test_series_and_sources(stores: list[ReadStore]) -> None:
     series = both(stores, "series")
     assert [(s.exchange, s.interval, s.count) for s in series] == [
-        (EX, "1h", 47), (EX, "1m", MINUTES - 134), ("okx_futures", "1m", 10)
+        (EX, "1h", 47), (EX, "1m", MINUTES - 134), ("okx_futures", "1m", 15)
     ]  # fmt: skip
     sources = both(stores, "sources", EX, SYM, "1m")
     assert sources == {"ws": MINUTES - 134 - 2 - 60 - 297, "rest": 60, "archive": 297}
@@ -209,7 +203,13 @@ def test_resample_buckets_partial_closed_and_sources(stores: list[ReadStore]) ->
     assert not hours[T0 + 11 * HOUR_MS].closed  # minute 700 is forming
     assert hours[T0 + 8 * HOUR_MS].closed and hours[T0 + 8 * HOUR_MS].source == "ws"
     assert all(h.high == 60000.1 for h in hours.values())
-    (okx,) = both(stores, "resample", "okx_futures", "ETHUSDT", "15m")
+    okx, far = both(stores, "resample", "okx_futures", "ETHUSDT", "15m")
+    assert far.open_time == T0 + FAR * MINUTE_MS and not far.closed
+    # buckets on both sides of a 40-day hole, newest and oldest first, any limit
+    for interval in ("5m", "1h", "1d", "1w", "1M"):
+        for limit in (1, 2, 3):
+            both(stores, "resample", "okx_futures", "ETHUSDT", interval, None, None, limit)
+            both(stores, "resample", "okx_futures", "ETHUSDT", interval, T0, None, limit)
     # exact sums: ten 0.1 and ten 0.2 add up to 1 and 2, where floats give 0.9999999999999999
     assert (okx.volume, okx.quote_volume, okx.trades, okx.closed) == (1.0, 2.0, None, False)
     day = both(stores, "resample", EX, SYM, "1d", since=T0, limit=2)
@@ -276,7 +276,7 @@ async def _collect(store: ReadStore, request: ExportRequest) -> bytes:
 
 def test_an_empty_store_reads_as_empty(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     # Nothing was ever written: no SQLite file, no schema in the PostgreSQL database.
-    readers = [open_reader(make_backend(kind, request, tmp_path)) for kind in BACKENDS]
+    readers = [make_backend(kind, request, tmp_path).open_reader() for kind in BACKENDS]
     try:
         assert both(readers, "candles", EX, SYM, "1m") == []
         assert both(readers, "candles_json", EX, SYM, "1m").body == b"[]"
@@ -325,7 +325,7 @@ async def test_a_terminated_pooled_connection_is_replaced_unseen(
     reader = PgReader(pg_dsn)
     try:
         assert await reader.coverage() == []
-        assert pg_server.terminate(pg_dsn.rsplit("/", 1)[1]) == 1
+        assert pg_server.terminate(pg_dsn.rsplit("/", 1)[1], "feedd-reader") == 1
         assert await reader.coverage() == []  # retried once on a fresh connection
     finally:
         reader.close()
@@ -343,3 +343,30 @@ async def test_a_wrong_password_is_one_line_naming_no_password(
         assert "password authentication failed" in str(caught.value)
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_odd_decimal_texts_export_identically(
+    request: pytest.FixtureRequest, tmp_path: Path, fmt: str
+) -> None:
+    # Leading zeros, a bare point, a negative zero, trailing zeros: both stores print each
+    # value the same normalised way (SQLite's codec and numeric's own output).
+    odd = ("007.50", ".5", "5.", "-0.0", "0.000", "123456789012.123")
+    candles = [
+        Candle(EX, "ODDUSDT", "1m", T0 + i * MINUTE_MS, *(odd[(i + k) % 6] for k in range(6)),
+               i, True, Source.WS)
+        for i in range(6)
+    ]  # fmt: skip
+    readers = []
+    for kind in BACKENDS:
+        backend = make_backend(kind, request, tmp_path)
+        fill(backend, candles)
+        readers.append(backend.open_reader())
+    try:
+        text = both(readers, "export", ExportRequest(EX, "ODDUSDT", "1m", False, fmt))
+        assert b"7.50" in text and b"0.5" in text and b"007" not in text
+        both(readers, "candles_json", EX, "ODDUSDT", "1m")
+        both(readers, "resample_json", EX, "ODDUSDT", "3m")
+    finally:
+        for reader in readers:
+            reader.close()

@@ -152,6 +152,15 @@ def test_values_are_kept_exactly(backend: Backend, db: WriteConnection) -> None:
     )  # fmt: skip
 
 
+def test_equal_value_in_other_text_replaces_it(backend: Backend, db: WriteConnection) -> None:
+    """1.5 and 1.50 are equal numbers but not the same text: the newer text is kept."""
+    db.write([candle("BTCUSDT", T0, "1.5")])
+    db.write([candle("BTCUSDT", T0, "1.50")])
+    assert closes(backend) == {("BTCUSDT", T0): "1.50"}
+    db.write([candle("BTCUSDT", T0, "1.50", source=Source.REST)])  # same values, other source
+    assert stored(backend)[("BTCUSDT", T0)][-1] == 2
+
+
 def test_idempotent_rewrite(backend: Backend, db: WriteConnection) -> None:
     batch = [candle(s, T0 + i * MIN, str(i)) for s in ("BTCUSDT", "ETHUSDT") for i in range(50)]
     db.write(batch)

@@ -23,6 +23,7 @@ from packaging.requirements import Requirement
 
 from feedd.candle import Candle
 from feedd.engine import ws as engine_ws
+from feedd.engine.connector_tws import TrioWebsocketConnection
 from feedd.engine.session import MAX_BURST, Session, message_queue
 from feedd.engine.ws import unwrapped_nursery
 from feedd.exchanges.contract import Stream
@@ -114,10 +115,10 @@ async def test_a_burst_is_read_in_one_wake_up_while_pings_are_answered() -> None
     server_side, server_got = trio.open_memory_channel(1)
 
     @asynccontextmanager
-    async def connect(url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    async def connect(url: str) -> AsyncIterator[TrioWebsocketConnection]:
         async with ws_pair() as (client, server):
             await server_side.send(server)
-            yield client
+            yield TrioWebsocketConnection(client)
 
     ctx.connect = connect
 

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 
 import attrs
 import trio
-import trio_websocket
 
 from feedd.candle import Candle
+from feedd.engine.connector import Connector, open_connection
 from feedd.engine.gaps import HealRequest as HealRequest  # shared by session, shard, backfill
 from feedd.engine.pacing import Pacer
 from feedd.engine.stats import ExchangeStats
-from feedd.engine.ws import open_websocket
 from feedd.exchanges.contract import ExchangeModule, Stream
-
-Connector = Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocketConnection]]
 
 
 @attrs.define(eq=False)
@@ -34,8 +29,8 @@ class ExchangeContext:
     lifetime: float | None
     connect_pacer: Pacer
     log: logging.Logger
-    #: opens a WebSocket; tests substitute in-memory streams
-    connect: Connector = open_websocket
+    #: opens a WebSocket (the selected connector); tests substitute in-memory streams
+    connect: Connector = open_connection
 
     @property
     def stream_silence_timeout(self) -> float:

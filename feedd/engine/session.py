@@ -13,9 +13,11 @@ import time
 from collections.abc import Sequence
 
 import trio
-import trio_websocket
 
 from feedd.candle import Candle
+from feedd.engine import connector_tws
+from feedd.engine.connector import Connection
+from feedd.engine.connector_tws import message_queue as message_queue  # pinned by a test
 from feedd.engine.context import ExchangeContext, stream_key
 from feedd.engine.gaps import Gaps, HealRequest
 from feedd.engine.pacing import Pacer
@@ -24,6 +26,7 @@ from feedd.engine.subscriptions import Subscriptions
 from feedd.errors import ParseError, TransportError, collapse
 from feedd.exchanges.contract import (
     ErrorEvent,
+    Event,
     Ignored,
     Notice,
     Pong,
@@ -39,8 +42,8 @@ ACK_TIMEOUT_S = 15.0
 MESSAGE_BUDGET_SHARE = 0.5
 #: rotate this long before the venue's forced disconnect
 ROTATE_MARGIN = 0.1
-#: most frames taken off the socket queue before handing candles on
-MAX_BURST = 256
+#: most frames taken off trio-websocket's queue before handing candles on
+MAX_BURST = connector_tws.MAX_BATCH
 
 
 class StreamsSilent(TransportError):
@@ -65,7 +68,7 @@ class Session:
         self._cancel = trio.CancelScope()
         self._subscriptions = Subscriptions(ctx.module.subscribe_requests)
         self._gaps = Gaps()
-        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._ws: Connection | None = None
         self._pacer = Pacer(ctx.module.LIMITS.client_msgs_per_second * MESSAGE_BUDGET_SHARE)
         hourly = ctx.module.LIMITS.subscribe_requests_per_hour
         self._subscribe_budget = Pacer(hourly / 3600, burst=hourly) if hourly else None
@@ -118,7 +121,7 @@ class Session:
                     finally:
                         self.ctx.stats.connections -= 1
                         self._forget_subscriptions()
-        except (TransportError, trio_websocket.ConnectionClosed, trio.BrokenResourceError) as exc:
+        except (TransportError, trio.BrokenResourceError) as exc:
             self._fail(exc, started)
         except BaseExceptionGroup as group:
             # Errors of our child tasks arrive grouped; cancellation and bugs propagate.
@@ -133,8 +136,6 @@ class Session:
             raise self.error
 
     def _fail(self, exc: BaseException, started: bool) -> None:
-        if isinstance(exc, trio_websocket.ConnectionClosed):
-            exc = TransportError(f"connection closed by the exchange: {exc.reason}")
         self.error = exc
         if started:
             self.ctx.log.warning("%s connection lost: %s", self.ctx.module.NAME, exc)
@@ -153,7 +154,7 @@ class Session:
     async def _send(self, frame: str) -> None:
         assert self._ws is not None
         await self._pacer.acquire()
-        await self._ws.send_message(frame)
+        await self._ws.send(frame)
 
     def _settle(self) -> None:
         if self._subscriptions.all_answered:
@@ -195,37 +196,35 @@ class Session:
     async def _read_loop(self) -> None:
         assert self._ws is not None
         ws, ctx, stats = self._ws, self.ctx, self.ctx.stats
-        # trio-websocket hands out one message per await, each costing a trip through the
-        # scheduler; taking what is already queued in one go (and one channel send per
-        # burst) roughly halves the per-frame overhead under load.
-        queued = message_queue(ws)
+        parse, on_candle = ctx.module.parse_frame, self._on_candle
+        # Every message already received is parsed in this step and its candles go on in one
+        # list: one wake-up and one channel send per burst, not per frame.
         while True:
-            messages = [await ws.get_message()]
-            if queued is not None:
-                while len(messages) < MAX_BURST:
-                    try:
-                        messages.append(queued.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                        break  # an ended connection is reported by the next get_message()
+            messages = await ws.receive_batch()
             now = trio.current_time()
             self._last_message = now
             stats.last_message_at = now
             stats.messages += len(messages)
             candles: list[Candle] = []
             for message in messages:
-                await self._handle(message, now, candles)
+                try:
+                    text = message if isinstance(message, str) else message.decode()
+                    events = parse(text)
+                except (ParseError, UnicodeDecodeError) as exc:
+                    self._parse_error(exc, message)
+                    continue
+                # Nearly every frame is one candle: taken here, without a coroutine per frame.
+                if len(events) == 1 and type(event := events[0]) is Candle:
+                    if on_candle(event, now):
+                        candles.append(event)
+                else:
+                    await self._handle(events, now, candles)
             if candles:
                 stats.candles += len(candles)
                 await ctx.candles_send.send(candles)
 
-    async def _handle(self, message: str | bytes, now: float, candles: list[Candle]) -> None:
+    async def _handle(self, events: list[Event], now: float, candles: list[Candle]) -> None:
         ctx, module, stats = self.ctx, self.ctx.module, self.ctx.stats
-        try:
-            text = message if isinstance(message, str) else message.decode()
-            events = module.parse_frame(text)
-        except (ParseError, UnicodeDecodeError) as exc:
-            self._parse_error(exc, message)
-            return
         for event in events:
             if isinstance(event, Candle):
                 if self._on_candle(event, now):
@@ -329,18 +328,4 @@ class Session:
         self.attention.set()
 
 
-def message_queue(
-    ws: trio_websocket.WebSocketConnection,
-) -> trio.MemoryReceiveChannel[str | bytes] | None:
-    """The receive end of trio-websocket's queue of whole messages, which ``get_message`` reads.
-
-    Private in trio-websocket 0.12, which offers no public way to take what is already
-    queued; the dependency is pinned below 0.13 and tests/test_trio_websocket_pin.py fails
-    if a version moves it. Should it be gone anyway, reading falls back to one message per
-    ``get_message`` (slower, never wrong).
-    """
-    queue = getattr(ws, "_recv_channel", None)
-    return queue if isinstance(queue, trio.MemoryReceiveChannel) else None
-
-
-_SESSION_ERRORS = (TransportError, trio_websocket.ConnectionClosed, trio.BrokenResourceError)
+_SESSION_ERRORS = (TransportError, trio.BrokenResourceError)

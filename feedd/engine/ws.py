@@ -44,24 +44,8 @@ async def open_websocket(
     it refused the handshake.
     """
     parts = urlsplit(url)
-    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-        raise TransportError(f"not a WebSocket URL: {url}")
-    secure = parts.scheme == "wss"
-    port = parts.port or DEFAULT_PORTS[parts.scheme]
+    stream = await open_stream(url, connect_timeout)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
-    try:
-        with trio.fail_after(connect_timeout):
-            tcp = await trio.open_tcp_stream(parts.hostname, port)
-            stream = tcp
-            if secure:
-                stream = trio.SSLStream(
-                    tcp, ssl.create_default_context(), server_hostname=parts.hostname
-                )
-                await stream.do_handshake()
-    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-        reason = "timed out" if isinstance(exc, trio.TooSlowError) else exc
-        raise TransportError(f"cannot connect to {parts.netloc}: {reason}") from exc
     opened = False
     try:
         async with unwrapped_nursery() as nursery:
@@ -111,6 +95,38 @@ async def open_websocket(
         raise TransportError(f"WebSocket handshake with {parts.netloc} refused: {reason}") from exc
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def open_stream(
+    url: str, connect_timeout: float = CONNECT_TIMEOUT_S
+) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+    """The TCP stream (TLS for ``wss``) a WebSocket on ``url`` runs over; the caller closes it.
+
+    A failure is a TransportError caused by the OSError, ``trio.TooSlowError`` or
+    ``trio.BrokenResourceError`` of the step that failed.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise TransportError(f"not a WebSocket URL: {url}")
+    port = parts.port or DEFAULT_PORTS[parts.scheme]
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    try:
+        with trio.fail_after(connect_timeout):
+            tcp = await trio.open_tcp_stream(parts.hostname, port)
+            stream = tcp
+            if parts.scheme == "wss":
+                stream = trio.SSLStream(
+                    tcp, ssl.create_default_context(), server_hostname=parts.hostname
+                )
+                try:
+                    await stream.do_handshake()
+                except BaseException:
+                    await trio.aclose_forcefully(tcp)
+                    raise
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        reason = "timed out" if isinstance(exc, trio.TooSlowError) else exc
+        raise TransportError(f"cannot connect to {parts.netloc}: {reason}") from exc
+    return stream
 
 
 def host_header(url: str) -> str:

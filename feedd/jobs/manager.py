@@ -38,6 +38,7 @@ from feedd.jobs.model import (
     now_ms,
 )
 from feedd.jobs.runner import JobRunner
+from feedd.migrate.copy import KIND as MIGRATION_KIND
 from feedd.store.coverage import count
 from feedd.store.writer import Writer
 
@@ -57,6 +58,8 @@ class JobError(FeeddError):
         self.field = field
 
 
+#: how long a new job waits for the venue's clock before taking the local one
+VENUE_TIME_TIMEOUT_S = 5.0
 #: wait before asking a store that could not be written for the saved jobs again (doubling)
 RELOAD_FIRST_S = 1.0
 RELOAD_MAX_S = 60.0
@@ -109,7 +112,10 @@ class JobManager:
         assert self._nursery is not None
         for raw in records:
             try:
-                job = Job.from_record(orjson.loads(raw))
+                record = orjson.loads(raw)
+                if isinstance(record, dict) and record.get("kind") == MIGRATION_KIND:
+                    continue  # ``feedd migrate``'s progress row shares the table
+                job = Job.from_record(record)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.error("skipping a saved job that does not read back: %r", exc)
                 continue
@@ -121,14 +127,29 @@ class JobManager:
                 job.state = QUEUED
                 self._nursery.start_soon(self._run, job)
 
-    def check_retention(self, interval: str, since: int, until: int) -> None:
+    async def venue_now(self, exchange: str) -> int:
+        """The venue's clock (its time endpoint, through its budget), as the runner and heals
+        decide what has closed; the local clock if the venue does not answer in time (the
+        job then meets the same venue when it runs)."""
+        module = exchanges.get(exchange)
+        with trio.move_on_after(VENUE_TIME_TIMEOUT_S):
+            try:
+                rest = self._rest_client(exchange, background=False)
+                venue_ms: int = await rest.call(module.time_request(), module.parse_time)
+                return venue_ms
+            except FeeddError as exc:
+                log.warning("%s time unavailable, using the local clock: %s", exchange, exc)
+        return now_ms()
+
+    def check_retention(self, interval: str, since: int, until: int, now: int) -> None:
         """Refuse a range retention would prune at once: it keeps the newest ``max_records``
-        candles of a series, so a range holding more loses its oldest part as it lands."""
+        candles of a series, so a range holding more loses its oldest part as it lands.
+        ``now`` is the venue's clock (``venue_now``): candles after it are not counted."""
         keep = self.writer.settings.max_records
         if keep <= 0:
             return
         first = first_open(interval, since)
-        newest = last_wanted(interval, until, now_ms())
+        newest = last_wanted(interval, until, now)
         wanted = count(interval, first, newest) if first <= newest else 0
         if wanted > keep:
             raise JobError(
@@ -141,12 +162,21 @@ class JobManager:
             )
 
     async def create(
-        self, exchange: str, symbols: Sequence[str], interval: str, since: int, until: int
+        self,
+        exchange: str,
+        symbols: Sequence[str],
+        interval: str,
+        since: int,
+        until: int,
+        venue_ms: int | None = None,
     ) -> Job:
+        """A new job, started; ``venue_ms`` is the venue's clock (asked when not given)."""
         assert self._nursery is not None, "create() before run()"
-        self.check_retention(interval, since, until)
+        if venue_ms is None:
+            venue_ms = await self.venue_now(exchange)
+        self.check_retention(interval, since, until, venue_ms)
         created = now_ms()
-        end = last_wanted(interval, until, created)
+        end = last_wanted(interval, until, venue_ms)
         if first_open(interval, since) > end:
             raise JobError(400, "no closed candle opens between since and until", "since")
         await self._make_room()
@@ -197,6 +227,15 @@ class JobManager:
         await self.writer.delete_job(job_id)
         return job, True
 
+    async def forget_all(self) -> None:
+        """Cancel every active job, wait for each to end, and forget them all (the database
+        they are saved in is about to be wiped, their rows with it)."""
+        active = [job for job in self.jobs.values() if job.state in ACTIVE]
+        for job in active:
+            await self.cancel(job.id)
+        log.warning("backfill jobs forgotten: %d (%d were active)", len(self.jobs), len(active))
+        self.jobs.clear()
+
     def active(self) -> dict[str, list[dict[str, Any]]]:
         """Queued and running jobs per exchange, briefly (for /status)."""
         out: dict[str, list[dict[str, Any]]] = {}
@@ -245,20 +284,23 @@ class JobManager:
                     log.warning("backfill job %s: cannot save its end: %s", job.id, exc)
 
     def _rest(self, job: Job) -> RestClient:
-        module = exchanges.get(job.exchange)
-        settings = self.config().exchanges.get(job.exchange)
+        return self._rest_client(job.exchange, background=True)
+
+    def _rest_client(self, exchange: str, *, background: bool) -> RestClient:
+        module = exchanges.get(exchange)
+        settings = self.config().exchanges.get(exchange)
         base = (settings.rest_url if settings else None) or module.DEFAULT_REST_URL
-        stats = self.supervisor.stats.get(job.exchange)
+        stats = self.supervisor.stats.get(exchange)
         if stats is None:
-            stats = self._stats.setdefault(job.exchange, ExchangeStats(job.exchange))
+            stats = self._stats.setdefault(exchange, ExchangeStats(exchange))
         return RestClient(
             module,
             base,
             self.http,
             stats,
             log,
-            pacer=self.supervisor.budget(job.exchange),
-            background=True,
+            pacer=self.supervisor.budget(exchange),
+            background=background,
         )
 
     async def _save(self, job: Job, candles: Sequence[Candle] = (), source: str = "rest") -> None:

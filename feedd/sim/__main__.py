@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlisted", default="", help="comma-separated symbols to delist")
     p.add_argument("--history-days", type=float, default=30.0, help="candle history kept")
     p.add_argument("--lifetime", type=float, default=None, help="close connections after s")
+    p.add_argument(
+        "--hole",
+        type=parse_hole,
+        action="append",
+        default=[],
+        metavar="SYMBOL:FIRST:LAST",
+        help="no candle of SYMBOL opens in [FIRST, LAST] (sim ms) on any venue: REST, archive,"
+        " live and truth leave it out (repeatable)",
+    )
     p.add_argument("--bench", action="store_true", help="benchmark frames from templates")
     p.add_argument(
         "--rate",
@@ -112,7 +121,17 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
         bench_rate=args.rate or 0.0,
         lifetime_s=args.lifetime,
         history_days=args.history_days,
+        holes=tuple(args.hole),
     )
+
+
+def parse_hole(text: str) -> tuple[str, int, int]:
+    """``SYMBOL:FIRST:LAST`` (open times in ms, LAST inclusive) for ``--hole``."""
+    symbol, _, span = text.partition(":")
+    first, _, last = span.partition(":")
+    if not (symbol and first.isdigit() and last.isdigit()) or int(first) > int(last):
+        raise argparse.ArgumentTypeError(f"expected SYMBOL:FIRST:LAST in ms, got {text!r}")
+    return symbol, int(first), int(last)
 
 
 async def run_fault(sim: Simulator, fault: ScheduledFault) -> None:

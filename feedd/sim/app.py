@@ -72,7 +72,11 @@ async def open_simulator(settings: SimSettings | None = None) -> AsyncIterator[S
         SimClock(start_ms, settings.speed),
         # Minutes older than the day before the start are never pushed live: cheap bars.
         Market(
-            settings.seed, settings.unlisted, history_start, floor_open("1d", start_ms) - DAY_MS
+            settings.seed,
+            settings.unlisted,
+            history_start,
+            floor_open("1d", start_ms) - DAY_MS,
+            holes=settings.holes,
         ),
     )
     venues: dict[str, Venue] = {}

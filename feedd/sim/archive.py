@@ -18,7 +18,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from feedd.intervals import DAY_MS, floor_open, next_open
+from feedd.intervals import DAY_MS, HOUR_MS, MINUTE_MS, floor_open, next_open
 from feedd.sim.rest import Response, first_open_at_or_after
 
 if TYPE_CHECKING:
@@ -85,8 +85,20 @@ class SimArchive:
         lines = [HEADER] if _year(start) >= HEADER_FROM_YEAR else []
         t = max(first_open_at_or_after(interval, start), venue.first_open(interval))
         while t < end:
-            row = venue.kline_row(market.final(symbol, interval, t))
-            lines.append(",".join(str(cell) for cell in row))
+            deep = None
+            if interval == "1m" and t % HOUR_MS == 0 and t + HOUR_MS <= end:
+                deep = venue.deep_minutes(symbol, t)
+            if deep is not None:
+                # kline_row's columns, the close time being the open's last millisecond
+                lines += [
+                    f"{m},{o},{h},{lo},{c},{v},{m + MINUTE_MS - 1},{q},{n},{tv},{tq},0"
+                    for m, (o, h, lo, c, v, q, n, tv, tq) in deep
+                ]
+                t += HOUR_MS
+                continue
+            if market.exists(symbol, t):
+                row = venue.kline_row(market.final(symbol, interval, t))
+                lines.append(",".join(str(cell) for cell in row))
             t = next_open(interval, t)
         return ("\n".join(lines) + "\n").encode()
 
@@ -100,7 +112,9 @@ class SimArchive:
         info = zipfile.ZipInfo(name.removesuffix(".zip") + ".csv", (2020, 1, 1, 0, 0, 0))
         info.compress_type = zipfile.ZIP_DEFLATED
         with zipfile.ZipFile(out, "w") as archive:
-            archive.writestr(info, self.csv(symbol, interval, start, end))
+            # Level 1: a month of 1m deflates in ~0.1 s against ~0.5 s at the default 6
+            # (1.9 MB against 1.65 MB); the archive's cost is the simulator's, not feedd's.
+            archive.writestr(info, self.csv(symbol, interval, start, end), compresslevel=1)
         data = out.getvalue()
         self._zips[name] = data
         if len(self._zips) > _CACHE_FILES:

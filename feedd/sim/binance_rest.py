@@ -7,6 +7,7 @@ Protocol facts: PROTOCOLS.md sections 1.6 and 1.7.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, ClassVar
 
@@ -150,11 +151,12 @@ class BinanceRest(Venue):
             )
         current = floor_open(interval, now)
         last = current if end is None else min(current, floor_open(interval, end))
+        exists = functools.partial(self.market.exists, symbol)
         if start is not None:
             first = max(self.first_open(interval), first_open_at_or_after(interval, start))
-            opens = opens_forward(interval, first, last, limit)
+            opens = opens_forward(interval, first, last, limit, exists)
         else:
-            opens = opens_backward(interval, self.first_open(interval), last, limit)[::-1]
+            opens = opens_backward(interval, self.first_open(interval), last, limit, exists)[::-1]
         bars = [self.market.candle(symbol, interval, t, now) for t in opens]
         return json_response([self.kline_row(bar) for bar in bars])
 

@@ -6,6 +6,7 @@ Protocol facts: PROTOCOLS.md section 2.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -205,11 +206,12 @@ class BybitVenue(Venue):
         first = self.first_open(interval)
         if start is not None:
             first = max(first, first_open_at_or_after(interval, start))
+        exists = functools.partial(self.market.exists, symbol)
         if start is not None and end is None:
             # Start alone: the window just after start (a user report), still newest first.
-            opens = opens_forward(interval, first, last, limit)[::-1]
+            opens = opens_forward(interval, first, last, limit, exists)[::-1]
         else:
-            opens = opens_backward(interval, first, last, limit)
+            opens = opens_backward(interval, first, last, limit, exists)
         rows = []
         for t in opens:
             c = self.truth_candle(self.market.candle(symbol, interval, t, now))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 
 from feedd.intervals import MINUTE_MS
 from feedd.sim.symbols import SymbolSpec
@@ -66,3 +67,40 @@ def aggregate(draws: list[Draw]) -> Draw:
         sum(d[7] for d in draws),
         sum(d[8] for d in draws),
     )
+
+
+#: open, high, low, close, volume, quote volume, trades, taker volume, taker quote, as text
+MinuteText = tuple[str, str, str, str, str, str, int, str, str]
+
+
+def _formatter(decimals: int) -> Callable[[int], str]:
+    """``symbols.fmt`` for the non-negative units drawn here, without its general cases."""
+    if decimals == 0:
+        return str
+
+    def text(units: int) -> str:
+        # Slicing the digits measured ~1.8x faster than a nested format spec.
+        digits = str(units)
+        if len(digits) <= decimals:
+            digits = digits.rjust(decimals + 1, "0")
+        return digits[:-decimals] + "." + digits[-decimals:]
+
+    return text
+
+
+def minute_texts(spec: SymbolSpec, draws: list[Draw], *, taker: bool = True) -> list[MinuteText]:
+    """The drawn minutes of an hour as the venues format them (``SymbolSpec.price``, ``qty``,
+    ``quote``): archives and the truth of months of minutes are built from this, ~5x faster
+    than a ``Bar`` per minute. Without ``taker`` the taker volumes are left empty."""
+    price = _formatter(spec.price_decimals)
+    qty = _formatter(spec.qty_decimals)
+    quote = _formatter(spec.price_decimals + spec.qty_decimals)
+    if not taker:
+        return [
+            (price(o), price(h), price(lo), price(c), qty(v), quote(q), n, "", "")
+            for o, h, lo, c, v, q, _, _, n in draws
+        ]
+    return [
+        (price(o), price(h), price(lo), price(c), qty(v), quote(q), n, qty(tv), quote(tq))
+        for o, h, lo, c, v, q, tv, tq, n in draws
+    ]

@@ -93,8 +93,13 @@ class Market:
         unlisted: Iterable[str] = (),
         history_start_ms: int = 0,
         detail_from_ms: int | None = None,
+        holes: Iterable[tuple[str, int, int]] = (),
     ) -> None:
         self.seed = seed
+        #: per symbol, [first, last] open times where no candle exists (``SimSettings.holes``)
+        self.holes: dict[str, list[tuple[int, int]]] = {}
+        for symbol, first, last in holes:
+            self.holes.setdefault(symbol, []).append((first, last))
         #: no candle opens before this (venues answer REST windows from here on)
         self.history_start_ms = history_start_ms
         #: minutes opening before this are drawn without trades (None: every minute has trades)
@@ -115,6 +120,10 @@ class Market:
 
     def delist_symbol(self, symbol: str) -> None:
         self.unlisted.add(symbol)
+
+    def exists(self, symbol: str, open_ms: int) -> bool:
+        """False for a candle (of any interval) opening inside one of the symbol's holes."""
+        return not any(first <= open_ms <= last for first, last in self.holes.get(symbol, ()))
 
     def spec(self, symbol: str) -> SymbolSpec:
         spec = self._specs.get(symbol)
@@ -216,6 +225,13 @@ class Market:
                 self._hour_draws.clear()
             self._hour_draws[key] = cached
         return cached
+
+    def deep_hour(self, symbol: str, hour_ms: int) -> list[Draw] | None:
+        """The drawn minutes of a closed hour of the deep history (None for a later hour,
+        whose minutes come from trades): the same bars ``final`` gives, in bulk."""
+        if self.detail_from_ms is None or hour_ms + HOUR_MS > self.detail_from_ms:
+            return None
+        return self._draws(symbol, hour_ms)
 
     def _hour(self, symbol: str, hour_ms: int) -> Bar:
         """A closed hour, cached: long candles are built from hours, not 1,440 minutes."""

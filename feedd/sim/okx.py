@@ -6,6 +6,7 @@ Protocol facts: PROTOCOLS.md section 3.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, ClassVar
 
@@ -231,7 +232,9 @@ class OkxVenue(Venue):
         if recent_only:
             first = max(first, opens_backward(interval, 0, current, RECENT_BARS)[-1])
         # Newest `limit` rows inside (before, after): `before` alone yields the latest rows.
-        opens = opens_backward(interval, first, last, limit)
+        opens = opens_backward(
+            interval, first, last, limit, functools.partial(self.market.exists, symbol)
+        )
         rows = [
             self._row(self.market.candle(symbol, interval, t, now), close_time(interval, t) <= now)
             for t in opens

@@ -53,7 +53,7 @@ def _push_sub(venue: Venue, session: Session, sub: Sub, now_ms: int, now: float)
         if behind > MAX_CATCH_UP:
             sub.open_ms = current
             break
-        if not stalled:
+        if not stalled and venue.market.exists(sub.symbol, sub.open_ms):
             bar = venue.market.final(sub.symbol, sub.interval, sub.open_ms)
             copies = venue.faults.final_copies(sub.symbol, sub.interval, sub.open_ms)
             frame = venue.kline_frame(session, sub, bar, True, now_ms)
@@ -64,6 +64,8 @@ def _push_sub(venue: Venue, session: Session, sub: Sub, now_ms: int, now: float)
         sub.sent_trades = 0
     if stalled or now - sub.last_push < venue.settings.update_interval_s:
         return
+    if not venue.market.exists(sub.symbol, current):
+        return  # a halted market: no forming updates either
     bar = venue.market.candle(sub.symbol, sub.interval, current, now_ms)
     if bar.trades > sub.sent_trades:
         session.send(venue.kline_frame(session, sub, bar, False, now_ms))

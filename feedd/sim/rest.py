@@ -4,6 +4,7 @@ and the selection of candle open times for a paging window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -58,22 +59,33 @@ def prev_open(interval: str, open_ms: int) -> int:
     return floor_open(interval, open_ms - 1)
 
 
-def opens_forward(interval: str, first: int, last: int, limit: int) -> list[int]:
-    """Up to ``limit`` open times from ``first`` (aligned) to ``last`` inclusive, ascending."""
+def _every(_open_ms: int) -> bool:
+    return True
+
+
+def opens_forward(
+    interval: str, first: int, last: int, limit: int, exists: Callable[[int], bool] = _every
+) -> list[int]:
+    """Up to ``limit`` open times from ``first`` (aligned) to ``last`` inclusive, ascending;
+    candles that do not ``exist`` (a hole) are skipped and not counted, as venues page."""
     out: list[int] = []
     t = first
     while t <= last and len(out) < limit:
-        out.append(t)
+        if exists(t):
+            out.append(t)
         t = next_open(interval, t)
     return out
 
 
-def opens_backward(interval: str, first: int, last: int, limit: int) -> list[int]:
+def opens_backward(
+    interval: str, first: int, last: int, limit: int, exists: Callable[[int], bool] = _every
+) -> list[int]:
     """Up to ``limit`` open times from ``last`` (aligned) down to ``first``, newest first."""
     out: list[int] = []
     t = last
     while t >= first and len(out) < limit:
-        out.append(t)
+        if exists(t):
+            out.append(t)
         t = prev_open(interval, t)
     return out
 

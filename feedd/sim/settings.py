@@ -58,6 +58,10 @@ class SimSettings:
     history_days: float = 30.0
     #: close every connection this many seconds after it opens (None: never)
     lifetime_s: float | None = None
+    #: (symbol, first, last open time in sim ms): no candle of ``symbol`` opening in
+    #: [first, last] exists on any venue, as after a trading halt: REST pages, archives, the
+    #: live stream and the truth all leave it out
+    holes: tuple[tuple[str, int, int], ...] = ()
 
 
 class SimContext:

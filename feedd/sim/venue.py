@@ -17,9 +17,10 @@ import trio
 import wsproto
 import wsproto.events as wse
 
-from feedd.intervals import close_time, next_open
+from feedd.intervals import HOUR_MS, MINUTE_MS, close_time, next_open
 from feedd.sim.bench import Pacer, SendLog
 from feedd.sim.faults import Faults, RestFault
+from feedd.sim.history import MinuteText, minute_texts
 from feedd.sim.market import Bar
 from feedd.sim.pusher import run_pusher
 from feedd.sim.rest import BadParam, Response, first_open_at_or_after, int_param, json_response
@@ -136,10 +137,37 @@ class Venue:
         now = self.clock.now_ms()
         out: list[TruthCandle] = []
         t = max(first_open_at_or_after(interval, start_ms), self.first_open(interval))
+        trades = self.reports_trades
         while t <= end_ms and close_time(interval, t) <= now and len(out) < TRUTH_MAX_ROWS:
-            out.append(self.truth_candle(self.market.final(symbol, interval, t)))
+            deep = None
+            if interval == "1m" and t % HOUR_MS == 0 and t + HOUR_MS - 1 <= end_ms:
+                deep = self.deep_minutes(symbol, t, taker=False)
+            if deep is not None and len(out) + 60 <= TRUTH_MAX_ROWS:
+                out += [
+                    TruthCandle(m, o, h, lo, c, v, q, n if trades else None)
+                    for m, (o, h, lo, c, v, q, n, _, _) in deep
+                ]
+                t += HOUR_MS
+                continue
+            if self.market.exists(symbol, t):
+                out.append(self.truth_candle(self.market.final(symbol, interval, t)))
             t = next_open(interval, t)
         return out
+
+    def deep_minutes(
+        self, symbol: str, hour_ms: int, *, taker: bool = True
+    ) -> list[tuple[int, MinuteText]] | None:
+        """The existing 1m candles of a deep-history hour with their open times, formatted as
+        ``truth_candle`` does (None outside the deep history): months of them in seconds."""
+        draws = self.market.deep_hour(symbol, hour_ms)
+        if draws is None:
+            return None
+        texts = minute_texts(self.market.spec(symbol), draws, taker=taker)
+        opens = range(hour_ms, hour_ms + HOUR_MS, MINUTE_MS)
+        if symbol not in self.market.holes:
+            return list(zip(opens, texts, strict=True))
+        exists = self.market.exists
+        return [(t, text) for t, text in zip(opens, texts, strict=True) if exists(symbol, t)]
 
     # ------------------------------------------------------------------ fault target
 

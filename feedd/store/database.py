@@ -278,10 +278,12 @@ class Database:
         return cur.rowcount
 
     def wipe(self) -> None:
-        """Delete every candle and series, then give the space back to the file system."""
+        """Delete every candle, series and backfill job, then give the space back to the file
+        system (the job manager cancels and forgets its jobs first)."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                self._conn.execute("DELETE FROM jobs")
                 self._conn.execute("DELETE FROM candles")
                 self._conn.execute("DELETE FROM runs")
                 self._conn.execute("DELETE FROM series")

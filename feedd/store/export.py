@@ -1,10 +1,11 @@
 """Any range of a series as CSV, NDJSON or Parquet, read and encoded a chunk at a time.
 
 An ``Export`` lives in worker threads (one call per chunk), so memory stays the same whatever
-the range. A chunk goes from SQLite to Arrow columns once, and every format is built from
-those columns by Arrow's compute kernels: no Python work per value. Stored candles leave with
-the exact decimal text the venue sent (CSV, NDJSON) or the nearest float (Parquet, like the
-JSON of ``/ohlcv``); resampled candles are computed and leave as the nearest float.
+the range. A chunk goes from SQLite to Arrow columns through ADBC (no Python object per row or
+value), and every format is built from those columns by Arrow's C++: compute kernels, its CSV
+writer, its Parquet writer. Stored candles leave with the exact decimal text the venue sent
+(CSV, NDJSON) or the nearest float (Parquet, like the JSON of ``/ohlcv``); resampled candles
+are computed and leave as the nearest float.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from __future__ import annotations
 import io
 import sqlite3
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import adbc_driver_sqlite.dbapi as adbc
 import attrs
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from feedd.intervals import next_open
@@ -29,8 +33,10 @@ MEDIA_TYPES = {
     "ndjson": "application/x-ndjson",
     "parquet": "application/vnd.apache.parquet",
 }
-#: rows read, encoded and handed on at a time (a Parquet row group each)
-CHUNK_ROWS = 50_000
+#: rows read, encoded and handed on at a time (a Parquet row group each). Arrow's memory pool
+#: keeps what a chunk needed: 50,000 rows grew a fresh process by 60-75 MB in an export,
+#: 20,000 rows by 35-42 MB (the target is under 50), at no cost in speed measured.
+CHUNK_ROWS = 20_000
 VALUES = ("open", "high", "low", "close", "volume", "quote_volume")
 COLUMNS = ("open_time", *VALUES, "trades", "closed", "source")
 PARQUET_SCHEMA = pa.schema(
@@ -47,6 +53,16 @@ _STORED_SQL = (
     f"SELECT open_time, {', '.join(VALUES)}, trades, flags FROM candles"
     " WHERE series = ? AND open_time >= ? AND open_time <= ? ORDER BY open_time LIMIT ?"
 )
+#: ADBC's SQLite driver makes a record batch of this many rows (default 1,024)
+_BATCH_ROWS_OPTION = "adbc.sqlite.query.batch_rows"
+#: Dictionaries only where values repeat: tried on the six floats they cost ~0.4 s a year and
+#: made the file larger (21.6 MB against 14.6 MB); deltas suit the evenly spaced open times.
+_PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": ["source"],
+    "column_encoding": {"open_time": "DELTA_BINARY_PACKED"},
+}
+_CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="none")
 _MIN_T, _MAX_T = -(2**63), 2**63 - 1
 _POW10_INT = pa.array([10**d for d in range(16)], pa.int64())
 _POW10_FLOAT = pa.array([float(10**d) for d in range(16)], pa.float64())
@@ -85,6 +101,19 @@ def decimal_text(codes: pa.Array) -> pa.Array:
     ``codec.decode_str`` gives it, for a whole column at once."""
     mantissa = pc.shift_right(codes, 4)
     decimals = pc.bit_wise_and(codes, 15)
+    fewest, most = (s.as_py() for s in pc.min_max(decimals).values())
+    if fewest is not None and fewest == most:
+        # One scale for the whole column (the usual case: a venue sends a symbol's prices
+        # with fixed decimals): the mantissas, read as Arrow decimals of that scale, print
+        # themselves, ~3x faster than the digit arithmetic below. Arrow writes a value
+        # whose exponent is below -6 as "5E-8": such a column takes the long way.
+        unscaled = pc.cast(mantissa, pa.decimal128(38, 0))
+        scaled = pa.Array.from_buffers(
+            pa.decimal128(38, fewest), len(unscaled), unscaled.buffers(), offset=unscaled.offset
+        )
+        text = pc.cast(scaled, pa.string())
+        if fewest <= 6 or not pc.any(pc.match_substring(text, "E")).as_py():
+            return text
     power = pc.take(_POW10_INT, decimals)
     digits = pc.abs(mantissa)
     whole = pc.divide(digits, power)  # integer division: the digits before the dot
@@ -105,8 +134,9 @@ def decoded(codes: pa.Array) -> pa.Array:
     return pc.divide(mantissa, pc.take(_POW10_FLOAT, pc.bit_wise_and(codes, 15)))
 
 
-def stored_chunk(rows: list[tuple[Any, ...]]) -> Chunk:
-    columns = [pa.array(c, pa.int64()) for c in zip(*rows, strict=True)]
+def stored_chunk(table: pa.Table) -> Chunk:
+    """A chunk of the columns ``_STORED_SQL`` selects (all int64, as ADBC reads them)."""
+    columns = [column.combine_chunks() for column in table.columns]
     flags = columns[8]
     return Chunk(
         columns[0],
@@ -155,15 +185,17 @@ def _joined(lines: pa.Array) -> bytes:
         pa.int32(), len(lines) + 1, [None, offsets_buffer], offset=lines.offset
     )
     start, end = offsets[0].as_py(), offsets[-1].as_py()
-    return bytes(data.to_pybytes()[start:end])
+    joined: bytes = data.slice(start, end - start).to_pybytes()
+    return joined
 
 
 def csv_bytes(chunk: Chunk) -> bytes:
-    parts: list[Any] = []
-    for text in _texts(chunk, ""):
-        parts += [text, ","]
-    parts[-1] = "\n"
-    return _joined(pc.binary_join_element_wise(*parts, ""))
+    # Every text is digits, a dot, a sign, true/false or a source name: nothing to quote.
+    table = pa.Table.from_arrays(_texts(chunk, ""), names=list(COLUMNS))
+    out = pa.BufferOutputStream()
+    pa_csv.write_csv(table, out, _CSV_OPTIONS)
+    data: bytes = out.getvalue().to_pybytes()
+    return data
 
 
 def ndjson_bytes(chunk: Chunk) -> bytes:
@@ -183,14 +215,40 @@ def parquet_table(chunk: Chunk) -> pa.Table:
     )
 
 
-class Export:
-    """One export: call ``next_chunk`` (in a worker thread) until it returns None."""
+def connect_arrow(path: Path) -> adbc.Connection:
+    """A read-only ADBC connection to the database at ``path`` (which must exist)."""
+    conn = adbc.connect(f"{path.resolve().as_uri()}?mode=ro")
+    try:
+        cursor = conn.cursor()
+        try:
+            cursor.execute("PRAGMA busy_timeout = 2000")
+        finally:
+            cursor.close()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], request: ExportRequest) -> None:
+
+class Export:
+    """One export: call ``next_chunk`` (in a worker thread) until it returns None.
+
+    ``connect`` opens the sqlite3 connection for the small queries (the series, where the
+    newest rows begin, resampling); ``connect_columns`` the ADBC one that reads stored rows as
+    columns, opened only once a stored series is found."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        request: ExportRequest,
+        connect_columns: Callable[[], adbc.Connection],
+    ) -> None:
         self.request = request
         self.rows = 0
         self._connect = connect
+        self._connect_columns = connect_columns
         self._conn: sqlite3.Connection | None = None
+        self._columns: adbc.Connection | None = None
         self._series: int | None = None
         self._cursor = _MIN_T if request.since is None else request.since
         self._end = _MAX_T if request.until is None else request.until
@@ -223,6 +281,9 @@ class Export:
         return head + (csv_bytes(chunk) if self.request.format == "csv" else ndjson_bytes(chunk))
 
     def close(self) -> None:
+        if self._columns is not None:
+            self._columns.close()
+            self._columns = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -266,13 +327,29 @@ class Export:
             self._cursor = next_open(self.request.interval, found[-1][0])
             self.rows += len(found)
             return resampled_chunk(found)
-        rows = conn.execute(_STORED_SQL, (self._series, self._cursor, self._end, budget))
-        stored = rows.fetchall()
-        if not stored:
+        stored = self._read_columns(budget)
+        if not stored.num_rows:
             return None
-        self._cursor = int(stored[-1][0]) + 1
-        self.rows += len(stored)
+        self._cursor = stored.column(0)[-1].as_py() + 1
+        self.rows += stored.num_rows
         return stored_chunk(stored)
+
+    def _read_columns(self, budget: int) -> pa.Table:
+        """The next ``budget`` stored rows as an Arrow table: one statement each, so no read
+        transaction stays open between chunks (it would hold back WAL checkpoints). ADBC's
+        errors leave as sqlite3's, which the reader names the file in."""
+        try:
+            if self._columns is None:
+                self._columns = self._connect_columns()
+            cursor = self._columns.cursor()
+            try:
+                cursor.adbc_statement.set_options(**{_BATCH_ROWS_OPTION: str(CHUNK_ROWS)})
+                cursor.execute(_STORED_SQL, (self._series, self._cursor, self._end, budget))
+                return cursor.fetch_arrow_table()
+            finally:
+                cursor.close()
+        except adbc.Error as exc:
+            raise sqlite3.OperationalError(str(exc)) from exc
 
     def _resampled(self, conn: sqlite3.Connection, budget: int) -> list[rs.Resampled]:
         r = self.request
@@ -290,7 +367,7 @@ class _ParquetSink:
 
     def __init__(self) -> None:
         self._spool = _Spool()
-        self._writer = pq.ParquetWriter(self._spool, PARQUET_SCHEMA, compression="zstd")
+        self._writer = pq.ParquetWriter(self._spool, PARQUET_SCHEMA, **_PARQUET_OPTIONS)
 
     def write(self, table: pa.Table) -> bytes:
         self._writer.write_table(table)

@@ -23,7 +23,7 @@ from feedd.store import nodes as node_rows
 from feedd.store import resample as rs
 from feedd.store.codec import sql_decode
 from feedd.store.database import FileIdentity, file_identity
-from feedd.store.export import Export, ExportRequest
+from feedd.store.export import Export, ExportRequest, connect_arrow
 from feedd.store.schema import (
     FLAG_ARCHIVE,
     FLAG_CLOSED,
@@ -275,7 +275,7 @@ class Reader:
             except sqlite3.Error as exc:
                 raise store_error(exc, "cannot read", self.path) from exc
 
-        job = Export(connect, request)
+        job = Export(connect, request, lambda: connect_arrow(self.path))
         try:
             while (
                 chunk := await trio.to_thread.run_sync(step, job, limiter=self._limiter)

@@ -13,7 +13,6 @@ from quart import Blueprint, Response
 from feedd import exchanges
 from feedd.errors import FeeddError
 from feedd.jobs.manager import JobError, JobManager
-from feedd.jobs.model import now_ms
 from feedd.symbols import RULE, is_symbol
 from feedd.web import body, params
 from feedd.web.errors import ApiError, json_response
@@ -69,12 +68,15 @@ async def create() -> Response:
     if since is None:
         raise ApiError(400, "since is required (epoch milliseconds)", "since")
     until = _time(data, "until")
-    until = now_ms() if until is None else until
+    # The venue's clock, not ours: what has closed is the venue's to say (a simulator's
+    # clock may be months from the wall clock).
+    venue_ms = await jobs.venue_now(exchange)
+    until = venue_ms if until is None else until
     if since >= until:
         raise ApiError(400, "since must be before until", "since")
-    jobs.check_retention(interval, since, until)
+    jobs.check_retention(interval, since, until, venue_ms)
     await _check_listed(exchange, symbols)
-    job = await jobs.create(exchange, symbols, interval, since, until)
+    job = await jobs.create(exchange, symbols, interval, since, until, venue_ms)
     return json_response(job.document(), 201)
 
 

@@ -7,7 +7,7 @@ import urllib.parse
 from typing import Any
 
 import psycopg
-from psycopg import conninfo, errors
+from psycopg import conninfo
 
 from feedd.errors import StoreError
 from feedd.storageconfig import redacted_dsn
@@ -113,8 +113,3 @@ def _scrub(text: str, dsn: str) -> str:
         if len(secret) >= 3:
             text = text.replace(secret, "***")
     return text
-
-
-def is_disconnect(exc: psycopg.Error) -> bool:
-    """The connection is gone (server stopped, backend terminated, network lost)."""
-    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, errors.QueryCanceled)

@@ -243,26 +243,35 @@ class PgReader:
                 conn = self._connect()
             try:
                 result = fn(conn)
-            except psycopg.errors.UndefinedTable:
-                if not empty_schema:
-                    raise
-                result = empty  # the writer has not created the schema yet
             except psycopg.Error as exc:
-                broken = conn.broken or conn.closed
-                if broken:
+                if empty_schema and isinstance(exc, psycopg.errors.UndefinedTable):
+                    self._release(conn)
+                    return empty  # the writer has not created the schema yet
+                if conn.broken or conn.closed:
                     conn.close()
                     conn = None
-                    if retry and isinstance(exc, psycopg.OperationalError):
+                    if retry and _disconnected(exc):
                         continue
                 else:
                     self._release(conn)
                 raise self._error(exc) from None
+            except BaseException:
+                conn.close()
+                raise
             self._release(conn)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _connect(self) -> Conn:
-        return connect(self._dsn, application_name="feedd reader")
+        conn = connect(self._dsn, application_name="feedd-reader")
+        try:
+            # A resample's plan is costed for unknown ranges; JIT compiling it took ~1 s on a
+            # query that runs in ~20 ms. Reads here are short: JIT never pays.
+            conn.execute("SET jit = off")
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._error(exc) from None
+        return conn
 
     def _release(self, conn: Conn) -> None:
         with self._lock:
@@ -273,6 +282,13 @@ class PgReader:
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         return store_error(exc, "cannot read", self._dsn)
+
+
+def _disconnected(exc: psycopg.Error) -> bool:
+    """The connection was lost (server stopped or restarted, backend terminated)."""
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(
+        exc, psycopg.errors.QueryCanceled
+    )
 
 
 def _to_dict(row: Row) -> dict[str, Any]:
@@ -296,7 +312,9 @@ def _candles_query(
     hi = _MAX_T if until is None else until
     most = limit if limit >= 0 else None  # SQLite's LIMIT -1: no limit
     order = "ASC" if since is not None else "DESC"
-    rows = conn.execute(_CANDLES_SQL.format(order=order), (*key, lo, hi, most)).fetchall()
+    # Binary results: floats and ints arrive as machine values, ~25 % faster than text.
+    sql = _CANDLES_SQL.format(order=order)
+    rows = conn.execute(sql, (*key, lo, hi, most), binary=True).fetchall()
     if since is None:
         rows.reverse()
     return rows

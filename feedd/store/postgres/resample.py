@@ -10,60 +10,38 @@ int / int division).
 
 from __future__ import annotations
 
-import datetime as dt
-from functools import cache
-
-from feedd.intervals import INTERVAL_MS, MINUTE_MS, WEEK_MS, floor_open, next_open
+from feedd.intervals import INTERVAL_MS, floor_open, next_open
 from feedd.store import resample as rs
 from feedd.store.postgres.connection import Connection
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST
 
-_MIN_T, _MAX_T = -(2**63), 2**63 - 1
-_WEEK_OFFSET_MS = 4 * 24 * 60 * MINUTE_MS
-_SEEK_SQL = (
-    "SELECT open_time FROM candles WHERE series = %s AND open_time >= %s AND open_time < %s"
-    " ORDER BY open_time {order} LIMIT 1"
-)
-
-
-def bucket_sql(interval: str, column: str = "open_time") -> str:
-    """The open time of the ``interval`` candle holding ``column``: bigint division, which
-    truncates like SQLite's (times are never before 1970)."""
-    if interval == "1M":
-        month = f"date_trunc('month', to_timestamp(({column}) / 1000) AT TIME ZONE 'UTC')"
-        return f"(extract(epoch FROM {month})::bigint * 1000)"
-    if interval == "1w":
-        off = _WEEK_OFFSET_MS
-        return f"((({column}) - {off}) / {WEEK_MS} * {WEEK_MS} + {off})"
-    size = INTERVAL_MS[interval]
-    return f"(({column}) / {size} * {size})"
-
-
-@cache
-def _aggregate_sql(interval: str) -> str:
-    """Parameters: series, lo, hi (twice each for the joins). One row per non-empty bucket
-    of the 1m rows in [lo, hi), oldest first; open and close are the first and the last
-    minute's, found by primary key once the bucket's ends are known."""
-    return f"""
-WITH g AS (
-    SELECT {bucket_sql(interval)} AS bucket, count(*) AS n,
-        bool_and(flags & {FLAG_CLOSED} <> 0) AS closed,
+#: One row per listed bucket holding a stored minute, oldest first. Each bucket is one primary
+#: key range (no sort, no hash of the whole series); open and close are one seek each.
+_AGGREGATE_SQL = f"""
+SELECT b.t, b.e, a.n, a.closed, a.rest, a.archive,
+    (SELECT open FROM candles WHERE series = %(series)s AND open_time >= b.t
+        AND open_time < b.e ORDER BY open_time LIMIT 1)::float8,
+    a.high::float8, a.low::float8,
+    (SELECT close FROM candles WHERE series = %(series)s AND open_time >= b.t
+        AND open_time < b.e ORDER BY open_time DESC LIMIT 1)::float8,
+    a.volume::float8, a.quote_volume::float8, a.trades::bigint
+FROM unnest(%(starts)s::bigint[], %(ends)s::bigint[]) AS b(t, e)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, bool_and(flags & {FLAG_CLOSED} <> 0) AS closed,
         bool_or(flags & {FLAG_REST} <> 0) AS rest,
         bool_or(flags & {FLAG_ARCHIVE} <> 0) AS archive,
         max(high) AS high, min(low) AS low, sum(volume) AS volume,
-        sum(quote_volume) AS quote_volume, sum(trades) AS trades,
-        min(open_time) AS first, max(open_time) AS last
-    FROM candles WHERE series = %(series)s AND open_time >= %(lo)s AND open_time < %(hi)s
-    GROUP BY 1
-)
-SELECT g.bucket, g.n, g.closed, g.rest, g.archive, o.open::float8, g.high::float8,
-    g.low::float8, c.close::float8, g.volume::float8, g.quote_volume::float8,
-    g.trades::bigint
-FROM g
-JOIN candles AS o ON o.series = %(series)s AND o.open_time = g.first
-JOIN candles AS c ON c.series = %(series)s AND c.open_time = g.last
-ORDER BY g.bucket
+        sum(quote_volume) AS quote_volume, sum(trades) AS trades
+    FROM candles WHERE series = %(series)s AND open_time >= b.t AND open_time < b.e
+) AS a
+WHERE a.n > 0
+ORDER BY b.t
 """
+#: the oldest and newest stored minute of a range: two index seeks
+_BOUNDS_SQL = (
+    "SELECT min(open_time), max(open_time) FROM candles"
+    " WHERE series = %s AND open_time >= %s AND open_time < %s"
+)
 
 
 def series_id(conn: Connection, exchange: str, symbol: str, interval: str) -> int | None:
@@ -107,52 +85,58 @@ def _windows(
     newest: bool,
     limit: int,
 ) -> list[rs.Resampled]:
-    """Aggregate window after window, each spanning as many buckets as are still wanted from
+    """Aggregate window after window, each listing as many buckets as are still wanted from
     the nearest stored minute on: with no holes the first window is the answer, and a hole
-    costs one more seek and window, never a scan of the empty stretch."""
+    costs one more window, never a walk through the empty stretch."""
     found: list[rs.Resampled] = []
-    seek = _SEEK_SQL.format(order="DESC" if newest else "ASC")
     lo, hi = start, end
     while len(found) < limit and lo < hi:
-        wanted = limit - len(found)
-        row = conn.execute(seek, (series, lo, hi)).fetchone()
-        if row is None:
+        first, last = conn.execute(_BOUNDS_SQL, (series, lo, hi)).fetchone() or (None, None)
+        if first is None or last is None:
             break
-        bucket = floor_open(interval, int(row[0]))
+        bottom, top = floor_open(interval, int(first)), floor_open(interval, int(last))
+        buckets = _buckets(interval, bottom, top, limit - len(found), newest)
         if newest:
-            window = (max(start, _step(interval, bucket, 1 - wanted)), hi)
-            hi = window[0]
-            found = _aggregate(conn, series, interval, *window) + found
+            hi = buckets[0]
+            found = _aggregate(conn, series, interval, buckets) + found
         else:
-            window = (bucket, min(end, _step(interval, bucket, wanted)))
-            lo = window[1]
-            found += _aggregate(conn, series, interval, *window)
+            lo = next_open(interval, buckets[-1])
+            found += _aggregate(conn, series, interval, buckets)
     return found
 
 
-def _aggregate(
-    conn: Connection, series: int, interval: str, lo: int, hi: int
-) -> list[rs.Resampled]:
-    rows = conn.execute(_aggregate_sql(interval), {"series": series, "lo": lo, "hi": hi})
-    out: list[rs.Resampled] = []
-    for t, n, closed, rest, archive, o, h, low, c, v, qv, trades in rows:
-        t = int(t)
-        complete = n == rs.expected_minutes(t, next_open(interval, t))
-        source = "rest" if rest else "archive" if archive else "ws"
-        out.append((t, o, h, low, c, v, qv, trades, complete and closed, source))
+def _buckets(interval: str, bottom: int, top: int, count: int, newest: bool) -> list[int]:
+    """Up to ``count`` consecutive bucket open times between ``bottom`` and ``top``
+    (inclusive), ascending: the newest ones if ``newest``, else the oldest."""
+    if interval != "1M":
+        size = INTERVAL_MS[interval]
+        if newest:
+            return list(range(max(bottom, top - (count - 1) * size), top + 1, size))
+        return list(range(bottom, min(top, bottom + (count - 1) * size) + 1, size))
+    out: list[int] = []
+    if newest:
+        t = top
+        while len(out) < count and t >= bottom:
+            out.append(t)
+            t = floor_open(interval, t - 1)
+        out.reverse()
+        return out
+    t = bottom
+    while len(out) < count and t <= top:
+        out.append(t)
+        t = next_open(interval, t)
     return out
 
 
-def _step(interval: str, bucket: int, count: int) -> int:
-    """The open time ``count`` buckets after (before, if negative) ``bucket``, clamped to the
-    bigint range."""
-    if interval == "1M":
-        d = dt.datetime.fromtimestamp(bucket / 1000, tz=dt.UTC)
-        months = d.year * 12 + d.month - 1 + count
-        year, month = divmod(months, 12)
-        if year < dt.MINYEAR:
-            return _MIN_T
-        if year > dt.MAXYEAR:
-            return _MAX_T
-        return int(dt.datetime(year, month + 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
-    return max(_MIN_T, min(_MAX_T, bucket + count * INTERVAL_MS[interval]))
+def _aggregate(
+    conn: Connection, series: int, interval: str, buckets: list[int]
+) -> list[rs.Resampled]:
+    ends = [next_open(interval, t) for t in buckets]
+    params = {"series": series, "starts": buckets, "ends": ends}
+    rows = conn.execute(_AGGREGATE_SQL, params, binary=True)
+    out: list[rs.Resampled] = []
+    for t, e, n, closed, rest, archive, o, h, low, c, v, qv, trades in rows:
+        complete = n == rs.expected_minutes(t, e)
+        source = "rest" if rest else "archive" if archive else "ws"
+        out.append((t, o, h, low, c, v, qv, trades, complete and closed, source))
+    return out
