@@ -83,6 +83,37 @@ class ExchangeConfig:
 
 
 @attrs.frozen
+class NatsConfig:
+    """Where live candles are published: a NATS server with JetStream."""
+
+    #: nats://[user:password@]host:port (tls:// too); the password is never logged or shown
+    url: str = attrs.field(default="nats://127.0.0.1:4222", repr=lambda u: repr(redacted_url(u)))
+    subject_prefix: str = "feedd"
+    stream: str = "FEEDD_CANDLES"
+    #: seconds the stream keeps a message
+    max_age: float = 7 * 86400.0
+    #: seconds within which a closed candle published again (a retry, a second collector)
+    #: is stored once
+    duplicate_window: float = 3600.0
+    #: a creds file (JWT + nkey), from $FEEDD_NATS_CREDS; never saved into the config
+    creds: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in attrs.asdict(self).items() if k != "creds"}
+        out["max_age"] = duration_text(self.max_age)
+        out["duplicate_window"] = duration_text(self.duplicate_window)
+        return out
+
+
+@attrs.frozen
+class PublishConfig:
+    nats: NatsConfig | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {} if self.nats is None else {"nats": self.nats.to_json()}
+
+
+@attrs.frozen
 class Config:
     exchanges: Mapping[str, ExchangeConfig] = attrs.field(
         factory=lambda: {name: ExchangeConfig(name) for name in exchanges.REGISTRY}
@@ -102,6 +133,8 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()
     #: where ``api_token`` came from when not from the config file (never saved into it)
     api_token_source: str | None = None
+    #: live candles leave the process here too (None: nowhere but /ws)
+    publish: PublishConfig | None = None
     #: one of ROLES; read at start
     role: str = "all"
 
@@ -122,6 +155,8 @@ class Config:
         out["intervals"] = list(self.intervals)
         out["storage"] = self.storage.to_json()
         out["allowed_hosts"] = list(self.allowed_hosts)
+        if self.publish is not None:
+            out["publish"] = self.publish.to_json()
         if out.pop("api_token_source") is not None:
             # A token from the environment or a credential stays out of the file.
             del out["api_token"]
@@ -213,6 +248,7 @@ def parse(data: object, environ: Mapping[str, str] | None = None) -> Loaded:
         api_token=token.value if token else None,
         api_token_source=token.source if token else None,
         allowed_hosts=_host_names(data.get("allowed_hosts", [])),
+        publish=_publish(data.get("publish"), environ, warnings),
         role=_role(data.get("role", defaults.role)),
     )
     check_exposure(config)
@@ -402,6 +438,115 @@ def _number(value: float) -> str:
         text = str(value)
         return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
+_NATS_URL = re.compile(r"(nats|tls)://([^\s/?#@]+@)?[^\s/?#@:]+(:\d{1,5})?")
+_SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_DURATION = re.compile(r"(\d{1,9})([smhdw])")
+_DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: (low, high) seconds of publish.nats durations
+NATS_DURATION_BOUNDS = {"max_age": (60.0, 3650 * 86400.0), "duplicate_window": (1.0, 7 * 86400.0)}
+
+
+def _publish(
+    value: object, environ: Mapping[str, str] | None, warnings: list[str]
+) -> PublishConfig | None:
+    """``publish``: absent means no NATS at all (the default stays SQLite only)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError("publish", 'expected an object such as {"nats": {"url": ...}}')
+    for key in value:
+        if key != "nats":
+            warnings.append(f"publish.{key}: unknown key, ignored")
+    nats = value.get("nats")
+    if nats is None:
+        return PublishConfig()
+    path = "publish.nats"
+    if not isinstance(nats, dict):
+        raise ConfigError(path, "expected an object of url, subject_prefix, stream, max_age")
+    allowed = {f.name for f in attrs.fields(NatsConfig)} - {"creds"}
+    for key in nats:
+        if key not in allowed:
+            warnings.append(f"{path}.{key}: unknown key, ignored")
+    defaults = NatsConfig()
+    url = nats.get("url", defaults.url)
+    if not isinstance(url, str) or not _NATS_URL.fullmatch(url):
+        raise ConfigError(
+            f"{path}.url",
+            f"expected nats://[user:password@]host[:port] (or tls://), got {redacted_url(url)!r}",
+        )
+    prefix = nats.get("subject_prefix", defaults.subject_prefix)
+    if not isinstance(prefix, str) or not all(
+        _SUBJECT_TOKEN.fullmatch(token) for token in prefix.split(".")
+    ):
+        raise ConfigError(
+            f"{path}.subject_prefix",
+            f"expected dot-separated tokens of letters, digits, _ and -, got {prefix!r}",
+        )
+    stream = nats.get("stream", defaults.stream)
+    if not isinstance(stream, str) or not _STREAM_NAME.fullmatch(stream):
+        raise ConfigError(
+            f"{path}.stream", f"expected a name of letters, digits, _ and -, got {stream!r}"
+        )
+    max_age = _duration(nats, "max_age", path, defaults.max_age)
+    window = _duration(nats, "duplicate_window", path, min(defaults.duplicate_window, max_age))
+    if window > max_age:
+        raise ConfigError(f"{path}.duplicate_window", "must not be longer than max_age")
+    creds = (environ if environ is not None else os.environ).get("FEEDD_NATS_CREDS") or None
+    return PublishConfig(NatsConfig(url, prefix, stream, max_age, window, creds))
+
+
+def _duration(settings: dict[str, Any], key: str, path: str, default: float) -> float:
+    value = settings.get(key)
+    if value is None:
+        return default
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(
+            f"{path}.{key}", f'expected a duration such as "90s", "30m", "12h", "7d", got {value!r}'
+        )
+    seconds = float(int(match[1]) * _DURATION_S[match[2]])
+    low, high = NATS_DURATION_BOUNDS[key]
+    if not low <= seconds <= high:
+        raise ConfigError(
+            f"{path}.{key}",
+            f"must be between {duration_text(low)} and {duration_text(high)}, got {value}",
+        )
+    return seconds
+
+
+def duration_text(seconds: float) -> str:
+    """The largest unit that divides ``seconds`` exactly: 604800 -> "7d"."""
+    whole = int(seconds)
+    for unit in ("d", "h", "m"):
+        if whole % _DURATION_S[unit] == 0:
+            return f"{whole // _DURATION_S[unit]}{unit}"
+    return f"{whole}s"
+
+
+def redacted_url(url: object) -> object:
+    """``url`` with its password replaced by ***: safe to log and to show in GET /config."""
+    if not isinstance(url, str) or "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    userinfo, _, host = rest.rpartition("@")
+    if not sep:
+        return url
+    # nats://user:password@host, or nats://token@host where the whole userinfo is the secret
+    user = f"{userinfo.partition(':')[0]}:" if ":" in userinfo else ""
+    return f"{scheme}://{user}***@{host}"
+
+
+def restore_nats_url(data: dict[str, Any], running: Config) -> None:
+    """A config posted back from GET /config carries the redacted URL: keep the real one."""
+    nats = data.get("publish", {}).get("nats") if isinstance(data.get("publish"), dict) else None
+    current = running.publish.nats if running.publish else None
+    if not isinstance(nats, dict) or current is None:
+        return
+    if nats.get("url") == redacted_url(current.url) != current.url:
+        nats["url"] = current.url
 
 
 def save(path: str | os.PathLike[str], config: Config) -> None:

@@ -8,6 +8,7 @@ the web server, telling WebSocket handlers first so they close cleanly.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
 import time
@@ -27,6 +28,8 @@ from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
 from feedd.monitor.taskcpu import TaskCpu
+from feedd.publish.consumer import feed_live_hub
+from feedd.publish.publisher import Publisher
 from feedd.store.backend import Backend
 from feedd.store.sqlite import SqliteBackend
 from feedd.store.writer import Writer, WriterSettings
@@ -133,6 +136,13 @@ async def run_service(
             )
             await root.start(monitor.run)
             await root.start(hub.run)
+            nats = config.publish.nats if config.publish is not None else None
+            if nats is not None and config.role == "api":
+                # An API node collects nothing: its /ws serves what the collectors published.
+                await root.start(functools.partial(feed_live_hub, hub, nats))
+            elif nats is not None:
+                state.publisher = Publisher(nats, writer)
+                await root.start(state.publisher.run)
             web_stop = trio.Event()
             web_done = trio.Event()
 

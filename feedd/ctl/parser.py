@@ -303,6 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--interval", help="only this interval")
     live.add_argument("--count", type=positive, metavar="N", help="stop after N candles")
     live.add_argument("--closed", action="store_true", help="only closed candles")
+    live.add_argument(
+        "--nats",
+        metavar="URL",
+        help="read the NATS JetStream stream at URL (nats://[user:pass@]host:port) instead of "
+        "feedd's /ws; credentials also from $FEEDD_NATS_CREDS",
+    )
+    live.add_argument(
+        "--since",
+        type=moment,
+        metavar="TIME",
+        help="with --nats: replay from TIME (e.g. 1h, an ISO time), then follow",
+    )
+    live.add_argument(
+        "--subject", metavar="PATTERN", help="with --nats: a subject pattern instead of filters"
+    )
+    live.add_argument("--prefix", default="feedd", help="with --nats: subject prefix (feedd)")
+    live.add_argument("--stream", default="FEEDD_CANDLES", help="with --nats: stream name")
     live.set_defaults(run=tail.run)
 
     cfg = add(sub, "config", "show or replace the running configuration")

@@ -45,6 +45,13 @@ def subscription(args: argparse.Namespace) -> dict[str, str]:
 
 def run(client: object, args: argparse.Namespace) -> None:
     """The command's entry from ``main``; the HTTP client is not used."""
+    if args.nats:
+        from feedd.ctl import tail_nats  # nats-py only when asked for
+
+        tail_nats.run(args, Printer(args))
+        return
+    if args.since is not None or args.subject:
+        raise Refused("--since and --subject read NATS: give --nats URL")
     try:
         trio.run(follow, args)
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:
@@ -102,13 +109,34 @@ def unreachable(base_url: str, exc: TransportError) -> Unreachable:
     return Unreachable(f"cannot reach {base_url}: {cause or exc}")
 
 
+class Printer:
+    """Prints candles as tail shows them; ``done`` once --count are printed."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.printed = 0
+        # The header waits for the first candle, so that a refusal leaves stdout empty.
+        self.need_header = not args.json
+
+    @property
+    def done(self) -> bool:
+        return self.args.count is not None and self.printed >= self.args.count
+
+    def show(self, candle: dict[str, Any]) -> None:
+        if (self.args.closed and not candle.get("closed")) or self.done:
+            return
+        if self.need_header:
+            print(header())
+            self.need_header = False
+        print(orjson.dumps(candle).decode() if self.args.json else line(candle))
+        self.printed += 1
+
+
 async def follow(args: argparse.Namespace) -> None:
-    printed = 0
+    printer = Printer(args)
     async with open_feed(args.url, args.token, args.timeout) as ws:
         await ws.send_message(orjson.dumps(subscription(args)).decode())
-        # The header waits for the first candle, so that a refusal leaves stdout empty.
-        need_header = not args.json
-        while args.count is None or printed < args.count:
+        while not printer.done:
             try:
                 message = await ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
@@ -125,15 +153,7 @@ async def follow(args: argparse.Namespace) -> None:
             if doc.get("type") != "candles":
                 continue
             for candle in doc.get("data") or []:
-                if args.closed and not candle.get("closed"):
-                    continue
-                if args.count is not None and printed >= args.count:
-                    break
-                if need_header:
-                    print(header())
-                    need_header = False
-                print(orjson.dumps(candle).decode() if args.json else line(candle))
-                printed += 1
+                printer.show(candle)
             sys.stdout.flush()
 
 

@@ -40,6 +40,8 @@ async def get_config() -> Response:
     data = config.to_json()
     if data.get("api_token"):
         data["api_token"] = REDACTED
+    if "nats" in data.get("publish", {}):
+        data["publish"]["nats"]["url"] = config_module.redacted_url(data["publish"]["nats"]["url"])
     data["storage"] = config.storage.to_json(redact=True)
     return json_response(data)
 
@@ -56,6 +58,7 @@ async def post_config() -> Response:
     controller = state().controller
     if data.get("api_token") == REDACTED:
         data["api_token"] = controller.config.api_token
+    config_module.restore_nats_url(data, controller.config)
     running = controller.config.storage
     storage = data.get("storage")
     if (

@@ -137,4 +137,13 @@ async def health() -> Response:
         },
         "exchanges": exchanges,
     }
+    if app_state.publisher is not None:
+        # A broker away degrades nothing of the store: reported, not a 503.
+        nats = app_state.publisher.stats
+        body["nats"] = {
+            "connected": nats.connected,
+            "backlog": nats.backlog,
+            "dropped_closed": nats.dropped_closed,
+            "last_error": nats.last_error,
+        }
     return json_response(body, 200 if healthy else 503)

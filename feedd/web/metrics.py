@@ -95,6 +95,11 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _nats(scrape: Scrape, field: str) -> float | None:
+    publisher = scrape.state.publisher
+    return None if publisher is None else float(getattr(publisher.stats, field))
+
+
 #: Process-wide counters and gauges, one line each.
 SCALARS: tuple[Scalar, ...] = (
     counter(
@@ -193,6 +198,31 @@ SCALARS: tuple[Scalar, ...] = (
         "feedd_web_connections_accept_errors",
         "accept() failures for lack of descriptors or memory (EMFILE, ENFILE, ...).",
         lambda s: s.state.connections.accept_errors,
+    ),
+    gauge(
+        "feedd_nats_connected",
+        "1 while the NATS publisher is connected (not exported without publish.nats).",
+        lambda s: _nats(s, "connected"),
+    ),
+    gauge(
+        "feedd_nats_backlog_candles",
+        "Candles waiting for the NATS broker (closed, plus the newest forming per series).",
+        lambda s: _nats(s, "backlog"),
+    ),
+    counter(
+        "feedd_nats_published_candles",
+        "Candles published to NATS (closed ones acknowledged by JetStream).",
+        lambda s: _nats(s, "published"),
+    ),
+    counter(
+        "feedd_nats_dropped_forming_candles",
+        "Forming updates not published to NATS: superseded while the broker was away or slow.",
+        lambda s: _nats(s, "dropped_forming"),
+    ),
+    counter(
+        "feedd_nats_dropped_closed_candles",
+        "Closed candles given up because the NATS backlog was full.",
+        lambda s: _nats(s, "dropped_closed"),
     ),
     counter(
         "feedd_web_connections_stalled",

@@ -16,6 +16,7 @@ from feedd.engine.supervisor import Supervisor
 from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
+from feedd.publish.publisher import Publisher
 from feedd.store.backend import ReadStore
 from feedd.store.writer import Writer
 from feedd.web.live import LiveHub
@@ -40,6 +41,8 @@ class AppState:
     closing: trio.Event = attrs.field(factory=trio.Event)
     #: the web server's open connections (caps, and cutting one off)
     connections: Connections = attrs.field(factory=Connections)
+    #: live candles to NATS (None: publish.nats not configured)
+    publisher: Publisher | None = None
 
     @property
     def config(self) -> Config:

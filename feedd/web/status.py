@@ -148,6 +148,7 @@ def status_document(state: AppState) -> dict[str, Any]:
         "system": system,
         "writer": {key: getattr(writer, key) for key in _WRITER_FIELDS},
         "live_clients": len(state.hub.clients),
+        "nats": None if state.publisher is None else attrs.asdict(state.publisher.stats),
         "exchanges": [worker(state, name) for name in sorted(exchanges.REGISTRY)],
         "role": state.security.role,
         "cluster": state.cluster.document() if state.cluster is not None else [],

@@ -62,6 +62,11 @@ export const SystemPanel = {
       <div class="v" data-field="writer" :class="writer.healthy === false ? 'bad' : ''">
         {{ writer.healthy === false ? "UNHEALTHY" : "ok" }} · p50 {{ ms(writer.latency_p50_ms) }} · p99 {{ ms(writer.latency_p99_ms) }}
         <span v-if="writer.last_error" class="bad" :title="writer.last_error"> · {{ writer.last_error }}</span></div>
+      <template v-if="status.nats"><div class="k">NATS</div>
+      <div class="v" data-field="nats" :class="status.nats.connected ? '' : 'bad'" :title="status.nats.url + ' · ' + status.nats.stream">
+        {{ status.nats.connected ? "connected" : "DISCONNECTED" }} · {{ fmtNum(status.nats.published, 0) }} published · backlog {{ status.nats.backlog }}
+        <span v-if="status.nats.dropped_forming" class="muted"> · {{ fmtNum(status.nats.dropped_forming, 0) }} forming dropped</span>
+        <span v-if="!status.nats.connected && status.nats.last_error" class="bad" :title="status.nats.last_error"> · {{ status.nats.last_error }}</span></div></template>
       <div class="k">Disk</div>
       <div class="v" data-field="disk"><span class="meter"><i :style="{ width: (diskPercent || 0) + '%' }"></i></span>
         {{ fmtBytes(sys.disk_free) }} free <span class="muted">/ {{ fmtBytes(sys.disk_total) }}</span></div>
