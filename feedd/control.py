@@ -46,6 +46,7 @@ STARTUP_KEYS = (
     "batch_interval",
     "max_records",
     "role",
+    "publish",
 )
 #: an instrument list fetched on demand (for an exchange not running) stays fresh this long
 LISTING_TTL_S = 600.0
