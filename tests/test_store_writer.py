@@ -5,7 +5,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -13,9 +15,10 @@ import trio.testing
 from feedd.candle import Candle, Source
 from feedd.errors import StoreError
 from feedd.store import codec
+from feedd.store.database import Database
 from feedd.store.sqlite import SqliteBackend
 from feedd.store.state import Pending
-from feedd.store.writer import Writer, WriterSettings
+from feedd.store.writer import JOB_SLICE, Writer, WriterSettings
 
 T0 = 1_700_000_040_000
 Send = trio.MemorySendChannel[Sequence[Candle]]
@@ -179,3 +182,39 @@ async def test_unopenable_database_fails_the_start(tmp_path: Path) -> None:
     _, recv = trio.open_memory_channel[Sequence[Candle]](0)
     with pytest.raises(StoreError, match="cannot open"):
         await writer.run(recv)
+
+
+async def test_a_big_job_write_goes_in_slices_with_its_document_last(tmp_path: Path) -> None:
+    """A month from an archive is ~44,640 candles: in one transaction it held the store for
+    a second while live commits waited. It goes in slices, the lock given up between them,
+    and the job's document is saved with the last one (never ahead of its candles)."""
+    calls: list[tuple[str, int]] = []
+
+    class Recording(SqliteBackend):
+        def open_writer(self, *, busy_timeout_ms: int) -> Database:
+            db = super().open_writer(busy_timeout_ms=busy_timeout_ms)
+            write, write_job = db.write, db.write_job
+
+            def recorded_write(candles: Sequence[Candle]) -> int:
+                calls.append(("write", len(candles)))
+                return write(candles)
+
+            def recorded_job(candles: Sequence[Candle], *args: Any) -> int:
+                calls.append(("job", len(candles)))
+                return write_job(candles, *args)
+
+            db.write, db.write_job = recorded_write, recorded_job  # type: ignore[method-assign]
+            return db
+
+    base = settings(tmp_path, max_records=0)
+    writer = Writer(attrs.evolve(base, backend=Recording(tmp_path / "w.db")))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](10)
+    total = 2 * JOB_SLICE + 7
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run, recv)
+        await writer.write_job([candle(i) for i in range(total)], "j1", 1, '{"id": "j1"}')
+        await writer.write_job([], "j1", 1, '{"id": "j1", "done": true}')
+        assert await writer.load_jobs() == ['{"id": "j1", "done": true}']
+        await send.aclose()
+    assert calls == [("write", JOB_SLICE), ("write", JOB_SLICE), ("job", 7), ("job", 0)]
+    assert len(stored(tmp_path / "w.db")) == total

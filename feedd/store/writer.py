@@ -27,6 +27,8 @@ log = logging.getLogger("feedd.store")
 
 #: while full, how often the collector looks whether ingest has stopped sending
 FULL_POLL_S = 0.25
+#: most candles of a job's write per transaction (a live commit may go between two)
+JOB_SLICE = 2000
 
 
 @attrs.frozen
@@ -321,12 +323,23 @@ class Writer:
     async def write_job(
         self, candles: Sequence[Candle], job_id: str, created_at: int, doc: str
     ) -> None:
-        """Commit ``candles`` (history a job fetched) with the job's document, at once and
-        in one transaction: they bypass the live batch, and are not published to listeners."""
-        async with self._db_lock:
-            db = await self._db.get()
-            await self._db.run(db.write_job, candles, job_id, created_at, doc)
-        self._counters.committed += len(candles)
+        """Commit ``candles`` (history a job fetched) with the job's document: they bypass
+        the live batch, and are not published to listeners.
+
+        A month of an archive is 44,640 candles: one transaction would hold the store for a
+        second while live commits wait. They go in slices of ``JOB_SLICE``, the lock given
+        up between them (trio's lock is fair: a waiting live commit goes next); the document
+        rides with the last slice, so a job's saved cursor never runs ahead of its candles.
+        """
+        slices = [candles[i : i + JOB_SLICE] for i in range(0, len(candles), JOB_SLICE)]
+        for index, part in enumerate(slices or [candles]):
+            async with self._db_lock:
+                db = await self._db.get()
+                if index == len(slices) - 1 or not slices:
+                    await self._db.run(db.write_job, part, job_id, created_at, doc)
+                else:
+                    await self._db.run(db.write, part)
+            self._counters.committed += len(part)
 
     async def delete_job(self, job_id: str) -> None:
         async with self._db_lock:
