@@ -1,8 +1,10 @@
-"""The live hub behind ``/ws``: committed candles, status and log lines fanned out to clients.
+"""The live hub behind ``/ws``: candles, status and log lines fanned out to clients.
 
-Each client has a bounded outbox. Publishing never waits: a client whose outbox is full is
-marked as overflowed and its handler closes it (1008), so a slow reader can never slow
-ingest or the other clients. Messages are serialised once per batch and shared.
+Forming candles go out as soon as the writer takes them in (``"committed": false``); closed
+ones only once committed (``"committed": true``). Each client has a bounded outbox.
+Publishing never waits: a client whose outbox is full is marked as overflowed and its handler
+closes it (1008), so a slow reader can never slow ingest or the other clients. Messages are
+serialised once per batch and shared.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ LOGS_EVERY_S = 0.25
 SeriesKey = tuple[str, str, str]
 
 
-def candle_dict(candle: Candle) -> dict[str, Any]:
+def candle_dict(candle: Candle, *, committed: bool = True) -> dict[str, Any]:
     return {
         "exchange": candle.exchange,
         "symbol": candle.symbol,
@@ -45,6 +47,7 @@ def candle_dict(candle: Candle) -> dict[str, Any]:
         "trades": candle.trades,
         "closed": candle.closed,
         "source": candle.source.name.lower(),
+        "committed": committed,
     }
 
 
@@ -105,6 +108,9 @@ class LiveHub:
         self.last_seen: dict[SeriesKey, int] = {}
         #: newest closed candle per series (live or backfilled), for freshness in /metrics
         self.last_closed: dict[SeriesKey, int] = {}
+        #: newest closed open time per series, committed or only ingested: forming updates
+        #: at or before it are stale
+        self._closed_seen: dict[SeriesKey, int] = {}
         #: clients closed because they did not keep up
         self.overflows = 0
 
@@ -118,23 +124,42 @@ class LiveHub:
             self.overflows += 1
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self._writer.open_commit_listener() as committed:
+        with (
+            self._writer.open_commit_listener() as committed,
+            self._writer.open_ingest_listener() as ingested,
+        ):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._run_status)
                 nursery.start_soon(self._run_logs)
+                nursery.start_soon(self._run_ingested, ingested)
                 task_status.started()
                 async for batch in committed:
                     self.publish(batch)
 
+    async def _run_ingested(self, ingested: trio.MemoryReceiveChannel[Sequence[Candle]]) -> None:
+        async for candles in ingested:
+            # Take all that queued up while the loop was busy: one message, not one per list.
+            batch = list(candles)
+            while True:
+                try:
+                    batch.extend(ingested.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            self.publish_ingested(batch)
+
     def publish(self, batch: Sequence[Candle]) -> None:
+        """A committed batch: closed live candles go to clients, marked committed (forming
+        ones went out when ingested, see ``publish_ingested``)."""
         # Only live stream updates: backfilled history is read from /ohlcv, and pushing a
         # bootstrap's hundreds of thousands of candles would drown every dashboard.
-        last_closed = self.last_closed
+        last_closed, closed_seen = self.last_closed, self._closed_seen
         for candle in batch:
             if candle.closed:
                 key = (candle.exchange, candle.symbol, candle.interval)
                 if last_closed.get(key, -1) < candle.open_time:
                     last_closed[key] = candle.open_time
+                if closed_seen.get(key, -1) < candle.open_time:
+                    closed_seen[key] = candle.open_time
         live = [c for c in batch if c.source == Source.WS]
         last, seen = self.last, self.last_seen
         now_ms = int(time.time() * 1000)
@@ -144,6 +169,31 @@ class LiveHub:
             if known is None or known.open_time <= candle.open_time:
                 last[key] = candle
                 seen[key] = now_ms
+        self._fan_out([c for c in live if c.closed], committed=True)
+
+    def publish_ingested(self, batch: Sequence[Candle]) -> None:
+        """Candles as the writer took them in, oldest first: forming live updates go to
+        clients at once, marked not committed; closed ones wait for their commit.
+
+        A forming update of a minute already closed (seen here or committed, whichever this
+        hub learnt first) is dropped: delivered after the closed candle, it would read as
+        newer. The newest update per candle is kept when several queued up."""
+        if not self.filters:
+            # Nobody to tell. The closes seen here are only a head start: the commit path
+            # records each close before the client can have it.
+            return
+        closed_seen = self._closed_seen
+        forming: dict[tuple[str, str, str, int], Candle] = {}
+        for candle in batch:
+            key = (candle.exchange, candle.symbol, candle.interval)
+            if candle.closed:
+                if closed_seen.get(key, -1) < candle.open_time:
+                    closed_seen[key] = candle.open_time
+            elif candle.source == Source.WS and closed_seen.get(key, -1) < candle.open_time:
+                forming[candle.key] = candle
+        self._fan_out(list(forming.values()), committed=False)
+
+    def _fan_out(self, live: list[Candle], *, committed: bool) -> None:
         if not live or not self.filters:
             return
         encoded: dict[int, bytes] = {}
@@ -151,7 +201,7 @@ class LiveHub:
         def encode(n: int) -> bytes:
             text = encoded.get(n)
             if text is None:
-                text = encoded[n] = orjson.dumps(candle_dict(live[n]))
+                text = encoded[n] = orjson.dumps(candle_dict(live[n], committed=committed))
             return text
 
         everyone = self.filters.everyone()
