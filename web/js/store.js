@@ -96,10 +96,12 @@ export function onCandles(list) {
   for (const c of list) {
     perf.byExchange[c.exchange] = (perf.byExchange[c.exchange] || 0) + 1;
     const key = rowKey(c.exchange, c.symbol, c.interval);
-    const have = pending.get(key);
+    // A closed minute arrives after its commit, when the next minute's forming updates may
+    // already be on screen: it goes to the tape, but the row keeps the newer minute.
+    const have = pending.get(key) || live.get(key);
+    tapeQueue.push(c);
     if (have && have.open_time > c.open_time) continue;
     pending.set(key, c);
-    tapeQueue.push(c);
   }
   perf.candles += list.length;
   if (tapeQueue.length > TAPE_KEEP * 4) tapeQueue.splice(0, tapeQueue.length - TAPE_KEEP);
