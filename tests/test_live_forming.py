@@ -22,7 +22,7 @@ from feedd.monitor.logring import LogRing
 from feedd.store.sqlite import SqliteBackend
 from feedd.store.writer import Writer, WriterSettings
 from feedd.web.filters import CandleFilter
-from feedd.web.live import Client, LiveHub
+from feedd.web.live import FORMING_EVERY_S, Client, LiveHub
 
 BINANCE = "binance_futures"
 T0, T1 = 60_000 * 1000, 60_000 * 1001
@@ -115,6 +115,34 @@ async def test_queued_forming_updates_of_one_candle_go_out_as_the_newest() -> No
         ("ETHUSDT", T0, 5.0),
         ("BTCUSDT", T1, 1.7),
     ]
+
+
+async def test_forming_messages_at_most_one_per_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = LiveHub(None, LogRing(), dict)  # type: ignore[arg-type]
+    client = subscribed_client(hub)
+    ingested_send, ingested_recv = trio.open_memory_channel[Sequence[Candle]](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run_ingested, ingested_recv)
+        start = trio.current_time()
+        await ingested_send.send([update(T0, "1.1")])
+        assert brief(await next_candles(client)) == [(T0, 1.1, False, False)]
+        assert trio.current_time() == start  # the first goes at once
+        await ingested_send.send([update(T0, "1.2")])
+        await ingested_send.send([update(T1, "1.3")])
+        # the next ones wait for the interval, and go out together
+        assert brief(await next_candles(client)) == [
+            (T0, 1.2, False, False),
+            (T1, 1.3, False, False),
+        ]
+        assert trio.current_time() == pytest.approx(start + FORMING_EVERY_S)
+        await trio.sleep(1)
+        quiet = trio.current_time()
+        await ingested_send.send([update(T1, "1.4")])
+        assert brief(await next_candles(client)) == [(T1, 1.4, False, False)]
+        assert trio.current_time() == quiet  # after a quiet spell, at once again
+        nursery.cancel_scope.cancel()
 
 
 async def test_ws_client_gets_forming_updates_before_any_commit(tmp_path: Path) -> None:
