@@ -22,7 +22,13 @@ from feedd.monitor.logring import LogRing
 from feedd.store.sqlite import SqliteBackend
 from feedd.store.writer import Writer, WriterSettings
 from feedd.web.filters import CandleFilter
-from feedd.web.live import FORMING_EVERY_S, Client, LiveHub
+from feedd.web.live import (
+    FORMING_BACKLOG,
+    FORMING_EVERY_S,
+    FORMING_SENDS_PER_S,
+    Client,
+    LiveHub,
+)
 
 BINANCE = "binance_futures"
 T0, T1 = 60_000 * 1000, 60_000 * 1001
@@ -143,6 +149,43 @@ async def test_forming_messages_at_most_one_per_interval(
         assert brief(await next_candles(client)) == [(T1, 1.4, False, False)]
         assert trio.current_time() == quiet  # after a quiet spell, at once again
         nursery.cancel_scope.cancel()
+
+
+async def test_with_many_clients_forming_messages_go_out_less_often(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = LiveHub(None, LogRing(), dict)  # type: ignore[arg-type]
+    clients = [subscribed_client(hub) for _ in range(10)]
+    ingested_send, ingested_recv = trio.open_memory_channel[Sequence[Candle]](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run_ingested, ingested_recv)
+        start = trio.current_time()
+        await ingested_send.send([update(T0, "1.1")])
+        for client in clients:
+            assert brief(await next_candles(client)) == [(T0, 1.1, False, False)]
+        await ingested_send.send([update(T0, "1.2")])
+        for client in clients:
+            assert brief(await next_candles(client)) == [(T0, 1.2, False, False)]
+        assert 10 / FORMING_SENDS_PER_S > FORMING_EVERY_S
+        assert trio.current_time() == pytest.approx(start + 10 / FORMING_SENDS_PER_S)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_behind_skips_forming_updates_never_closed_ones() -> None:
+    hub = LiveHub(None, LogRing(), dict)  # type: ignore[arg-type]
+    client = subscribed_client(hub)
+    for n in range(FORMING_BACKLOG + 5):
+        hub.publish_ingested([update(60_000 * n, "1.5")])
+    queued = client.outbox_recv.statistics
+    assert queued().current_buffer_used == FORMING_BACKLOG and client.skipped == 5
+    hub.publish([update(0, "1.6", closed=True)])
+    assert queued().current_buffer_used == FORMING_BACKLOG + 1
+    assert not client.overflowed.is_set()
+    messages = [orjson.loads(text) for text in await client.next_messages()]
+    assert [c["open_time"] for m in messages for c in m["data"]] == [
+        *(60_000 * n for n in range(FORMING_BACKLOG)),
+        0,
+    ]
 
 
 async def test_ws_client_gets_forming_updates_before_any_commit(tmp_path: Path) -> None:

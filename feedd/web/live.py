@@ -28,8 +28,14 @@ OUTBOX = 256
 COALESCE_BYTES = 256 * 1024
 _CANDLES_HEAD = '{"type":"candles","data":['
 _CANDLES_TAIL = "]}"
-#: forming updates go out at most this often per client (the first after a pause at once)
+#: forming updates go out at most once per FORMING_EVERY_S (the first after a pause at once),
+#: and with many clients less often, about FORMING_SENDS_PER_S messages a second in all: each
+#: message costs a socket send per client, the same whatever its size
 FORMING_EVERY_S = 0.002
+FORMING_SENDS_PER_S = 1000.0
+#: a client with this many messages queued is behind: it skips forming updates (newer ones
+#: follow) so that its outbox keeps room for closed candles
+FORMING_BACKLOG = OUTBOX // 4
 STATUS_EVERY_S = 1.0
 LOGS_EVERY_S = 0.25
 SeriesKey = tuple[str, str, str]
@@ -67,9 +73,14 @@ class Client:
         #: last log sequence sent (None: not subscribed to logs)
         self.logs_after: int | None = None
         self.overflowed = trio.Event()
+        #: forming-update messages skipped while behind
+        self.skipped = 0
 
-    def offer(self, message: str) -> None:
+    def offer(self, message: str, *, skippable: bool = False) -> None:
         if self.overflowed.is_set():
+            return
+        if skippable and self.outbox_send.statistics().current_buffer_used >= FORMING_BACKLOG:
+            self.skipped += 1
             return
         try:
             self.outbox_send.send_nowait(message)
@@ -140,12 +151,10 @@ class LiveHub:
                     self.publish(batch)
 
     async def run_ingested(self, ingested: trio.MemoryReceiveChannel[Sequence[Candle]]) -> None:
-        """Publish forming updates as they come, at most one message per FORMING_EVERY_S:
-        the first after a quiet spell at once, later ones with what arrived meanwhile."""
+        """Publish forming updates as they come, the first after a quiet spell at once, later
+        ones with what arrived meanwhile (see FORMING_EVERY_S)."""
         due = -math.inf
         async for candles in ingested:
-            # A message costs each client's socket about the same whatever its size: one per
-            # frame at 2,000 frames/s would cost more than ingest itself.
             if trio.current_time() < due:
                 await trio.sleep_until(due)
             batch = list(candles)
@@ -155,7 +164,8 @@ class LiveHub:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             self.publish_ingested(batch)
-            due = trio.current_time() + FORMING_EVERY_S
+            wait = max(FORMING_EVERY_S, len(self.clients) / FORMING_SENDS_PER_S)
+            due = trio.current_time() + wait
 
     def publish(self, batch: Sequence[Candle]) -> None:
         """A committed batch: closed live candles go to clients, marked committed (forming
@@ -214,13 +224,14 @@ class LiveHub:
                 text = encoded[n] = orjson.dumps(candle_dict(live[n], committed=committed))
             return text
 
+        skippable = not committed
         everyone = self.filters.everyone()
         if everyone:
             shared = _candles_message([encode(n) for n in range(len(live))])
             for client in everyone:
-                client.offer(shared)
+                client.offer(shared, skippable=skippable)
         for client, picks in self.filters.route(live).items():
-            client.offer(_candles_message([encode(n) for n in picks]))
+            client.offer(_candles_message([encode(n) for n in picks]), skippable=skippable)
 
     def send_logs(self, client: Client) -> None:
         if client.logs_after is None:
