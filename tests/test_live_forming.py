@@ -171,6 +171,31 @@ async def test_with_many_clients_forming_messages_go_out_less_often(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_loop_short_of_cpu_gets_fewer_forming_messages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = LiveHub(None, LogRing(), dict)  # type: ignore[arg-type]
+    client = subscribed_client(hub)
+    ingested_send, ingested_recv = trio.open_memory_channel[Sequence[Candle]](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run_ingested, ingested_recv)
+        start = trio.current_time()
+        await ingested_send.send([update(T0, "1.1")])
+        await next_candles(client)
+        await ingested_send.send([update(T0, "1.2")])
+        await trio.testing.wait_all_tasks_blocked()  # the hub waits for its interval
+        autojump_clock.jump(0.01)  # a busy loop: the hub wakes 8 ms late
+        assert brief(await next_candles(client)) == [(T0, 1.2, False, False)]
+        assert trio.current_time() == pytest.approx(start + 0.01)
+        await ingested_send.send([update(T0, "1.3")])
+        await next_candles(client)
+        assert trio.current_time() == pytest.approx(start + 0.01 + 2 * FORMING_EVERY_S)
+        await ingested_send.send([update(T0, "1.4")])
+        await next_candles(client)  # on time again: back to the shortest interval
+        assert trio.current_time() == pytest.approx(start + 0.01 + 3 * FORMING_EVERY_S)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_client_behind_skips_forming_updates_never_closed_ones() -> None:
     hub = LiveHub(None, LogRing(), dict)  # type: ignore[arg-type]
     client = subscribed_client(hub)

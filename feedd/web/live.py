@@ -33,6 +33,9 @@ _CANDLES_TAIL = "]}"
 #: message costs a socket send per client, the same whatever its size
 FORMING_EVERY_S = 0.002
 FORMING_SENDS_PER_S = 1000.0
+#: a loop that wakes the hub later than its interval is short of CPU: the interval doubles,
+#: up to this, and halves back once the loop keeps time
+FORMING_MAX_S = 0.25
 #: a client with this many messages queued is behind: it skips forming updates (newer ones
 #: follow) so that its outbox keeps room for closed candles
 FORMING_BACKLOG = OUTBOX // 4
@@ -153,10 +156,12 @@ class LiveHub:
     async def run_ingested(self, ingested: trio.MemoryReceiveChannel[Sequence[Candle]]) -> None:
         """Publish forming updates as they come, the first after a quiet spell at once, later
         ones with what arrived meanwhile (see FORMING_EVERY_S)."""
-        due = -math.inf
+        due, wait = -math.inf, FORMING_EVERY_S
         async for candles in ingested:
+            late = 0.0
             if trio.current_time() < due:
                 await trio.sleep_until(due)
+                late = trio.current_time() - due
             batch = list(candles)
             while True:
                 try:
@@ -164,7 +169,10 @@ class LiveHub:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             self.publish_ingested(batch)
-            wait = max(FORMING_EVERY_S, len(self.clients) / FORMING_SENDS_PER_S)
+            # Under load every message's sends compete with ingest for the loop: fewer,
+            # larger ones keep the sessions reading (their silence watchdogs fire otherwise).
+            least = max(FORMING_EVERY_S, len(self.clients) / FORMING_SENDS_PER_S)
+            wait = min(wait * 2, FORMING_MAX_S) if late > wait else max(least, wait / 2)
             due = trio.current_time() + wait
 
     def publish(self, batch: Sequence[Candle]) -> None:
