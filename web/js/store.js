@@ -113,8 +113,23 @@ export function onTape(fn) {
   return () => tapeListeners.delete(fn);
 }
 
+// Forming updates arrive every few ms: painting them at most 20 times a second keeps the
+// main thread's work near what the 50 ms committed batches cost.
+const MIN_FLUSH_MS = 50;
+let lastFlush = -Infinity;
+let flushTimer = 0;
+
 function schedule() {
-  if (!frame) frame = requestAnimationFrame(flush);
+  if (frame || flushTimer) return;
+  const wait = lastFlush + MIN_FLUSH_MS - performance.now();
+  if (wait <= 0) {
+    frame = requestAnimationFrame(flush);
+    return;
+  }
+  flushTimer = setTimeout(() => {
+    flushTimer = 0;
+    frame = requestAnimationFrame(flush);
+  }, wait);
 }
 
 function setText(el, text) {
@@ -180,6 +195,7 @@ export function requestFrame(fn) {
 function flush() {
   frame = 0;
   const t0 = performance.now();
+  lastFlush = t0;
   sweep(t0);
   for (const [key, c] of pending) {
     const prev = live.get(key);
