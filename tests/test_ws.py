@@ -126,12 +126,14 @@ async def test_hub_overflow_marks_only_the_slow_client() -> None:
         hub.add(client)
         hub.filters.add(client, [CandleFilter()])
     for n in range(3):
-        hub.publish([candle("BTCUSDT", n * 60_000)])
+        hub.publish_ingested([candle("BTCUSDT", n * 60_000)])
     assert slow.overflowed.is_set() and not fast.overflowed.is_set()
     received = [orjson.loads(fast.outbox_recv.receive_nowait()) for _ in range(3)]
     assert [m["data"][0]["open_time"] for m in received] == [0, 60_000, 120_000]
-    # backfilled candles are not pushed, but the freshness record sees closed ones
+    # backfilled candles are not pushed, but the freshness record sees closed ones; forming
+    # updates went out when ingested, so a commit does not send them again
     hub.publish([attrs.evolve(candle("ETHUSDT", 0, Source.REST), closed=True)])
+    hub.publish([candle("BTCUSDT", 120_000)])
     assert (BINANCE, "ETHUSDT", "1m") in hub.last_closed
     with pytest.raises(trio.WouldBlock):
         fast.outbox_recv.receive_nowait()

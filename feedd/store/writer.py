@@ -64,6 +64,7 @@ class Writer:
         #: seconds per successful commit, for /metrics
         self.commit_seconds = Histogram()
         self._listeners: set[trio.MemorySendChannel[Sequence[Candle]]] = set()
+        self._ingest_listeners: set[trio.MemorySendChannel[Sequence[Candle]]] = set()
         self._wake = trio.Event()
         self._room = trio.Event()
         self._attempted = trio.Event()
@@ -135,6 +136,7 @@ class Writer:
                 while True:
                     self._counters.received += len(candles)
                     self._pending.add(candles)
+                    self._tap(candles)
                     if self._held >= max_held:
                         break
                     try:
@@ -298,6 +300,29 @@ class Writer:
                 yield recv
         finally:
             self._listeners.discard(send)
+            send.close()
+
+    def _tap(self, candles: Sequence[Candle]) -> None:
+        for send in self._ingest_listeners:
+            try:
+                send.send_nowait(candles)
+            except trio.WouldBlock:
+                self._counters.listener_overflow += 1
+
+    @contextmanager
+    def open_ingest_listener(
+        self, max_buffer: int = 1000
+    ) -> Iterator[trio.MemoryReceiveChannel[Sequence[Candle]]]:
+        """A channel that receives each candle list as the writer takes it in, before any
+        commit (for forming updates on /ws); a slow reader loses lists (counted in
+        ``stats.listener_overflow``) and never slows ingest."""
+        send, recv = trio.open_memory_channel[Sequence[Candle]](max_buffer)
+        self._ingest_listeners.add(send)
+        try:
+            with recv:
+                yield recv
+        finally:
+            self._ingest_listeners.discard(send)
             send.close()
 
     async def wait_committed(self, predicate: Callable[[], bool]) -> None:

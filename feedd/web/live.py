@@ -1,12 +1,15 @@
-"""The live hub behind ``/ws``: committed candles, status and log lines fanned out to clients.
+"""The live hub behind ``/ws``: candles, status and log lines fanned out to clients.
 
-Each client has a bounded outbox. Publishing never waits: a client whose outbox is full is
-marked as overflowed and its handler closes it (1008), so a slow reader can never slow
-ingest or the other clients. Messages are serialised once per batch and shared.
+Forming candles go out as soon as the writer takes them in (``"committed": false``); closed
+ones only once committed (``"committed": true``). Each client has a bounded outbox.
+Publishing never waits: a client whose outbox is full is marked as overflowed and its handler
+closes it (1008), so a slow reader can never slow ingest or the other clients. Messages are
+serialised once per batch and shared.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,12 +28,23 @@ OUTBOX = 256
 COALESCE_BYTES = 256 * 1024
 _CANDLES_HEAD = '{"type":"candles","data":['
 _CANDLES_TAIL = "]}"
+#: forming updates go out at most once per FORMING_EVERY_S (the first after a pause at once),
+#: and with many clients less often, about FORMING_SENDS_PER_S messages a second in all: each
+#: message costs a socket send per client, the same whatever its size
+FORMING_EVERY_S = 0.002
+FORMING_SENDS_PER_S = 1000.0
+#: a loop that wakes the hub later than its interval is short of CPU: the interval doubles,
+#: up to this, and halves back once the loop keeps time
+FORMING_MAX_S = 0.25
+#: a client with this many messages queued is behind: it skips forming updates (newer ones
+#: follow) so that its outbox keeps room for closed candles
+FORMING_BACKLOG = OUTBOX // 4
 STATUS_EVERY_S = 1.0
 LOGS_EVERY_S = 0.25
 SeriesKey = tuple[str, str, str]
 
 
-def candle_dict(candle: Candle) -> dict[str, Any]:
+def candle_dict(candle: Candle, *, committed: bool = True) -> dict[str, Any]:
     return {
         "exchange": candle.exchange,
         "symbol": candle.symbol,
@@ -45,6 +59,7 @@ def candle_dict(candle: Candle) -> dict[str, Any]:
         "trades": candle.trades,
         "closed": candle.closed,
         "source": candle.source.name.lower(),
+        "committed": committed,
     }
 
 
@@ -61,9 +76,14 @@ class Client:
         #: last log sequence sent (None: not subscribed to logs)
         self.logs_after: int | None = None
         self.overflowed = trio.Event()
+        #: forming-update messages skipped while behind
+        self.skipped = 0
 
-    def offer(self, message: str) -> None:
+    def offer(self, message: str, *, skippable: bool = False) -> None:
         if self.overflowed.is_set():
+            return
+        if skippable and self.outbox_send.statistics().current_buffer_used >= FORMING_BACKLOG:
+            self.skipped += 1
             return
         try:
             self.outbox_send.send_nowait(message)
@@ -105,6 +125,9 @@ class LiveHub:
         self.last_seen: dict[SeriesKey, int] = {}
         #: newest closed candle per series (live or backfilled), for freshness in /metrics
         self.last_closed: dict[SeriesKey, int] = {}
+        #: newest closed open time per series, committed or only ingested: forming updates
+        #: at or before it are stale
+        self._closed_seen: dict[SeriesKey, int] = {}
         #: clients closed because they did not keep up
         self.overflows = 0
 
@@ -118,23 +141,53 @@ class LiveHub:
             self.overflows += 1
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self._writer.open_commit_listener() as committed:
+        with (
+            self._writer.open_commit_listener() as committed,
+            self._writer.open_ingest_listener() as ingested,
+        ):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._run_status)
                 nursery.start_soon(self._run_logs)
+                nursery.start_soon(self.run_ingested, ingested)
                 task_status.started()
                 async for batch in committed:
                     self.publish(batch)
 
+    async def run_ingested(self, ingested: trio.MemoryReceiveChannel[Sequence[Candle]]) -> None:
+        """Publish forming updates as they come, the first after a quiet spell at once, later
+        ones with what arrived meanwhile (see FORMING_EVERY_S)."""
+        due, wait = -math.inf, FORMING_EVERY_S
+        async for candles in ingested:
+            late = 0.0
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                late = trio.current_time() - due
+            batch = list(candles)
+            while True:
+                try:
+                    batch.extend(ingested.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            self.publish_ingested(batch)
+            # Under load every message's sends compete with ingest for the loop: fewer,
+            # larger ones keep the sessions reading (their silence watchdogs fire otherwise).
+            least = max(FORMING_EVERY_S, len(self.clients) / FORMING_SENDS_PER_S)
+            wait = min(wait * 2, FORMING_MAX_S) if late > wait else max(least, wait / 2)
+            due = trio.current_time() + wait
+
     def publish(self, batch: Sequence[Candle]) -> None:
+        """A committed batch: closed live candles go to clients, marked committed (forming
+        ones went out when ingested, see ``publish_ingested``)."""
         # Only live stream updates: backfilled history is read from /ohlcv, and pushing a
         # bootstrap's hundreds of thousands of candles would drown every dashboard.
-        last_closed = self.last_closed
+        last_closed, closed_seen = self.last_closed, self._closed_seen
         for candle in batch:
             if candle.closed:
                 key = (candle.exchange, candle.symbol, candle.interval)
                 if last_closed.get(key, -1) < candle.open_time:
                     last_closed[key] = candle.open_time
+                if closed_seen.get(key, -1) < candle.open_time:
+                    closed_seen[key] = candle.open_time
         live = [c for c in batch if c.source == Source.WS]
         last, seen = self.last, self.last_seen
         now_ms = int(time.time() * 1000)
@@ -144,6 +197,31 @@ class LiveHub:
             if known is None or known.open_time <= candle.open_time:
                 last[key] = candle
                 seen[key] = now_ms
+        self._fan_out([c for c in live if c.closed], committed=True)
+
+    def publish_ingested(self, batch: Sequence[Candle]) -> None:
+        """Candles as the writer took them in, oldest first: forming live updates go to
+        clients at once, marked not committed; closed ones wait for their commit.
+
+        A forming update of a minute already closed (seen here or committed, whichever this
+        hub learnt first) is dropped: delivered after the closed candle, it would read as
+        newer. The newest update per candle is kept when several queued up."""
+        if not self.filters:
+            # Nobody to tell. The closes seen here are only a head start: the commit path
+            # records each close before the client can have it.
+            return
+        closed_seen = self._closed_seen
+        forming: dict[tuple[str, str, str, int], Candle] = {}
+        for candle in batch:
+            key = (candle.exchange, candle.symbol, candle.interval)
+            if candle.closed:
+                if closed_seen.get(key, -1) < candle.open_time:
+                    closed_seen[key] = candle.open_time
+            elif candle.source == Source.WS and closed_seen.get(key, -1) < candle.open_time:
+                forming[candle.key] = candle
+        self._fan_out(list(forming.values()), committed=False)
+
+    def _fan_out(self, live: list[Candle], *, committed: bool) -> None:
         if not live or not self.filters:
             return
         encoded: dict[int, bytes] = {}
@@ -151,16 +229,17 @@ class LiveHub:
         def encode(n: int) -> bytes:
             text = encoded.get(n)
             if text is None:
-                text = encoded[n] = orjson.dumps(candle_dict(live[n]))
+                text = encoded[n] = orjson.dumps(candle_dict(live[n], committed=committed))
             return text
 
+        skippable = not committed
         everyone = self.filters.everyone()
         if everyone:
             shared = _candles_message([encode(n) for n in range(len(live))])
             for client in everyone:
-                client.offer(shared)
+                client.offer(shared, skippable=skippable)
         for client, picks in self.filters.route(live).items():
-            client.offer(_candles_message([encode(n) for n in picks]))
+            client.offer(_candles_message([encode(n) for n in picks]), skippable=skippable)
 
     def send_logs(self, client: Client) -> None:
         if client.logs_after is None:

@@ -96,10 +96,12 @@ export function onCandles(list) {
   for (const c of list) {
     perf.byExchange[c.exchange] = (perf.byExchange[c.exchange] || 0) + 1;
     const key = rowKey(c.exchange, c.symbol, c.interval);
-    const have = pending.get(key);
+    // A closed minute arrives after its commit, when the next minute's forming updates may
+    // already be on screen: it goes to the tape, but the row keeps the newer minute.
+    const have = pending.get(key) || live.get(key);
+    tapeQueue.push(c);
     if (have && have.open_time > c.open_time) continue;
     pending.set(key, c);
-    tapeQueue.push(c);
   }
   perf.candles += list.length;
   if (tapeQueue.length > TAPE_KEEP * 4) tapeQueue.splice(0, tapeQueue.length - TAPE_KEEP);
@@ -111,8 +113,23 @@ export function onTape(fn) {
   return () => tapeListeners.delete(fn);
 }
 
+// Forming updates arrive every few ms: painting them at most 20 times a second keeps the
+// main thread's work near what the 50 ms committed batches cost.
+const MIN_FLUSH_MS = 50;
+let lastFlush = -Infinity;
+let flushTimer = 0;
+
 function schedule() {
-  if (!frame) frame = requestAnimationFrame(flush);
+  if (frame || flushTimer) return;
+  const wait = lastFlush + MIN_FLUSH_MS - performance.now();
+  if (wait <= 0) {
+    frame = requestAnimationFrame(flush);
+    return;
+  }
+  flushTimer = setTimeout(() => {
+    flushTimer = 0;
+    frame = requestAnimationFrame(flush);
+  }, wait);
 }
 
 function setText(el, text) {
@@ -178,6 +195,7 @@ export function requestFrame(fn) {
 function flush() {
   frame = 0;
   const t0 = performance.now();
+  lastFlush = t0;
   sweep(t0);
   for (const [key, c] of pending) {
     const prev = live.get(key);
