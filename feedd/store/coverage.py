@@ -14,6 +14,7 @@ import datetime as dt
 import itertools
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import attrs
 
@@ -155,22 +156,27 @@ def _insert_runs(conn: sqlite3.Connection, series: int, interval: str, times: li
 
 
 def read(
-    conn: sqlite3.Connection,
+    conn: Any,
     exchange: str | None = None,
     symbol: str | None = None,
     interval: str | None = None,
+    *,
+    placeholder: str = "?",
+    by_name: str = "series.exchange, series.symbol, series.interval",
 ) -> list[SeriesCoverage]:
-    """Coverage of every series matching the filters, ordered by exchange, symbol, interval."""
+    """Coverage of every series matching the filters, ordered by exchange, symbol, interval
+    (``by_name``: that order in the backend's SQL). Any DB-API connection: the SQL is the
+    same on SQLite and PostgreSQL but for ``placeholder``."""
     where, args = [], []
     for column, value in (("exchange", exchange), ("symbol", symbol), ("interval", interval)):
         if value is not None:
-            where.append(f"series.{column} = ?")
+            where.append(f"series.{column} = {placeholder}")
             args.append(value)
     rows = conn.execute(
-        "SELECT series.exchange, series.symbol, series.interval, runs.start,"
-        " runs.end FROM runs JOIN series ON series.id = runs.series"
+        'SELECT series.exchange, series.symbol, series.interval, runs.start, runs."end"'
+        " FROM runs JOIN series ON series.id = runs.series"
         + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY series.exchange, series.symbol, series.interval, runs.end",
+        + f' ORDER BY {by_name}, runs."end"',
         args,
     ).fetchall()
     out: list[SeriesCoverage] = []

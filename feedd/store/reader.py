@@ -13,87 +13,38 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
-import orjson
 import trio
 
 from feedd.errors import StoreError
-from feedd.store import coverage as cov
 from feedd.store import nodes as node_rows
 from feedd.store import resample as rs
 from feedd.store.codec import sql_decode
 from feedd.store.database import FileIdentity, file_identity
 from feedd.store.export import Export, ExportRequest, connect_arrow
-from feedd.store.schema import (
-    FLAG_ARCHIVE,
-    FLAG_CLOSED,
-    FLAG_REST,
-    connect_reader,
-    source_name,
-    store_error,
+from feedd.store.schema import connect_reader, store_error
+from feedd.store.sqlreader import (
+    FIELDS,
+    MAX_T,
+    MIN_T,
+    SERIES_ID,
+    CandleRow,
+    JsonPage,
+    Row,
+    SeriesInfo,
+    SqlReader,
 )
 
 T = TypeVar("T")
+__all__ = ["CandleRow", "JsonPage", "Reader", "SeriesInfo", "database_bytes"]
 
-_MIN_T, _MAX_T = -(2**63), 2**63 - 1
-_FIELDS = ("open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades")
-_SERIES_ID = "(SELECT id FROM series WHERE exchange = ? AND symbol = ? AND interval = ?)"
 _CANDLES_SQL = f"""
-SELECT open_time, {", ".join(sql_decode(c) for c in _FIELDS[1:7])}, trades, flags
-FROM candles WHERE series = {_SERIES_ID} AND open_time >= ? AND open_time <= ?
+SELECT open_time, {", ".join(sql_decode(c) for c in FIELDS[1:7])}, trades, flags
+FROM candles WHERE series = {SERIES_ID} AND open_time >= ? AND open_time <= ?
 ORDER BY open_time {{order}} LIMIT ?
 """
 
 
-@attrs.frozen
-class CandleRow:
-    open_time: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    quote_volume: float
-    trades: int | None
-    closed: bool
-    source: str  # "ws" | "rest" | "archive"
-
-
-@attrs.frozen
-class SeriesInfo:
-    exchange: str
-    symbol: str
-    interval: str
-    count: int
-    first_open_time: int
-    last_open_time: int
-
-
-Row = tuple[Any, ...]
-
-
-@attrs.frozen
-class JsonPage:
-    """A page of candles serialised as a JSON array, with what a cursor needs."""
-
-    body: bytes
-    count: int
-    first_open_time: int | None = None
-    last_open_time: int | None = None
-
-
-_EMPTY_PAGE = JsonPage(b"[]", 0)
-
-
-def _to_dict(row: Row) -> dict[str, Any]:
-    d = dict(zip(_FIELDS, row, strict=False))
-    flags = row[8]
-    d["closed"] = bool(flags & FLAG_CLOSED)
-    d["source"] = source_name(flags)
-    return d
-
-
-class Reader:
+class Reader(SqlReader[sqlite3.Connection]):
     """Pooled read-only connections; safe to share between tasks, one query per thread."""
 
     def __init__(self, path: Path, *, max_threads: int = 4) -> None:
@@ -104,161 +55,38 @@ class Reader:
         self._lock = threading.Lock()
         self._closed = False
 
-    async def candles(
+    def _candle_rows(
         self,
-        exchange: str,
-        symbol: str,
-        interval: str,
-        since: int | None = None,
-        until: int | None = None,
-        limit: int = 1000,
-    ) -> list[CandleRow]:
-        """Candles oldest first. With ``since``: the first ``limit`` from it; otherwise the
-        newest ``limit`` up to ``until``."""
-        rows = await self._candle_rows(exchange, symbol, interval, since, until, limit)
-        return [
-            CandleRow(t, o, h, lo, c, v, qv, n, bool(flags & FLAG_CLOSED), _source(flags))
-            for t, o, h, lo, c, v, qv, n, flags in rows
-        ]
-
-    async def candles_json(
-        self,
-        exchange: str,
-        symbol: str,
-        interval: str,
-        since: int | None = None,
-        until: int | None = None,
-        limit: int = 1000,
-    ) -> JsonPage:
-        """``candles`` as JSON objects (CandleRow's field names), serialised in the worker
-        thread to keep the event loop free."""
-
-        def query(conn: sqlite3.Connection) -> JsonPage:
-            rows = _candles_query(conn, (exchange, symbol, interval), since, until, limit)
-            return _page(orjson.dumps([_to_dict(r) for r in rows]), [r[0] for r in rows])
-
-        return await self._run(query, _EMPTY_PAGE)
-
-    async def _candle_rows(
-        self,
-        exchange: str,
-        symbol: str,
-        interval: str,
+        conn: sqlite3.Connection,
+        key: tuple[str, str, str],
         since: int | None,
         until: int | None,
         limit: int,
     ) -> list[Row]:
-        key = (exchange, symbol, interval)
-        return await self._run(lambda c: _candles_query(c, key, since, until, limit), [])
+        lo = MIN_T if since is None else since
+        hi = MAX_T if until is None else until
+        order = "ASC" if since is not None else "DESC"
+        rows: list[Row] = conn.execute(
+            _CANDLES_SQL.format(order=order), (*key, lo, hi, limit)
+        ).fetchall()
+        if since is None:
+            rows.reverse()
+        return rows
 
-    async def last_closed_open_time(
-        self, exchange: str, symbol: str, interval: str, before: int | None = None
-    ) -> int | None:
-        """Open time of the newest stored closed candle (older than ``before`` if given)."""
-        bound = (1 << 62) if before is None else before
-
-        def query(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute(
-                f"SELECT open_time FROM candles WHERE series = {_SERIES_ID}"
-                " AND open_time < ? AND flags & 1 ORDER BY open_time DESC LIMIT 1",
-                (exchange, symbol, interval, bound),
-            ).fetchone()
-            return None if row is None else int(row[0])
-
-        return await self._run(query, None)
-
-    async def closed_open_times(
-        self, exchange: str, symbol: str, interval: str, start: int, end: int
-    ) -> list[int]:
-        """Open times of the stored closed candles in [start, end], ascending."""
-
-        def query(conn: sqlite3.Connection) -> list[int]:
-            rows = conn.execute(
-                f"SELECT open_time FROM candles WHERE series = {_SERIES_ID}"
-                " AND open_time >= ? AND open_time <= ? AND flags & 1 ORDER BY open_time",
-                (exchange, symbol, interval, start, end),
-            ).fetchall()
-            return [int(r[0]) for r in rows]
-
-        return await self._run(query, [])
-
-    async def series(self) -> list[SeriesInfo]:
-        """Every series with its candle count and time range (count walks the series' rows)."""
-
-        def query(conn: sqlite3.Connection) -> list[SeriesInfo]:
-            rows = conn.execute(
-                "SELECT exchange, symbol, interval, count(*), min(open_time), max(open_time)"
-                " FROM series JOIN candles ON candles.series = series.id"
-                " GROUP BY series.id ORDER BY exchange, symbol, interval"
-            ).fetchall()
-            return [SeriesInfo(*r) for r in rows]
-
-        return await self._run(query, [])
-
-    async def resample(
+    def _resampled(
         self,
-        exchange: str,
-        symbol: str,
-        interval: str,
-        since: int | None = None,
-        until: int | None = None,
-        limit: int = 1000,
-    ) -> list[CandleRow]:
-        """``interval`` candles built from stored 1m candles, same since/until/limit rules as
-        ``candles``; see ``feedd.store.resample`` for when a bucket counts as closed."""
-        if interval == rs.BASE_INTERVAL:
-            return await self.candles(exchange, symbol, interval, since, until, limit)
+        conn: sqlite3.Connection,
+        key: tuple[str, str, str],
+        start: int,
+        end: int,
+        *,
+        newest: bool,
+        limit: int,
+    ) -> list[tuple[Any, ...]]:
+        return rs.query(conn, *key, start, end, newest=newest, limit=limit)
 
-        def query(conn: sqlite3.Connection) -> list[CandleRow]:
-            return _resample_query(conn, exchange, symbol, interval, since, until, limit)
-
-        return await self._run(query, [])
-
-    async def resample_json(
-        self,
-        exchange: str,
-        symbol: str,
-        interval: str,
-        since: int | None = None,
-        until: int | None = None,
-        limit: int = 1000,
-    ) -> JsonPage:
-        """``resample`` as JSON, serialised in the worker thread like ``candles_json``."""
-        if interval == rs.BASE_INTERVAL:
-            return await self.candles_json(exchange, symbol, interval, since, until, limit)
-
-        def query(conn: sqlite3.Connection) -> JsonPage:
-            rows = _resample_query(conn, exchange, symbol, interval, since, until, limit)
-            body = orjson.dumps([attrs.asdict(row) for row in rows])
-            return _page(body, [r.open_time for r in rows])
-
-        return await self._run(query, _EMPTY_PAGE)
-
-    async def coverage(
-        self, exchange: str | None = None, symbol: str | None = None, interval: str | None = None
-    ) -> list[cov.SeriesCoverage]:
-        """First and last closed candle, count and holes of every matching series, from the
-        runs the writer keeps (no candle is read)."""
-        return await self._run(lambda c: cov.read(c, exchange, symbol, interval), [])
-
-    async def sources(self, exchange: str, symbol: str, interval: str) -> dict[str, int]:
-        """Closed candles of one series by where they came from (reads the series' rows)."""
-
-        def query(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute(
-                f"SELECT flags & {FLAG_REST | FLAG_ARCHIVE}, count(*) FROM candles"
-                f" WHERE series = {_SERIES_ID} AND flags & {FLAG_CLOSED} GROUP BY 1",
-                (exchange, symbol, interval),
-            ).fetchall()
-            found = dict.fromkeys(_SOURCES, 0)
-            for flags, n in rows:
-                found[source_name(flags)] += int(n)
-            return found
-
-        return await self._run(query, dict.fromkeys(_SOURCES, 0))
-
-    async def nodes(self) -> list[node_rows.NodeRecord]:
-        return await self._run(node_rows.read, [])
+    def _nodes(self, conn: sqlite3.Connection) -> list[node_rows.NodeRecord]:
+        return node_rows.read(conn)
 
     async def export(self, request: ExportRequest) -> AsyncIterator[bytes]:
         """``request``'s file a chunk at a time, each read and encoded in a worker thread on a
@@ -342,46 +170,3 @@ def database_bytes(path: Path) -> int:
         with contextlib.suppress(OSError):
             total += path.with_name(path.name + suffix).stat().st_size
     return total
-
-
-def _page(body: bytes, open_times: list[int]) -> JsonPage:
-    if not open_times:
-        return JsonPage(body, 0)
-    return JsonPage(body, len(open_times), open_times[0], open_times[-1])
-
-
-_SOURCES = ("ws", "rest", "archive")
-_source = source_name
-
-
-def _candles_query(
-    conn: sqlite3.Connection,
-    key: tuple[str, str, str],
-    since: int | None,
-    until: int | None,
-    limit: int,
-) -> list[Row]:
-    lo = _MIN_T if since is None else since
-    hi = _MAX_T if until is None else until
-    if since is not None:
-        return conn.execute(_CANDLES_SQL.format(order="ASC"), (*key, lo, hi, limit)).fetchall()
-    rows = conn.execute(_CANDLES_SQL.format(order="DESC"), (*key, lo, hi, limit)).fetchall()
-    rows.reverse()
-    return rows
-
-
-def _resample_query(
-    conn: sqlite3.Connection,
-    exchange: str,
-    symbol: str,
-    interval: str,
-    since: int | None,
-    until: int | None,
-    limit: int,
-) -> list[CandleRow]:
-    start = _MIN_T if since is None else rs.first_bucket_at_or_after(interval, since)
-    end = _MAX_T if until is None else rs.end_after_bucket_of(interval, until)
-    found = rs.query(
-        conn, exchange, symbol, interval, start, end, newest=since is None, limit=limit
-    )
-    return [CandleRow(*row) for row in found]
