@@ -23,6 +23,7 @@ from feedd.store.sqlite import SqliteBackend
 from feedd.store.writer import Writer, WriterSettings
 from feedd.web.filters import CandleFilter
 from feedd.web.live import (
+    BEHIND_LIMIT_S,
     FORMING_BACKLOG,
     FORMING_EVERY_S,
     FORMING_SENDS_PER_S,
@@ -211,6 +212,22 @@ async def test_a_client_behind_skips_forming_updates_never_closed_ones() -> None
         *(60_000 * n for n in range(FORMING_BACKLOG)),
         0,
     ]
+
+
+async def test_a_client_behind_for_too_long_is_cut_off(autojump_clock: object) -> None:
+    """Skipping forming updates alone let a client that reads nothing keep its socket for
+    minutes (only the odd closed candle filled its outbox): one behind for BEHIND_LIMIT_S is
+    cut like an overflowing one. One that catches up in time is not."""
+    hub = LiveHub(None, LogRing(), dict)  # type: ignore[arg-type]
+    reader, silent = subscribed_client(hub), subscribed_client(hub)
+    for n in range(FORMING_BACKLOG):
+        hub.publish_ingested([update(60_000 * n, "1.5")])
+    await trio.sleep(BEHIND_LIMIT_S - 1)
+    hub.publish_ingested([update(0, "1.6")])
+    await reader.next_messages()  # it reads: no longer behind
+    await trio.sleep(2)
+    hub.publish_ingested([update(0, "1.7")])
+    assert silent.overflowed.is_set() and not reader.overflowed.is_set()
 
 
 async def test_ws_client_gets_forming_updates_before_any_commit(tmp_path: Path) -> None:

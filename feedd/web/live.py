@@ -39,6 +39,10 @@ FORMING_MAX_S = 0.25
 #: a client with this many messages queued is behind: it skips forming updates (newer ones
 #: follow) so that its outbox keeps room for closed candles
 FORMING_BACKLOG = OUTBOX // 4
+#: a client that stays behind this long reads slower than the feed (or not at all): it is cut
+#: off like an overflowing one. Skipping forming updates alone could keep a silent client's
+#: socket and outbox for ever, its outbox filling only with the odd closed candle.
+BEHIND_LIMIT_S = 10.0
 STATUS_EVERY_S = 1.0
 LOGS_EVERY_S = 0.25
 SeriesKey = tuple[str, str, str]
@@ -78,17 +82,30 @@ class Client:
         self.overflowed = trio.Event()
         #: forming-update messages skipped while behind
         self.skipped = 0
+        #: since when the outbox has held FORMING_BACKLOG messages or more
+        self._behind_since: float | None = None
 
     def offer(self, message: str, *, skippable: bool = False) -> None:
         if self.overflowed.is_set():
             return
-        if skippable and self.outbox_send.statistics().current_buffer_used >= FORMING_BACKLOG:
-            self.skipped += 1
-            return
+        used = self.outbox_send.statistics().current_buffer_used
+        if used >= FORMING_BACKLOG:
+            since = self._behind_since
+            if since is not None and trio.current_time() - since >= BEHIND_LIMIT_S:
+                self.overflowed.set()
+                return
+            if skippable:
+                self.skipped += 1
+                return
+        else:
+            self._behind_since = None
         try:
             self.outbox_send.send_nowait(message)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self.overflowed.set()
+            return
+        if used + 1 >= FORMING_BACKLOG and self._behind_since is None:
+            self._behind_since = trio.current_time()
 
     async def next_messages(self) -> list[str]:
         """Wait for the next message, then take everything queued behind it, merged.
