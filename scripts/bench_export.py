@@ -7,7 +7,7 @@ through the real HTTP API of a feedd started with every exchange disabled, downl
 loopback by ``curl`` in a process of its own (so the client's work is not feedd's). RSS is
 feedd's process, sampled from just before the export. The reference, measured in the same run:
 a bare ``sqlite3`` read of the same rows into Python tuples (``fetchall``), which stores
-nothing and encodes nothing (what the export cost before it read through ADBC).
+nothing and encodes nothing: the floor of any export through sqlite3.
 
 Usage: .venv/bin/python scripts/bench_export.py [--minutes 525600] [--repeat 3]
 """

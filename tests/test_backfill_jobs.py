@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 import httpx
 import orjson
+import pyarrow as pa
 import pytest
 import trio
 import trio.testing
@@ -25,7 +26,7 @@ from feedd.jobs.manager import JobManager
 from feedd.service import Service, run_service
 from feedd.sim.app import Simulator, open_simulator
 from feedd.sim.settings import SimSettings
-from feedd.store.export import connect_arrow, decimal_text
+from feedd.store.export import decimal_text
 
 DAY_MS = 86_400_000
 JSON = {"Content-Type": "application/json"}
@@ -110,7 +111,7 @@ def differences(
 ) -> list[str]:
     """The first few candles where the store and the simulator's truth disagree in
     [start, end]; a year is compared in seconds (the stored side is read and decoded column-wise
-    by the export's code: ADBC and Arrow)."""
+    with Arrow's kernels)."""
     truth = []
     page_start = start
     while page_start <= end:
@@ -135,21 +136,22 @@ def differences(
 def stored_rows(db: Path, exchange: str, symbol: str, start: int, end: int) -> list[tuple]:
     """Closed 1m candles stored in [start, end] as (open time, the six values as their exact
     decimal text, trades), oldest first."""
-    conn = connect_arrow(db)
+    # sqlite3, never a second SQLite library (ADBC's): feedd runs in this process, and two
+    # SQLite copies in one process break each other's locks.
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        cursor = conn.cursor()
-        cursor.execute(
+        found = conn.execute(
             "SELECT c.open_time, c.open, c.high, c.low, c.close, c.volume, c.quote_volume,"
             " c.trades FROM candles c JOIN series s ON s.id = c.series"
             " WHERE s.exchange = ? AND s.symbol = ? AND s.interval = '1m' AND c.flags & 1"
             " AND c.open_time BETWEEN ? AND ? ORDER BY c.open_time",
             (exchange, symbol, start, end),
-        )
-        table = cursor.fetch_arrow_table()
-        cursor.close()
+        ).fetchall()
     finally:
         conn.close()
-    columns = [column.combine_chunks() for column in table.columns]
+    if not found:
+        return []
+    columns = [pa.array(column, pa.int64()) for column in zip(*found, strict=True)]
     texts = [decimal_text(column).to_pylist() for column in columns[1:7]]
     return list(zip(columns[0].to_pylist(), *texts, columns[7].to_pylist(), strict=True))
 

@@ -20,7 +20,7 @@ from feedd.store import nodes as node_rows
 from feedd.store import resample as rs
 from feedd.store.codec import sql_decode
 from feedd.store.database import FileIdentity, file_identity
-from feedd.store.export import Export, ExportRequest, connect_arrow
+from feedd.store.export import Export, ExportRequest
 from feedd.store.schema import connect_reader, store_error
 from feedd.store.sqlreader import (
     FIELDS,
@@ -103,7 +103,7 @@ class Reader(SqlReader[sqlite3.Connection]):
             except sqlite3.Error as exc:
                 raise store_error(exc, "cannot read", self.path) from exc
 
-        job = Export(connect, request, lambda: connect_arrow(self.path))
+        job = Export(connect, request)
         try:
             while (
                 chunk := await trio.to_thread.run_sync(step, job, limiter=self._limiter)
