@@ -440,7 +440,29 @@ def valid_exchange(name: str) -> st.SearchStrategy[dict[str, Any]]:
 VALID_CONFIG_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "exchanges": st.fixed_dictionaries({}, optional={v: valid_exchange(v) for v in VENUES}),
     "intervals": st.lists(st.sampled_from(SHARED_INTERVALS), min_size=1, max_size=4),
-    "database_path": st.text(min_size=1, max_size=30),
+    # the old database_path is an alias of storage's SQLite path: both at once is refused
+    "storage": st.one_of(
+        st.fixed_dictionaries(
+            {"backend": st.just("sqlite")}, optional={"path": st.text(min_size=1, max_size=30)}
+        ),
+        st.fixed_dictionaries(
+            {
+                "backend": st.just("postgresql"),
+                "dsn": st.from_regex(
+                    r"postgresql://[a-z]{1,8}:[a-z0-9]{1,8}@[a-z]{1,8}/[a-z]{1,8}", fullmatch=True
+                ),
+            }
+        ),
+    ),
+    "role": st.sampled_from(["all", "collector", "api"]),
+    "publish": st.fixed_dictionaries(
+        {
+            "nats": st.fixed_dictionaries(
+                {"url": st.sampled_from(["nats://127.0.0.1:4222", "nats://u:p@nats.lan:4222"])},
+                optional={"subject_prefix": st.from_regex(r"[a-z]{1,10}", fullmatch=True)},
+            )
+        }
+    ),
     "batch_interval": st.integers(*config.INTEGER_BOUNDS["batch_interval"]),
     "max_records": st.integers(*config.INTEGER_BOUNDS["max_records"]) | st.just(0),
     "bootstrap_load": st.integers(*config.INTEGER_BOUNDS["bootstrap_load"]),
