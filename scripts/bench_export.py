@@ -25,7 +25,7 @@ import psutil
 import trio
 from bench_api import EXCHANGE, SYMBOL, fill, serving
 
-from feedd.store.export import ExportRequest
+from feedd.store.exportrequest import ExportRequest
 from feedd.store.reader import Reader
 
 

@@ -38,7 +38,7 @@ from feedd.sim import SimSettings, Simulator, open_simulator
 from feedd.sim.clock import DEFAULT_START_MS
 from feedd.store import resample
 from feedd.store.database import Database
-from feedd.store.export import ExportRequest
+from feedd.store.exportrequest import ExportRequest
 from feedd.store.reader import Reader
 
 BN = "binance_futures"

@@ -26,7 +26,7 @@ from feedd.candle import Candle, Source
 from feedd.errors import StoreError
 from feedd.intervals import DAY_MS, HOUR_MS, MINUTE_MS
 from feedd.store.backend import Backend, ReadStore
-from feedd.store.export import ExportRequest
+from feedd.store.exportrequest import ExportRequest
 from feedd.store.postgres import export as pg_export
 from feedd.store.postgres.reader import PgReader
 

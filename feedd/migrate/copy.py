@@ -14,7 +14,7 @@ import trio
 from feedd.candle import Candle, Source
 from feedd.errors import StoreError
 from feedd.store.backend import Backend, ReadStore, WriteConnection
-from feedd.store.export import ExportRequest
+from feedd.store.exportrequest import ExportRequest
 from feedd.store.reader import SeriesInfo
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import trio
 from feedd.ctl.progress import Progress
 from feedd.migrate.copy import csv_lines
 from feedd.store.backend import ReadStore
-from feedd.store.export import ExportRequest
+from feedd.store.exportrequest import ExportRequest
 from feedd.store.reader import SeriesInfo
 
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from feedd.candle import Candle
     from feedd.storageconfig import StorageConfig
     from feedd.store.coverage import SeriesCoverage
-    from feedd.store.export import ExportRequest
+    from feedd.store.exportrequest import ExportRequest
     from feedd.store.nodes import NodeRecord
     from feedd.store.reader import CandleRow, JsonPage, SeriesInfo
 

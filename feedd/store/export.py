@@ -23,14 +23,9 @@ import pyarrow.parquet as pq
 
 from feedd.intervals import next_open
 from feedd.store import resample as rs
+from feedd.store.exportrequest import ExportRequest
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST
 
-FORMATS = ("csv", "ndjson", "parquet")
-MEDIA_TYPES = {
-    "csv": "text/csv; charset=utf-8",
-    "ndjson": "application/x-ndjson",
-    "parquet": "application/vnd.apache.parquet",
-}
 #: rows read, encoded and handed on at a time (a Parquet row group each). Arrow's memory pool
 #: keeps what a chunk needed: 50,000 rows grew a fresh process by 60-75 MB in an export,
 #: 20,000 rows by 35-42 MB (the target is under 50), at no cost in speed measured.
@@ -63,20 +58,6 @@ _CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="none")
 _MIN_T, _MAX_T = -(2**63), 2**63 - 1
 _POW10_INT = pa.array([10**d for d in range(16)], pa.int64())
 _POW10_FLOAT = pa.array([float(10**d) for d in range(16)], pa.float64())
-
-
-@attrs.frozen
-class ExportRequest:
-    exchange: str
-    symbol: str
-    interval: str
-    #: built from stored 1m candles rather than read as stored
-    resampled: bool
-    format: str
-    since: int | None = None
-    until: int | None = None
-    #: most rows in all (None: the whole range)
-    limit: int | None = None
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ from feedd.store import nodes as node_rows
 from feedd.store import resample as rs
 from feedd.store.codec import sql_decode
 from feedd.store.database import FileIdentity, file_identity
-from feedd.store.export import Export, ExportRequest
+from feedd.store.exportrequest import ExportRequest
 from feedd.store.schema import connect_reader, store_error
 from feedd.store.sqlreader import (
     FIELDS,
@@ -91,6 +91,8 @@ class Reader(SqlReader[sqlite3.Connection]):
     async def export(self, request: ExportRequest) -> AsyncIterator[bytes]:
         """``request``'s file a chunk at a time, each read and encoded in a worker thread on a
         connection of its own (see ``feedd.store.export``): memory stays constant."""
+
+        from feedd.store.export import Export  # pyarrow only once an export is asked for
 
         def connect() -> sqlite3.Connection:
             if not self.path.exists():

@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 import attrs
 from quart import Blueprint, Response, request
 
-from feedd.store.export import FORMATS, MEDIA_TYPES, ExportRequest
+from feedd.store.exportrequest import FORMATS, MEDIA_TYPES, ExportRequest
 from feedd.store.reader import JsonPage
 from feedd.web import params
 from feedd.web.errors import ApiError, json_response

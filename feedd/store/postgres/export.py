@@ -21,13 +21,13 @@ from feedd.store import resample as rs
 from feedd.store.export import (
     COLUMNS,
     Chunk,
-    ExportRequest,
     _ParquetSink,
     csv_bytes,
     ndjson_bytes,
     parquet_table,
     resampled_chunk,
 )
+from feedd.store.exportrequest import ExportRequest
 from feedd.store.postgres import resample as pg_rs
 from feedd.store.postgres.connection import Connection
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST

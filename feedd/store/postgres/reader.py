@@ -17,13 +17,12 @@ import psycopg
 import trio
 
 from feedd.errors import StoreError
-from feedd.store.export import ExportRequest
+from feedd.store.exportrequest import ExportRequest
 from feedd.store.nodes import NodeRecord
 from feedd.store.postgres import nodes
 from feedd.store.postgres import resample as pg_rs
 from feedd.store.postgres.connection import Connection as Conn
 from feedd.store.postgres.connection import connect, location, store_error
-from feedd.store.postgres.export import PgExport
 from feedd.store.sqlreader import FIELDS, MAX_T, MIN_T, SERIES_ID, Row, SqlReader
 
 T = TypeVar("T")
@@ -88,6 +87,8 @@ class PgReader(SqlReader[Conn]):
     async def export(self, request: ExportRequest) -> AsyncIterator[bytes]:
         """``request``'s file a chunk at a time, each a keyset page read and encoded in a
         worker thread on a pooled connection (see ``feedd.store.postgres.export``)."""
+        from feedd.store.postgres.export import PgExport  # pyarrow only once asked for
+
         job = PgExport(request)
         while (chunk := await self._run(job.next_chunk, None, empty_schema=False)) is not None:
             if chunk:
