@@ -107,6 +107,11 @@ async def inject_until_reconnected(
         await writer.wait_committed(moved)
 
 
+def live(s: ExchangeStats) -> bool:
+    """Every stream subscribed: the session's watchdog is running."""
+    return s.streams_subscribed >= len(SYMBOLS)
+
+
 def reconnected(count: int) -> Callable[[ExchangeStats], bool]:
     """``count`` reconnects so far, and connected again."""
     return lambda s: s.reconnects >= count and s.connections == 1
@@ -131,6 +136,9 @@ async def test_stream_faults_one_after_another(tmp_path: Path) -> None:
             await sim.sleep_until_ms(sim.now_ms() // MINUTE_MS * MINUTE_MS + MINUTE_MS + MID)
             await inject_until_reconnected(service, sim, lambda f: f.drop_connections(), 1)
             await inject_until_reconnected(service, sim, lambda f: f.send_oversized(), 2)
+            # The watchdog runs once every subscription is answered: a stall that began
+            # between a reconnect and its acks only delays them, and reconnects nothing.
+            await until(service, lambda s: reconnected(2)(s) and live(s))
             on_all(sim, lambda f: f.stall(5.0))  # > silence_timeout (3 s): the watchdog acts
             await until(service, reconnected(3))
             on_all(sim, lambda f: f.stall_symbol("SOLUSDT", 8.0))  # > the stream's 6 s
