@@ -43,7 +43,12 @@ async def test_unicode_symbol_collected_and_served(
         with trio.fail_after(60):
             await wait_for_truth(service, sim, tmp_path / "ohlcv.db", EX, SYMBOLS, since, until)
         stats = service.state.supervisor.stats[EX]
-        assert stats.stream_states[f"{UNICODE_SYMBOL} 1m"] == "live"
+        # The window's candles may all come from REST before the stream's first push:
+        # wait for that push, which is what turns the stream live.
+        with trio.fail_after(60):
+            await wait_on_commits(
+                service, lambda: stats.stream_states.get(f"{UNICODE_SYMBOL} 1m") == "live"
+            )
 
         # The API path carries the symbol percent-encoded as UTF-8.
         path = f"/ohlcv/{EX}/{quote(UNICODE_SYMBOL)}/1m"
