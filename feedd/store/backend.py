@@ -168,10 +168,21 @@ class Backend(Protocol):
     kind: str
     #: where the store is, for logs and errors: never a password
     location: str
+    #: the store as ``feedd migrate`` names it (``sqlite:PATH`` or a URL): never a password
+    spec: str
 
     def prepare(self) -> None:
         """Check at start what would make the store unusable for good (a folder in the way,
         a malformed address): ``StoreError`` in one line naming the cause."""
+        ...
+
+    def check_source(self) -> None:
+        """Before reading this store as a copy's source, without creating or changing
+        anything: ``StoreError`` in one line when it is not a feedd store that can be read."""
+        ...
+
+    def same_store(self, other: Backend) -> bool:
+        """Whether ``other`` is this very store (one file, one server's database)."""
         ...
 
     def open_writer(self, *, busy_timeout_ms: int) -> WriteConnection:
