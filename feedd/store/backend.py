@@ -63,9 +63,11 @@ class WriteConnection(Protocol):
 
     def delete_job(self, job_id: str) -> None: ...
 
-    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
-        """Save node ``node_id``'s heartbeat (its status ``doc``, JSON, at ``at_ms``) and
-        delete the rows of nodes silent for a day."""
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> int:
+        """Save node ``node_id``'s heartbeat (its status ``doc``, JSON) stamped with the
+        store's clock, and delete the rows of nodes silent for a day; returns the stamp.
+        ``at_ms`` is the node's clock, the stamp where the store has no clock of its own
+        (SQLite: one machine); a server stamps with its own, whatever the nodes' say."""
         ...
 
     def load_jobs(self) -> list[str]:

@@ -203,9 +203,9 @@ class Database:
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot write to", self.path) from exc
 
-    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> int:
         try:
-            nodes.record(self._conn, node_id, doc, at_ms)
+            return nodes.record(self._conn, node_id, doc, at_ms)
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot write to", self.path) from exc
 

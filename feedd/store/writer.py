@@ -371,12 +371,13 @@ class Writer:
             db = await self._db.get()
             await self._db.run(db.delete_job, job_id)
 
-    async def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
-        """Save this node's heartbeat (in the writer's thread, between commits)."""
+    async def record_node(self, node_id: str, doc: str, at_ms: int) -> int:
+        """Save this node's heartbeat (in the writer's thread, between commits); returns its
+        stamp, the store's clock."""
         async with self._db_lock:
             db = await self._db.get()
             try:
-                await self._db.run(db.record_node, node_id, doc, at_ms)
+                return await self._db.run(db.record_node, node_id, doc, at_ms)
             except StoreError:
                 # A node that commits no candles (an API node) has no failed commit to replace
                 # a broken connection: the next heartbeat must open a new one itself.

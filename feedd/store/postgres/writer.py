@@ -254,8 +254,8 @@ class PgWriteConnection:
         except psycopg.Error as exc:
             raise store_error(exc, "cannot write to", self._dsn) from None
 
-    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
-        nodes.record(self._conn, self._dsn, node_id, doc, at_ms)
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> int:
+        return nodes.record(self._conn, self._dsn, node_id, doc, at_ms)
 
     def load_jobs(self) -> list[str]:
         """Every saved job document, oldest first."""
