@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from feedd.storageconfig import StorageConfig
     from feedd.store.coverage import SeriesCoverage
     from feedd.store.exportrequest import ExportRequest
+    from feedd.store.lease import Lease
     from feedd.store.nodes import NodeRecord
     from feedd.store.reader import CandleRow, JsonPage, SeriesInfo
 
@@ -72,6 +73,16 @@ class WriteConnection(Protocol):
 
     def load_jobs(self) -> list[str]:
         """Every saved job document, oldest first."""
+        ...
+
+    def lease_job(self, job_id: str, node_id: str, ttl_ms: int) -> Lease:
+        """Take job ``job_id``'s lease for ``node_id``, or renew it, for ``ttl_ms`` on the
+        store's clock, unless another node holds one not expired yet; returns the lease as
+        it stands after (feedd/store/lease.py)."""
+        ...
+
+    def release_job(self, job_id: str, node_id: str) -> None:
+        """Give job ``job_id``'s lease up, if ``node_id`` still holds it."""
         ...
 
     def closed_runs(
