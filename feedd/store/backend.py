@@ -77,8 +77,8 @@ class WriteConnection(Protocol):
 
     def lease_job(self, job_id: str, node_id: str, ttl_ms: int) -> Lease:
         """Take job ``job_id``'s lease for ``node_id``, or renew it, for ``ttl_ms`` on the
-        store's clock, unless another node holds one not expired yet; returns the lease as
-        it stands after (feedd/store/lease.py)."""
+        store's clock, unless another node holds one not expired yet (a store only one node
+        uses grants it always); returns the lease as it stands after (feedd/store/lease.py)."""
         ...
 
     def release_job(self, job_id: str, node_id: str) -> None:

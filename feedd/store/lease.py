@@ -1,7 +1,8 @@
 """Job leases: which node runs a saved job. A node takes a job's lease before running it,
-renews it while it runs and gives it up at the end; another node may take it once it expired
-(its holder died). Expiry is on the store's clock: on SQLite (one machine) this machine's,
-PostgreSQL uses the server's (feedd/store/postgres/lease.py), never a node's own.
+renews it while it runs and gives it up at the end; on PostgreSQL (feedd/store/postgres/
+lease.py) another node may take it only once it expired on the server's clock (its holder
+died). A SQLite store is one machine's, one feedd's: its lease is always the asker's, so a
+feedd restarted after a crash takes its jobs at once instead of waiting out its former self.
 """
 
 from __future__ import annotations
@@ -26,14 +27,6 @@ CREATE TABLE IF NOT EXISTS job_leases (
 ) WITHOUT ROWID
 """
 
-#: the upsert that takes or renews a lease: only for its holder, or once it expired
-TAKE = (
-    "INSERT INTO job_leases (job_id, node_id, expires_at) VALUES ({p}, {p}, {p})"
-    " ON CONFLICT (job_id) DO UPDATE SET node_id = excluded.node_id,"
-    " expires_at = excluded.expires_at"
-    " WHERE job_leases.node_id = excluded.node_id OR job_leases.expires_at <= {p}"
-)
-
 
 @attrs.frozen
 class Lease:
@@ -56,15 +49,17 @@ def take(
     conn: sqlite3.Connection, path: Path, job_id: str, node_id: str, ttl_ms: int,
     now_ms: int | None = None,
 ) -> Lease:  # fmt: skip
-    """Take job ``job_id``'s lease for ``node_id`` (or renew it) for ``ttl_ms``, unless another
-    node holds one not expired yet; returns the lease after, in one transaction."""
+    """Take job ``job_id``'s lease for ``node_id`` (or renew it) for ``ttl_ms``: always granted
+    (see the module docstring); returns it, saved in one transaction."""
     now = wall_ms() if now_ms is None else now_ms
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(TAKE.format(p="?"), (job_id, node_id, now + ttl_ms, now))
             row = conn.execute(
-                "SELECT node_id, expires_at FROM job_leases WHERE job_id = ?", (job_id,)
+                "INSERT INTO job_leases (job_id, node_id, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (job_id) DO UPDATE SET node_id = excluded.node_id,"
+                " expires_at = excluded.expires_at RETURNING node_id, expires_at",
+                (job_id, node_id, now + ttl_ms),
             ).fetchone()
             conn.execute("DELETE FROM job_leases WHERE expires_at < ?", (now - KEEP_MS,))
             conn.execute("COMMIT")

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import psycopg
 
-from feedd.store.lease import KEEP_MS, TAKE, Lease
+from feedd.store.lease import KEEP_MS, Lease
 from feedd.store.postgres.connection import Connection, store_error
 from feedd.store.postgres.nodes import NOW_MS
+
+#: takes or renews a lease: for its holder, or anyone once it expired
+TAKE = (
+    "INSERT INTO job_leases (job_id, node_id, expires_at) VALUES (%s, %s, %s)"
+    " ON CONFLICT (job_id) DO UPDATE SET node_id = excluded.node_id,"
+    " expires_at = excluded.expires_at"
+    " WHERE job_leases.node_id = excluded.node_id OR job_leases.expires_at <= %s"
+)
 
 #: schema step 3 (feedd/store/postgres/schema.py's MIGRATIONS)
 DDL = """
@@ -26,7 +34,7 @@ def take(conn: Connection, dsn: str, job_id: str, node_id: str, ttl_ms: int) -> 
     try:
         with conn.transaction():
             (now,) = conn.execute("SELECT " + NOW_MS).fetchone() or (0,)
-            conn.execute(TAKE.format(p="%s"), (job_id, node_id, now + ttl_ms, now))
+            conn.execute(TAKE, (job_id, node_id, now + ttl_ms, now))
             row = conn.execute(
                 "SELECT node_id, expires_at FROM job_leases WHERE job_id = %s", (job_id,)
             ).fetchone()
