@@ -9,14 +9,22 @@ import threading
 from contextlib import closing
 from pathlib import Path
 
+import orjson
+import psycopg
+import pytest
 import trio
 
+from feedd.candle import Candle
+from feedd.jobs import lease
+from feedd.jobs.lease import JobLeases
+from feedd.jobs.model import Job, SymbolJob
 from feedd.sim.app import open_simulator
 from feedd.sim.settings import SimSettings
 from feedd.store.backend import Backend, WriteConnection
 from feedd.store.lease import Lease
 from feedd.store.postgres import postgres_backend
 from feedd.store.sqlite import SqliteBackend
+from feedd.store.writer import Writer, WriterSettings
 
 pytest_plugins = ["pgserver"]
 
@@ -141,3 +149,55 @@ async def test_one_sqlite_node_runs_its_jobs_under_its_own_lease(tmp_path: Path)
             assert [(j["id"], j["node"]) for j in listed] == [(job["id"], None)]
         with closing(sqlite3.connect(tmp_path / "ohlcv.db")) as conn:
             assert conn.execute("SELECT count(*) FROM job_leases").fetchone() == (0,)
+
+
+async def test_a_holder_that_lost_its_lease_stops_and_waits(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease moved to another node while this one ran the job (it could not renew in
+    time): the next renewal sees it, the job's work is cancelled, and the node waits; once
+    the other gives it up, this node takes the job again and runs it to the end."""
+    monkeypatch.setattr(lease, "RENEW_S", 0.05)
+    monkeypatch.setattr(lease, "POLL_S", 0.05)
+    backend = postgres_backend(pg_dsn)
+    writer = Writer(WriterSettings(backend, 50, 1000))
+    send, recv = trio.open_memory_channel[list[Candle]](1)
+    job = Job("j1", "binance_futures", "1m", 0, MINUTE, 0, [SymbolJob("BTCUSDT")], 0)
+    runs: list[str] = []
+    first_started, release_second = trio.Event(), trio.Event()
+
+    async def body() -> None:
+        runs.append("started")
+        if len(runs) == 1:
+            first_started.set()
+            await trio.sleep_forever()  # cancelled when the lease is lost
+        await release_second.wait()
+        runs.append("finished")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run, recv)
+        await writer.write_job([], job.id, 0, orjson.dumps(job.record()).decode())
+        leases = JobLeases(writer, "A")
+        done: list[bool] = []
+
+        async def run() -> None:
+            done.append(await leases.run(job, body))
+
+        nursery.start_soon(run)
+        with trio.fail_after(30):
+            await first_started.wait()
+            assert leases.holder(job.id) == "A"
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                conn.execute("UPDATE job_leases SET node_id = 'B' WHERE job_id = %s", (job.id,))
+            while leases.holder(job.id) != "B":
+                await leases.wait_changed()
+            assert runs == ["started"]  # cancelled, not run again while B holds it
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                conn.execute("DELETE FROM job_leases WHERE job_id = %s", (job.id,))
+            while leases.holder(job.id) != "A":
+                await leases.wait_changed()
+            release_second.set()
+            while not done:
+                await leases.wait_changed()
+        assert done == [True] and runs == ["started", "started", "finished"]
+        await send.aclose()

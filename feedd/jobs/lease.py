@@ -75,24 +75,38 @@ class JobLeases:
         while True:
             if not await self._acquire(job):
                 return False
+            unread = False
             try:
-                await self._load(job)
-                if job.state not in ACTIVE:
-                    return False  # it ended on the node that held it before
-                job.state = QUEUED
-                lost = await self._run_renewed(job, body)
+                try:
+                    await self._load(job)
+                except StoreError as exc:
+                    log.warning("backfill job %s: saved state not read: %s", job.id, exc)
+                    unread = lost = True
+                else:
+                    if job.state not in ACTIVE:
+                        return False  # it ended on the node that held it before
+                    job.state = QUEUED
+                    lost = await self._run_renewed(job, body)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT_S):
                     await self._release(job.id)
             if not lost:
                 return True
-            log.warning("backfill job %s: lease lost, waiting to take it again", job.id)
+            if unread:
+                await trio.sleep(POLL_S)
+            else:
+                log.warning("backfill job %s: lease lost, waiting to take it again", job.id)
 
     async def _load(self, job: Job) -> None:
+        """Take the job's saved state, if the store has a readable one."""
         for raw in await self.store.load_jobs():
-            record = orjson.loads(raw)
-            if isinstance(record, dict) and record.get("id") == job.id and "per_symbol" in record:
-                adopt(job, record)
+            try:
+                record = orjson.loads(raw)
+                if isinstance(record, dict) and record.get("id") == job.id:
+                    adopt(job, record)
+                    return
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # the manager logs saved jobs that do not read back
 
     async def _acquire(self, job: Job) -> bool:
         """Wait until this node holds the lease; False if the job ends meanwhile (seen by the
@@ -126,7 +140,7 @@ class JobLeases:
                     if trio.current_time() - renewed < LEASE_S:
                         continue
                     # Run out by now: another node may hold it. Stop, and ask again.
-                    self.holders.pop(job.id, None)
+                    self._seen(job.id, None)
                 else:
                     self._seen(job.id, lease.node_id)
                     if lease.node_id == self.node_id:
@@ -151,11 +165,14 @@ class JobLeases:
             # It runs out by itself.
             log.warning("backfill job %s: lease not given up: %s", job_id, exc)
         else:
-            self.holders.pop(job_id, None)
+            self._seen(job_id, None)
 
-    def _seen(self, job_id: str, node_id: str) -> None:
+    def _seen(self, job_id: str, node_id: str | None) -> None:
         if self.holders.get(job_id) != node_id:
-            self.holders[job_id] = node_id
+            if node_id is None:
+                del self.holders[job_id]
+            else:
+                self.holders[job_id] = node_id
             self._changed.set()
             self._changed = trio.Event()
 
