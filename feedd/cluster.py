@@ -1,7 +1,10 @@
 """Heartbeats: every node saves its status in the store every few seconds and reads back
 every node's, which /status and the dashboard show as the cluster (stale ones marked).
 
-The list is read once per heartbeat, not per request: /status stays free of queries.
+The list is read once per heartbeat, not per request: /status stays free of queries. Ages
+are measured on the store's clock (a heartbeat's stamp, and the store's time at this node's
+last beat plus the monotonic time since): a node whose wall clock is off looks neither dead
+nor alive wrongly.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ STALE_BEATS = 3
 
 
 class NodeWriter(Protocol):
-    async def record_node(self, node_id: str, doc: str, at_ms: int) -> None: ...
+    async def record_node(self, node_id: str, doc: str, at_ms: int) -> int: ...
 
 
 def wall_ms() -> int:
@@ -74,13 +77,19 @@ class Cluster:
         *,
         interval_s: float = HEARTBEAT_S,
         clock: Callable[[], int] = wall_ms,
+        monotonic: Callable[[], float] = trio.current_time,
     ) -> None:
         self.identity = identity
         self.interval_s = interval_s
         self._writer = writer
         self._reader = reader
         self._status = status
+        #: this node's wall clock: a heartbeat's stamp only where the store has no clock
+        #: of its own (SQLite, on this machine)
         self._clock = clock
+        self._monotonic = monotonic
+        #: the store's clock at this node's last saved heartbeat, and ``monotonic()`` then
+        self._stamp: tuple[int, float] | None = None
         #: every node's latest heartbeat, as last read
         self.nodes: list[NodeRecord] = []
         #: why the last heartbeat could not be saved or read (None: it was)
@@ -103,9 +112,10 @@ class Cluster:
         doc = {**attrs.asdict(self.identity), "state": state, **self._status()}
         del doc["node_id"]
         try:
-            await self._writer.record_node(
+            stamp = await self._writer.record_node(
                 self.identity.node_id, orjson.dumps(doc).decode(), self._clock()
             )
+            self._stamp = (stamp, self._monotonic())
             self.nodes = await self._reader.nodes()
         except StoreError as exc:
             if str(exc) != self.last_error:
@@ -122,10 +132,19 @@ class Cluster:
         """Return after the next heartbeat attempt."""
         await self._beaten.wait()
 
+    def store_now(self) -> int:
+        """The store's clock now: its stamp of this node's last heartbeat plus the time since
+        on the monotonic clock (this node's wall clock only before any heartbeat was saved)."""
+        if self._stamp is None:
+            return self._clock()
+        stamp, at = self._stamp
+        return stamp + int((self._monotonic() - at) * 1000)
+
     def document(self, now_ms: int | None = None) -> list[dict[str, Any]]:
         """Every node for /status: its saved status plus when it was heard and whether it is
-        stale (a stopped node is not stale: it said goodbye)."""
-        now = self._clock() if now_ms is None else now_ms
+        stale (a stopped node is not stale: it said goodbye). ``now_ms`` is on the store's
+        clock (``store_now()`` when not given)."""
+        now = self.store_now() if now_ms is None else now_ms
         limit_ms = STALE_BEATS * self.interval_s * 1000
         out = []
         for record in self.nodes:
@@ -135,7 +154,8 @@ class Cluster:
                 doc = {}
             if not isinstance(doc, dict):
                 doc = {}
-            # Clocks of two machines differ a little: a heartbeat "from the future" is fresh.
+            # One clock stamps every heartbeat; the monotonic part of ``now`` may lag a beat
+            # saved by another node a moment ago by a few milliseconds.
             age_ms = max(0, now - record.at_ms)
             out.append(
                 {

@@ -115,12 +115,12 @@ async def run_service(
                 candles_send, reader, http, cpu, store=writer, collect=config.role != "api"
             )
             controller = Controller(config, config_path, supervisor, writer, http)
-            jobs = JobManager(writer, supervisor, http, lambda: controller.config)
-            controller.jobs = jobs
             started_at = time.time()
+            node = NodeIdentity.of_this_process(config.role, started_at)
+            jobs = JobManager(writer, supervisor, http, lambda: controller.config, node.node_id)
+            controller.jobs = jobs
             monitor = Monitor(backend, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))
-            node = NodeIdentity.of_this_process(config.role, started_at)
             cluster = Cluster(node, writer, reader, lambda: node_status(state))
             state = AppState(
                 controller=controller,

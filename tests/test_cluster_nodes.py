@@ -65,6 +65,14 @@ class Clock:
         return self.now
 
 
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @asynccontextmanager
 async def open_store(path: Path) -> AsyncIterator[tuple[Writer, Reader]]:
     backend = SqliteBackend(path)
@@ -90,8 +98,15 @@ async def test_heartbeats_appear_and_go_stale(tmp_path: Path) -> None:
         a_id = NodeIdentity.of_this_process("collector", T0 / 1000)
         b_id = NodeIdentity.of_this_process("api", T0 / 1000)
         assert a_id.node_id != b_id.node_id
-        a = Cluster(a_id, writer, reader, lambda: node_status("live"), clock=clock)
-        b = Cluster(b_id, writer, reader, lambda: {"health": "healthy"}, clock=clock)
+        # SQLite stamps with this machine's clock; between beats ages grow on the monotonic
+        # clock (frozen here, so that the limits below are exact).
+        monotonic = Monotonic()
+        a = Cluster(
+            a_id, writer, reader, lambda: node_status("live"), clock=clock, monotonic=monotonic
+        )
+        b = Cluster(
+            b_id, writer, reader, lambda: {"health": "healthy"}, clock=clock, monotonic=monotonic
+        )
         await a.beat()
         assert [n["node_id"] for n in a.document()] == [a_id.node_id]
         clock.now += 1000
@@ -120,6 +135,11 @@ async def test_heartbeats_appear_and_go_stale(tmp_path: Path) -> None:
         await a.beat()
         await b.beat()
         assert not any(n["stale"] for n in b.document())
+        # Silence after b's last beat ages a on b's view too, without a beat of b's.
+        monotonic.now += limit / 1000 + 0.001
+        assert {n["node_id"]: n for n in b.document()}[a_id.node_id]["stale"] is True
+        await a.beat()
+        await b.beat()
         # A node that said goodbye is stopped, never stale.
         await a.beat("stopped")
         clock.now += 10 * limit

@@ -5,6 +5,7 @@ node serves what the collector ingested, opens no venue session, and /status lis
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from feedd.store.backend import Backend, open_backend
 from feedd.store.nodes import KEEP_MS, NodeRecord
 from feedd.store.postgres import nodes as pg_nodes
 from feedd.store.postgres import postgres_backend
+from feedd.store.postgres.backend import PostgresBackend
 from feedd.store.writer import Writer, WriterSettings
 
 if TYPE_CHECKING:
@@ -43,40 +45,59 @@ def read_nodes(dsn: str) -> list[NodeRecord]:
 
 
 async def test_nodes_through_the_store_interface(backend: Backend) -> None:
-    """Both backends: an uncreated store reads no node; heartbeats upsert, newest first."""
+    """Both backends: an uncreated store reads no node; heartbeats upsert, newest first, each
+    stamped with the store's clock (the stamp returned)."""
     backend.prepare()
     reader = backend.open_reader()
     try:
         assert await reader.nodes() == []
         db = backend.open_writer(busy_timeout_ms=2000)
         try:
-            db.record_node("b", '{"role": "api"}', T0)
-            db.record_node("a", '{"role": "collector"}', T0 + 5)
-            db.record_node("b", '{"role": "api", "n": 2}', T0 + 10)
+            before = db_now(backend)
+            db.record_node("b", '{"role": "api"}', before)
+            a = db.record_node("a", '{"role": "collector"}', before + 5)
+            b = db.record_node("b", '{"role": "api", "n": 2}', before + 10)
         finally:
             db.close()
+        assert before <= a <= b <= db_now(backend) + 10  # SQLite stamps with the given clock
         assert await reader.nodes() == [
-            NodeRecord("b", T0 + 10, '{"role": "api", "n": 2}'),
-            NodeRecord("a", T0 + 5, '{"role": "collector"}'),
+            NodeRecord("b", b, '{"role": "api", "n": 2}'),
+            NodeRecord("a", a, '{"role": "collector"}'),
         ]
     finally:
         reader.close()
 
 
+def db_now(backend: Backend) -> int:
+    """The store's clock: the server's on PostgreSQL, this machine's on SQLite."""
+    if not isinstance(backend, PostgresBackend):
+        return int(time.time() * 1000)
+    with psycopg.connect(backend.dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT " + pg_nodes.NOW_MS).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
 def test_heartbeat_rows_upsert_and_expire(pg_dsn: str) -> None:
+    """Stamped by the server whatever the node's clock says; a row a day old goes."""
     db = postgres_backend(pg_dsn).open_writer(busy_timeout_ms=2000)
     try:
-        db.record_node("a", '{"n": 1}', T0)
-        db.record_node("b", '{"n": 2}', T0 + 1000)
-        db.record_node("a", '{"n": 3}', T0 + 2000)
+        a1 = db.record_node("a", '{"n": 1}', T0)
+        b1 = db.record_node("b", '{"n": 2}', T0 + 1000)
+        a2 = db.record_node("a", '{"n": 3}', T0 + 2000)
+        assert a1 <= b1 <= a2 and abs(a2 - int(time.time() * 1000)) < 60_000
         assert read_nodes(pg_dsn) == [
-            NodeRecord("a", T0 + 2000, '{"n": 3}'),
-            NodeRecord("b", T0 + 1000, '{"n": 2}'),
+            NodeRecord("a", a2, '{"n": 3}'),
+            NodeRecord("b", b1, '{"n": 2}'),
         ]
-        db.record_node("a", "{}", T0 + 1000 + KEEP_MS)
-        assert [r.node_id for r in read_nodes(pg_dsn)] == ["a", "b"]
-        db.record_node("a", "{}", T0 + 1001 + KEEP_MS)
-        assert [r.node_id for r in read_nodes(pg_dsn)] == ["a"]
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            # b's last beat a day old minus a minute: kept; a day and a minute: gone.
+            conn.execute("UPDATE nodes SET at_ms = %s WHERE id = 'b'", (a2 - KEEP_MS + 60_000,))
+            db.record_node("a", "{}", 0)
+            assert [r.node_id for r in read_nodes(pg_dsn)] == ["a", "b"]
+            conn.execute("UPDATE nodes SET at_ms = %s WHERE id = 'b'", (a2 - KEEP_MS - 60_000,))
+            db.record_node("a", "{}", 0)
+            assert [r.node_id for r in read_nodes(pg_dsn)] == ["a"]
     finally:
         db.close()
 
@@ -168,6 +189,6 @@ async def test_heartbeats_reconnect_after_the_server_drops_the_connection(
         assert pg_server.terminate(urlsplit(pg_dsn).path.lstrip("/")) >= 1
         with pytest.raises(StoreError):
             await writer.record_node("a", "{}", T0 + 1)
-        await writer.record_node("a", '{"back": true}', T0 + 2)
+        stamp = await writer.record_node("a", '{"back": true}', T0 + 2)
         await send.aclose()
-    assert read_nodes(pg_dsn) == [NodeRecord("a", T0 + 2, '{"back": true}')]
+    assert read_nodes(pg_dsn) == [NodeRecord("a", stamp, '{"back": true}')]

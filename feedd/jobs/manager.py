@@ -7,6 +7,7 @@ Jobs of one venue run one at a time, in the order they were made (the others wai
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections import Counter
@@ -24,6 +25,8 @@ from feedd.engine.rest import RestClient
 from feedd.engine.stats import ExchangeStats
 from feedd.engine.supervisor import Supervisor
 from feedd.errors import FeeddError, StoreError
+from feedd.jobs import lease
+from feedd.jobs.lease import JobLeases
 from feedd.jobs.model import (
     ACTIVE,
     CANCELLED,
@@ -72,8 +75,11 @@ class JobManager:
         supervisor: Supervisor,
         http: httpx.AsyncClient,
         config: Callable[[], Config],
+        node_id: str | None = None,
     ) -> None:
         self.writer = writer
+        #: who runs which job among the nodes sharing the store (feedd/jobs/lease.py)
+        self.leases = JobLeases(writer, node_id or secrets.token_hex(16))
         self.supervisor = supervisor
         self.http = http
         self.config = config
@@ -95,20 +101,26 @@ class JobManager:
             await trio.sleep_forever()
 
     async def _resume_saved(self) -> None:
-        """Load the saved jobs and resume the unfinished ones. A store that cannot be written
-        yet (opened read-only, say) is asked again until it can: startup never waits for it,
-        and feedd serves meanwhile."""
+        """Load the saved jobs and resume the unfinished ones, then look again every
+        ``lease.POLL_S`` for jobs other nodes sharing the store made (and how the ones they
+        run get on). A store that cannot be written yet (opened read-only, say) is asked
+        again until it can: startup never waits for it, and feedd serves meanwhile."""
         delay = RELOAD_FIRST_S
         while True:
             try:
                 records = await self.writer.load_jobs()
-                break
             except StoreError as exc:
                 log.warning(
                     "saved backfill jobs not loaded yet (%s); asking again in %g s", exc, delay
                 )
                 await trio.sleep(delay)
                 delay = min(delay * 2, RELOAD_MAX_S)
+                continue
+            delay = RELOAD_FIRST_S
+            self._take_saved(records)
+            await trio.sleep(lease.POLL_S)
+
+    def _take_saved(self, records: list[str]) -> None:
         assert self._nursery is not None
         for raw in records:
             try:
@@ -119,8 +131,15 @@ class JobManager:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.error("skipping a saved job that does not read back: %r", exc)
                 continue
-            if job.id in self.jobs:
-                continue  # a new job drew the same id meanwhile: it is not this one
+            known = self.jobs.get(job.id)
+            if known is not None:
+                # Run by another node: show its progress. (Otherwise ours, or a new job that
+                # drew the same id meanwhile.)
+                if self.leases.elsewhere(job.id) and known.state in ACTIVE:
+                    lease.adopt(known, record)
+                    self._changed.set()
+                    self._changed = trio.Event()
+                continue
             self.jobs[job.id] = job
             if job.state in ACTIVE:
                 log.info("resuming backfill job %s (%s)", job.id, job.exchange)
@@ -204,15 +223,22 @@ class JobManager:
         self._nursery.start_soon(self._run, job)
         return job
 
+    def document(self, job: Job) -> dict[str, Any]:
+        """The job for the API, with the node whose lease it runs under (None: no node)."""
+        return {**job.document(), "node": self.leases.holder(job.id)}
+
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
             raise JobError(404, f"no backfill job {job_id[:40]!r}", "id")
         return job
 
-    async def cancel(self, job_id: str) -> tuple[Job, bool]:
-        """Cancel an active job (kept, as cancelled) or forget a finished one (True)."""
+    async def cancel(self, job_id: str, *, anywhere: bool = False) -> tuple[Job, bool]:
+        """Cancel an active job (kept, as cancelled) or forget a finished one (True). A job
+        another node runs is cancelled there (unless ``anywhere``: the store is wiped)."""
         job = self.get(job_id)
+        if job.state in ACTIVE and (node := self.leases.elsewhere(job_id)) and not anywhere:
+            raise JobError(409, f"backfill job {job_id} runs on node {node}: cancel it there")
         if job.state in ACTIVE:
             job.state = CANCELLED
             job.finished_at = now_ms()
@@ -232,7 +258,7 @@ class JobManager:
         they are saved in is about to be wiped, their rows with it)."""
         active = [job for job in self.jobs.values() if job.state in ACTIVE]
         for job in active:
-            await self.cancel(job.id)
+            await self.cancel(job.id, anywhere=True)
         log.warning("backfill jobs forgotten: %d (%d were active)", len(self.jobs), len(active))
         self.jobs.clear()
 
@@ -255,6 +281,11 @@ class JobManager:
 
     async def _run_job(self, job: Job) -> None:
         with job.scope:
+            await self.leases.run(job, functools.partial(self._run_held, job))
+
+    async def _run_held(self, job: Job) -> None:
+        """The job, this node holding its lease; its end is saved before the lease goes."""
+        try:
             async with self._venues.setdefault(job.exchange, trio.Lock()):
                 job.state = RUNNING
                 settings = self.config().exchanges.get(job.exchange)
@@ -275,13 +306,14 @@ class JobManager:
                     job.error(f"internal error: {exc!r}")
                     job.state = FAILED
             job.finished_at = now_ms()
-        if job.state in (DONE, FAILED, CANCELLED):
-            log.info("backfill job %s %s", job.id, job.state)
-            with trio.CancelScope(shield=True):
-                try:
-                    await self._save(job)
-                except StoreError as exc:
-                    log.warning("backfill job %s: cannot save its end: %s", job.id, exc)
+        finally:
+            if job.state in (DONE, FAILED, CANCELLED):
+                log.info("backfill job %s %s", job.id, job.state)
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._save(job)
+                    except StoreError as exc:
+                        log.warning("backfill job %s: cannot save its end: %s", job.id, exc)
 
     def _rest(self, job: Job) -> RestClient:
         return self._rest_client(job.exchange, background=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,17 +18,19 @@ import orjson
 import trio
 
 from feedd import errors
-from feedd.errors import ConfigError, FeeddError
+from feedd.errors import ConfigError, FeeddError, StoreError
 from feedd.migrate.copy import BATCH_ROWS
-from feedd.migrate.pipeline import Summary, location, migrate
-from feedd.storageconfig import DSN_ENV, StorageConfig, parse_storage
+from feedd.migrate.pipeline import Summary, migrate
+from feedd.storageconfig import DSN_ENV, StorageConfig
+from feedd.store.backend import Backend, open_backend
+from feedd.store.spec import SPEC_FORMS, parse_spec
 
-__all__ = ["BATCH_ROWS", "Summary", "add_command", "location", "migrate", "run"]
+__all__ = ["BATCH_ROWS", "Summary", "add_command", "migrate", "run"]
 
 log = logging.getLogger("feedd.migrate")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_SPEC = "sqlite:PATH or postgresql://user:password@host:port/database"
+_SPEC = SPEC_FORMS
 
 DESCRIPTION = """\
 Copy every candle (exact values, closed flag, source) and every saved job of one store into
@@ -89,12 +90,13 @@ def run(
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     try:
-        source = store_config("--from", args.source)
+        base = Path.cwd()
+        source = open_backend(store_config("--from", args.source), base)
         check_source(source)
         target_text = args.target if args.target is not None else os.environ.get(DSN_ENV)
         if target_text is None:
             raise ConfigError("--to", f"missing: give {_SPEC}, or set ${DSN_ENV}")
-        target = store_config("--to", target_text)
+        target = open_backend(store_config("--to", target_text), base)
         if args.batch < 1:
             raise ConfigError("--batch", f"expected a positive number of rows, got {args.batch}")
         check_pair(source, target)
@@ -130,58 +132,22 @@ def store_config(option: str, text: str | None) -> StorageConfig:
     """``sqlite:PATH`` or a PostgreSQL URL as a storage config; errors never echo a URL."""
     if not text:
         raise ConfigError(option, f"missing: give {_SPEC}")
-    if text.startswith("sqlite:"):
-        path = text.removeprefix("sqlite:")
-        if path.startswith("//"):
-            path = path[2:]  # sqlite:///abs/path, the URL form
-        if not path:
-            raise ConfigError(option, "sqlite: needs a file, as in sqlite:./data/ohlcv.db")
-        return StorageConfig(path=str(Path(path).absolute()))
-    if text.split(":", 1)[0] in ("postgresql", "postgres"):
-        try:
-            return parse_storage({"storage": {"backend": "postgresql", "dsn": text}}, {}, [])
-        except ConfigError as exc:
-            raise ConfigError(option, exc.problem) from None
-    raise ConfigError(option, f"expected {_SPEC}")
-
-
-def check_source(source: StorageConfig) -> None:
-    if source.backend == "sqlite":
-        path = Path(source.path)
-        if not path.is_file():
-            raise ConfigError("--from", f"no SQLite store at {path}")
-        check_sqlite_store(path)
-
-
-def check_pair(source: StorageConfig, target: StorageConfig) -> None:
-    same = source.backend == target.backend and (
-        source.dsn == target.dsn if source.backend == "postgresql" else _same_file(source, target)
-    )
-    if same:
-        raise ConfigError("--to", f"is the store --from names ({source.where})")
-
-
-def check_sqlite_store(path: Path) -> None:
-    """Refuse a file that is not a feedd store before anything opens it for writing (the
-    writer would add feedd's tables to it)."""
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise ConfigError("--from", f"{path} is not a readable SQLite database ({exc})") from None
-    if not {"series", "candles"} <= names:
-        raise ConfigError("--from", f"{path} is not a feedd store (no candles table)")
+        return parse_spec(text)
+    except ConfigError as exc:
+        raise ConfigError(option, exc.problem) from None
 
 
-def _same_file(a: StorageConfig, b: StorageConfig) -> bool:
-    pa, pb = Path(a.path), Path(b.path)
+def check_source(source: Backend) -> None:
     try:
-        return pa.samefile(pb)
-    except OSError:
-        return pa.resolve() == pb.resolve()
+        source.check_source()
+    except StoreError as exc:
+        raise ConfigError("--from", str(exc)) from None
+
+
+def check_pair(source: Backend, target: Backend) -> None:
+    if source.same_store(target):
+        raise ConfigError("--to", f"is the store --from names ({source.spec})")
 
 
 def describe(summary: Summary) -> str:

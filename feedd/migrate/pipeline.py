@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
@@ -14,8 +13,7 @@ from feedd.ctl.progress import Progress
 from feedd.errors import StoreError
 from feedd.migrate.copy import BUSY_TIMEOUT_MS, Copier, in_thread, load_jobs, progress_id
 from feedd.migrate.verify import Mismatch, verify
-from feedd.storageconfig import StorageConfig, redacted_dsn
-from feedd.store.backend import ReadStore, WriteConnection, open_backend
+from feedd.store.backend import Backend, ReadStore, WriteConnection
 from feedd.store.reader import SeriesInfo
 
 
@@ -46,21 +44,10 @@ class Summary:
         return doc
 
 
-def location(storage: StorageConfig) -> str:
-    """Where a store is, for the operator: never a password."""
-    return (
-        f"sqlite:{storage.path}" if storage.backend == "sqlite" else redacted_dsn(storage.dsn or "")
-    )
-
-
-async def migrate(
-    source_config: StorageConfig, target_config: StorageConfig, batch: int, err: TextIO
-) -> Summary:
+async def migrate(source: Backend, target: Backend, batch: int, err: TextIO) -> Summary:
     """Copy, then verify; see the module docstring."""
     started = time.monotonic()
-    base = Path.cwd()
-    source, target = open_backend(source_config, base), open_backend(target_config, base)
-    where = location(source_config), location(target_config)
+    where = source.spec, target.spec
     target.prepare()
     limiter = trio.CapacityLimiter(1)
     reader = source.open_reader()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from feedd.storageconfig import StorageConfig
     from feedd.store.coverage import SeriesCoverage
     from feedd.store.exportrequest import ExportRequest
+    from feedd.store.lease import Lease
     from feedd.store.nodes import NodeRecord
     from feedd.store.reader import CandleRow, JsonPage, SeriesInfo
 
@@ -63,13 +64,25 @@ class WriteConnection(Protocol):
 
     def delete_job(self, job_id: str) -> None: ...
 
-    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
-        """Save node ``node_id``'s heartbeat (its status ``doc``, JSON, at ``at_ms``) and
-        delete the rows of nodes silent for a day."""
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> int:
+        """Save node ``node_id``'s heartbeat (its status ``doc``, JSON) stamped with the
+        store's clock, and delete the rows of nodes silent for a day; returns the stamp.
+        ``at_ms`` is the node's clock, the stamp where the store has no clock of its own
+        (SQLite: one machine); a server stamps with its own, whatever the nodes' say."""
         ...
 
     def load_jobs(self) -> list[str]:
         """Every saved job document, oldest first."""
+        ...
+
+    def lease_job(self, job_id: str, node_id: str, ttl_ms: int) -> Lease:
+        """Take job ``job_id``'s lease for ``node_id``, or renew it, for ``ttl_ms`` on the
+        store's clock, unless another node holds one not expired yet (a store only one node
+        uses grants it always); returns the lease as it stands after (feedd/store/lease.py)."""
+        ...
+
+    def release_job(self, job_id: str, node_id: str) -> None:
+        """Give job ``job_id``'s lease up, if ``node_id`` still holds it."""
         ...
 
     def closed_runs(
@@ -168,10 +181,21 @@ class Backend(Protocol):
     kind: str
     #: where the store is, for logs and errors: never a password
     location: str
+    #: the store as ``feedd migrate`` names it (``sqlite:PATH`` or a URL): never a password
+    spec: str
 
     def prepare(self) -> None:
         """Check at start what would make the store unusable for good (a folder in the way,
         a malformed address): ``StoreError`` in one line naming the cause."""
+        ...
+
+    def check_source(self) -> None:
+        """Before reading this store as a copy's source, without creating or changing
+        anything: ``StoreError`` in one line when it is not a feedd store that can be read."""
+        ...
+
+    def same_store(self, other: Backend) -> bool:
+        """Whether ``other`` is this very store (one file, one server's database)."""
         ...
 
     def open_writer(self, *, busy_timeout_ms: int) -> WriteConnection:

@@ -14,7 +14,7 @@ from pathlib import Path
 from feedd.candle import Candle
 from feedd.errors import StoreError
 from feedd.intervals import INTERVAL_MS
-from feedd.store import coverage, nodes
+from feedd.store import coverage, lease, nodes
 from feedd.store.codec import encode
 from feedd.store.schema import (
     FLAG_CLOSED,
@@ -203,11 +203,17 @@ class Database:
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot write to", self.path) from exc
 
-    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> int:
         try:
-            nodes.record(self._conn, node_id, doc, at_ms)
+            return nodes.record(self._conn, node_id, doc, at_ms)
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot write to", self.path) from exc
+
+    def lease_job(self, job_id: str, node_id: str, ttl_ms: int) -> lease.Lease:
+        return lease.take(self._conn, self.path, job_id, node_id, ttl_ms)
+
+    def release_job(self, job_id: str, node_id: str) -> None:
+        lease.release(self._conn, self.path, job_id, node_id)
 
     def load_jobs(self) -> list[str]:
         """Every saved job document, oldest first."""

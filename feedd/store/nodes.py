@@ -1,7 +1,9 @@
 """The cluster's nodes as the store keeps them: one row per running feedd, its latest heartbeat.
 
 Every node (a collector, an API node, a one-box feedd) upserts its row every few seconds;
-rows not refreshed for ``KEEP_MS`` are deleted by the next heartbeat of any node.
+rows not refreshed for ``KEEP_MS`` are deleted by the next heartbeat of any node. A heartbeat
+is stamped with the store's clock, one clock for every node: on SQLite (one machine) that is
+the clock of the machine, which the caller reads; PostgreSQL uses the server's.
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ CREATE TABLE IF NOT EXISTS nodes (
 
 @attrs.frozen
 class NodeRecord:
-    """A node's latest heartbeat: when (epoch ms, the node's clock) and its status (JSON)."""
+    """A node's latest heartbeat: when (epoch ms, the store's clock) and its status (JSON)."""
 
     node_id: str
     at_ms: int
     doc: str
 
 
-def record(conn: sqlite3.Connection, node_id: str, doc: str, at_ms: int) -> None:
-    """Save one heartbeat and forget nodes silent for a day, in one transaction."""
+def record(conn: sqlite3.Connection, node_id: str, doc: str, at_ms: int) -> int:
+    """Save one heartbeat stamped ``at_ms`` (this machine's clock is the store's) and forget
+    nodes silent for a day, in one transaction; returns the stamp."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
@@ -46,6 +49,7 @@ def record(conn: sqlite3.Connection, node_id: str, doc: str, at_ms: int) -> None
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return at_ms
 
 
 def read(conn: sqlite3.Connection) -> list[NodeRecord]:

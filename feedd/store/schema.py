@@ -14,7 +14,7 @@ from pathlib import Path
 
 from feedd.candle import Source
 from feedd.errors import StoreError
-from feedd.store import coverage, nodes
+from feedd.store import coverage, lease, nodes
 from feedd.store.codec import sql_decode
 
 log = logging.getLogger("feedd.store")
@@ -155,6 +155,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
                 conn.execute(statement)
         conn.execute(coverage.DDL)
         conn.execute(nodes.DDL)  # added without a version bump: older feedd ignore it
+        conn.execute(lease.DDL)  # the same
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             conn.execute(

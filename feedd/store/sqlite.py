@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feedd.errors import StoreError
 from feedd.store.database import Database
 from feedd.store.reader import Reader, database_bytes
+
+if TYPE_CHECKING:
+    from feedd.store.backend import Backend
 
 
 class SqliteBackend:
@@ -16,6 +21,7 @@ class SqliteBackend:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.location = str(path)
+        self.spec = f"sqlite:{path}"
 
     def prepare(self) -> None:
         """Create the database's folder, or say in one line why it cannot be used.
@@ -42,6 +48,31 @@ class SqliteBackend:
             raise StoreError(f"database folder {folder} is on a read-only file system")
         if not database.exists() and not os.access(folder, os.W_OK | os.X_OK):
             raise StoreError(f"cannot create {database.name} in {folder}: permission denied")
+
+    def check_source(self) -> None:
+        """A file, SQLite, with feedd's tables: anything else is refused before a writer
+        would add feedd's tables to it."""
+        path = self.path
+        if not path.is_file():
+            raise StoreError(f"no SQLite store at {path}")
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path} is not a readable SQLite database ({exc})") from None
+        if not {"series", "candles"} <= names:
+            raise StoreError(f"{path} is not a feedd store (no candles table)")
+
+    def same_store(self, other: Backend) -> bool:
+        if not isinstance(other, SqliteBackend):
+            return False
+        try:
+            return self.path.samefile(other.path)
+        except OSError:
+            return self.path.resolve() == other.path.resolve()
 
     def open_writer(self, *, busy_timeout_ms: int) -> Database:
         return Database.open(self.path, busy_timeout_ms=busy_timeout_ms)

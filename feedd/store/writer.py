@@ -21,6 +21,7 @@ from feedd.errors import StoreError
 from feedd.monitor.histogram import Histogram
 from feedd.store.backend import Backend
 from feedd.store.handle import DatabaseHandle
+from feedd.store.lease import Lease
 from feedd.store.state import Key, Pending, WriterCounters, WriterStats, fold
 
 log = logging.getLogger("feedd.store")
@@ -371,17 +372,34 @@ class Writer:
             db = await self._db.get()
             await self._db.run(db.delete_job, job_id)
 
-    async def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
-        """Save this node's heartbeat (in the writer's thread, between commits)."""
+    async def record_node(self, node_id: str, doc: str, at_ms: int) -> int:
+        """Save this node's heartbeat (in the writer's thread, between commits); returns its
+        stamp, the store's clock."""
         async with self._db_lock:
             db = await self._db.get()
             try:
-                await self._db.run(db.record_node, node_id, doc, at_ms)
+                return await self._db.run(db.record_node, node_id, doc, at_ms)
             except StoreError:
                 # A node that commits no candles (an API node) has no failed commit to replace
                 # a broken connection: the next heartbeat must open a new one itself.
                 await self._db.discard()
                 raise
+
+    async def lease_job(self, job_id: str, node_id: str, ttl_ms: int) -> Lease:
+        """Take or renew job ``job_id``'s lease (feedd/store/lease.py); a failure discards
+        the connection, as a heartbeat's does."""
+        async with self._db_lock:
+            db = await self._db.get()
+            try:
+                return await self._db.run(db.lease_job, job_id, node_id, ttl_ms)
+            except StoreError:
+                await self._db.discard()
+                raise
+
+    async def release_job(self, job_id: str, node_id: str) -> None:
+        async with self._db_lock:
+            db = await self._db.get()
+            await self._db.run(db.release_job, job_id, node_id)
 
     async def load_jobs(self) -> list[str]:
         async with self._db_lock:

@@ -77,7 +77,7 @@ async def create() -> Response:
     jobs.check_retention(interval, since, until, venue_ms)
     await _check_listed(exchange, symbols)
     job = await jobs.create(exchange, symbols, interval, since, until, venue_ms)
-    return json_response(job.document(), 201)
+    return json_response(jobs.document(job), 201)
 
 
 async def _check_listed(exchange: str, symbols: list[str]) -> None:
@@ -95,15 +95,17 @@ async def _check_listed(exchange: str, symbols: list[str]) -> None:
 @backfill.get("/backfill")
 async def list_jobs() -> Response:
     jobs = _jobs()
-    return json_response({"jobs": [job.document() for job in jobs.jobs.values()]})
+    return json_response({"jobs": [jobs.document(job) for job in jobs.jobs.values()]})
 
 
 @backfill.get("/backfill/<job_id>")
 async def get_job(job_id: str) -> Response:
-    return json_response(_jobs().get(job_id).document())
+    jobs = _jobs()
+    return json_response(jobs.document(jobs.get(job_id)))
 
 
 @backfill.delete("/backfill/<job_id>")
 async def cancel_job(job_id: str) -> Response:
-    job, removed = await _jobs().cancel(job_id)
-    return json_response({**job.document(), "removed": removed})
+    jobs = _jobs()
+    job, removed = await jobs.cancel(job_id)
+    return json_response({**jobs.document(job), "removed": removed})

@@ -86,6 +86,7 @@ export const JobsPanel = {
           <b :style="{ color: exchangeColour(job.exchange) }">{{ exchangeLabel(job.exchange) }}</b>
           <span class="ellipsis" :title="(job.symbols || []).join(' ')">{{ symbols(job) }}</span>
           <span class="muted">{{ job.interval }}</span>
+          <span class="muted" data-field="node" v-if="job.node" :title="'node ' + job.node">on {{ job.node.slice(0, 8) }}</span>
           <span class="spacer"></span>
           <button v-if="job.state === 'queued' || job.state === 'running'" type="button" class="btn tiny danger"
                   data-action="cancel" :disabled="cancelling[job.id]" :aria-label="'cancel job ' + job.id"

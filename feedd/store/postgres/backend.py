@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from feedd.store.postgres.connection import location, parse
 
 if TYPE_CHECKING:
-    from feedd.store.backend import ReadStore
+    from feedd.store.backend import Backend, ReadStore
     from feedd.store.postgres.writer import PgWriteConnection
 
 
@@ -19,12 +19,20 @@ class PostgresBackend:
         self.dsn = dsn
         #: the DSN without its password
         self.location = location(dsn)
+        self.spec = self.location
         #: the database's size as the writer last read it (None until it has)
         self._size: int | None = None
 
     def prepare(self) -> None:
         """Check that the DSN parses; whether the server answers is the writer's first open."""
         parse(self.dsn)
+
+    def check_source(self) -> None:
+        """Nothing to check before connecting: a database feedd never made reads as empty."""
+        parse(self.dsn)
+
+    def same_store(self, other: Backend) -> bool:
+        return isinstance(other, PostgresBackend) and other.dsn == self.dsn
 
     def open_writer(self, *, busy_timeout_ms: int) -> PgWriteConnection:
         """Connect and migrate (blocking: the writer's thread). Waiting on another writer's

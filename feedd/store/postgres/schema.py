@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 
 from feedd.errors import StoreError
-from feedd.store.postgres import nodes
+from feedd.store.postgres import lease, nodes
 from feedd.store.postgres.connection import Connection
 
 #: pg_advisory_xact_lock key held while migrating: two collectors starting at once take turns
@@ -61,7 +61,7 @@ FROM candles JOIN series ON series.id = candles.series;
 """
 
 #: (version, DDL) in order; a new version appends a step, never edits one already released
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, nodes.DDL))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, nodes.DDL), (3, lease.DDL))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _META = "CREATE TABLE IF NOT EXISTS feedd_meta (key text PRIMARY KEY, value text NOT NULL)"

@@ -18,7 +18,8 @@ import psycopg
 
 from feedd.candle import Candle
 from feedd.intervals import INTERVAL_MS
-from feedd.store.postgres import nodes, runs
+from feedd.store.lease import Lease
+from feedd.store.postgres import lease, nodes, runs
 from feedd.store.postgres.connection import Connection, connect, location, store_error
 from feedd.store.postgres.schema import is_read_only, migrate, read_store_id
 from feedd.store.schema import FLAG_CLOSED, SOURCE_FLAGS
@@ -254,8 +255,14 @@ class PgWriteConnection:
         except psycopg.Error as exc:
             raise store_error(exc, "cannot write to", self._dsn) from None
 
-    def record_node(self, node_id: str, doc: str, at_ms: int) -> None:
-        nodes.record(self._conn, self._dsn, node_id, doc, at_ms)
+    def record_node(self, node_id: str, doc: str, at_ms: int) -> int:
+        return nodes.record(self._conn, self._dsn, node_id, doc, at_ms)
+
+    def lease_job(self, job_id: str, node_id: str, ttl_ms: int) -> Lease:
+        return lease.take(self._conn, self._dsn, job_id, node_id, ttl_ms)
+
+    def release_job(self, job_id: str, node_id: str) -> None:
+        lease.release(self._conn, self._dsn, job_id, node_id)
 
     def load_jobs(self) -> list[str]:
         """Every saved job document, oldest first."""
