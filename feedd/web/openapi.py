@@ -135,6 +135,7 @@ SCHEMAS: dict[str, Schema] = {
             "finished_at",
             "per_symbol",
             "sources",
+            "node",
         ],
         id=STRING,
         exchange=STRING,
@@ -150,6 +151,7 @@ SCHEMAS: dict[str, Schema] = {
         errors=STRINGS,
         created_at=INTEGER,
         finished_at={"type": ["integer", "null"]},
+        node=NULLABLE_STRING,
         per_symbol={
             "type": "array",
             "items": obj(
@@ -288,7 +290,7 @@ ERRORS = {
     "403": "cross-origin request or Host not allowed",
     "404": "unknown route, exchange or job",
     "408": "the body did not arrive within 10 s of the headers (the connection is closed)",
-    "409": "too many backfill jobs queued or running",
+    "409": "too many backfill jobs queued or running; a job another node runs (cancel it there)",
     "413": "body over 1 MiB",
     "415": "body is not Content-Type: application/json",
     "429": "too many requests in progress from this address; retry after Retry-After seconds",
@@ -649,7 +651,7 @@ def document() -> Schema:
                     "change.",
                     ref("BackfillJob"),
                     parameters=[path_param("job_id", STRING)],
-                    errors=("401", "403", "404", "415"),
+                    errors=("401", "403", "404", "409", "415"),
                 ),
             },
             "/openapi.json": {
