@@ -9,12 +9,20 @@ in processes of their own:
 - **tws**: trio-websocket, as a typical trio client (what ``bench_ingest`` used).
 
 Per frame (its send time from the simulator's send log, CLOCK_MONOTONIC across processes):
-``frame->ingest`` (the writer took the candle in: socket, parse, channel hops), ``ingest->ws``
-and ``frame->ws`` per client, as p50/p99/max over the frames the client saw. The feedd process
-also reports its GC pauses (count, total, longest) over the window.
+``frame_to_ingest`` (the writer took the candle in: socket, parse, channel hops), then
+``ingest_to_<client>`` and ``frame_to_<client>``, as p50/p90/p99/max over the frames the client
+saw (a forming update superseded within one message is not sent, so not every frame is seen).
+Also: the event-loop thread's share of the window on CPU and runnable but waiting for a CPU
+(``/proc`` schedstat: on a shared machine the second one sets the tail), GC pauses and what a
+full collection costs. ``--probe`` adds ``ingest_to_hub``, ``hub_to_socket`` (the bytes reach
+the kernel) and ``socket_to_<client>``, a 1 ms sleep's lateness, and CPU per task with the
+steps over 1 ms (wall against CPU); it costs the loop CPU, so compare figures without it.
+
+The simulator takes a burst's send time once, before it builds the burst's frames, and sends
+none before all are built: with many symbols ``frame_to_ingest`` includes that build.
 
     python scripts/bench_ws.py                        # 20 symbols, 2,000/s, 3 runs of 8 s
-    python scripts/bench_ws.py --symbols 600 --runs 2
+    python scripts/bench_ws.py --symbols 600 --runs 2 --clients bare --probe
 """
 
 from __future__ import annotations
@@ -228,6 +236,8 @@ class Steps(trio.abc.Instrument):
         self.n = 0
         self.on = True
         self._t = self._c = 0.0
+        #: CPU seconds of every step, by task name
+        self.cpu: dict[str, float] = {}
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._t, self._c = time.perf_counter(), time.thread_time()
@@ -237,6 +247,8 @@ class Steps(trio.abc.Instrument):
             return
         self.n += 1
         wall = time.perf_counter() - self._t
+        name = task.name.rsplit(".", 1)[-1]
+        self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - self._c
         if wall >= 0.001:
             self.long.append((task.name.rsplit(".", 1)[-1], wall, time.thread_time() - self._c))
 
@@ -250,9 +262,11 @@ class Steps(trio.abc.Instrument):
             e[2] += cpu * 1e3
             e[3] = max(e[3], wall * 1e3)
         top = sorted(by.items(), key=lambda kv: -kv[1][1])[:6]
+        cpu = sorted(self.cpu.items(), key=lambda kv: -kv[1])[:8]
         return {
             "steps": self.n,
             "long": len(self.long),
+            "cpu_ms_by_task": {k: round(v * 1e3) for k, v in cpu},
             "by_task": {
                 k: f"n={v[0]:.0f} wall={v[1]:.0f}ms cpu={v[2]:.0f}ms max={v[3]:.1f}" for k, v in top
             },
@@ -273,7 +287,9 @@ def percentiles(samples: list[float]) -> dict[str, Any]:
     }
 
 
-async def measure(count: int, seconds: float, rate: float, clients: list[str]) -> dict[str, Any]:
+async def measure(
+    count: int, seconds: float, rate: float, clients: list[str], probe: bool
+) -> dict[str, Any]:
     venue = "binance_futures"
     sim, urls = await start_forming_sim(venue, rate)
     ingested: dict[Key, float] = {}
@@ -315,7 +331,8 @@ async def measure(count: int, seconds: float, rate: float, clients: list[str]) -
                         )
                     publish(batch)
 
-                hub.publish_ingested = probe_publish  # type: ignore[method-assign]
+                if probe:
+                    hub.publish_ingested = probe_publish  # type: ignore[method-assign]
                 send_all = trio.SocketStream.send_all
 
                 async def probe_send(self: trio.SocketStream, data: Any) -> None:
@@ -329,7 +346,8 @@ async def measure(count: int, seconds: float, rate: float, clients: list[str]) -
                             key = (c["exchange"], c["symbol"], c["open_time"], c["close"])
                             on_socket.setdefault(key, now)
 
-                trio.SocketStream.send_all = probe_send  # type: ignore[method-assign]
+                if probe:
+                    trio.SocketStream.send_all = probe_send  # type: ignore[method-assign]
 
                 async def loop_lag() -> None:
                     # how late a 1 ms sleep wakes: the loop's own delay for any task
@@ -338,7 +356,8 @@ async def measure(count: int, seconds: float, rate: float, clients: list[str]) -
                         await trio.sleep(0.001)
                         lags.append(time.monotonic() - at)
 
-                nursery.start_soon(loop_lag)
+                if probe:
+                    nursery.start_soon(loop_lag)
                 for name in clients:
                     children[name] = await start_child(f"--{name}-process", service.url)
                 await trio.sleep(WARM_UP_S)
@@ -351,7 +370,8 @@ async def measure(count: int, seconds: float, rate: float, clients: list[str]) -
                 watch.full_collect_ms = round(min(full) * 1e3, 2)
                 watch.tracked, watch.frozen = len(gc.get_objects()), gc.get_freeze_count()
                 gc.callbacks.append(watch)
-                trio.lowlevel.add_instrument(steps)
+                if probe:
+                    trio.lowlevel.add_instrument(steps)
                 t0 = time.monotonic()
                 sched0 = _schedstat()
                 lags.clear()
@@ -413,7 +433,9 @@ async def measure(count: int, seconds: float, rate: float, clients: list[str]) -
 
 async def run_all(args: argparse.Namespace) -> None:
     for _ in range(args.runs):
-        row = await measure(args.symbols, args.seconds, args.rate, args.clients.split(","))
+        row = await measure(
+            args.symbols, args.seconds, args.rate, args.clients.split(","), args.probe
+        )
         print(json.dumps(row), flush=True)
 
 
@@ -424,6 +446,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", default="bare,tws", help="bare, tws, or both")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="also time the hub, socket sends, loop lag and long task steps (costs the loop"
+        " CPU: compare figures without it)",
+    )
     parser.add_argument("--bare-process", nargs=1, help=argparse.SUPPRESS)
     parser.add_argument("--tws-process", nargs=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
