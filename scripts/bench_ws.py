@@ -235,7 +235,8 @@ class Steps(trio.abc.Instrument):
         self.long: list[tuple[str, float, float]] = []
         self.n = 0
         self.on = True
-        self._t = self._c = 0.0
+        #: -1: no step timed yet (the step running when the instrument came is not)
+        self._t, self._c = -1.0, 0.0
         #: CPU seconds of every step, by task name
         self.cpu: dict[str, float] = {}
 
@@ -243,7 +244,7 @@ class Steps(trio.abc.Instrument):
         self._t, self._c = time.perf_counter(), time.thread_time()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if not self.on:
+        if not self.on or self._t < 0:
             return
         self.n += 1
         wall = time.perf_counter() - self._t
@@ -262,11 +263,11 @@ class Steps(trio.abc.Instrument):
             e[2] += cpu * 1e3
             e[3] = max(e[3], wall * 1e3)
         top = sorted(by.items(), key=lambda kv: -kv[1][1])[:6]
-        cpu = sorted(self.cpu.items(), key=lambda kv: -kv[1])[:8]
+        per_task = sorted(self.cpu.items(), key=lambda kv: -kv[1])[:8]
         return {
             "steps": self.n,
             "long": len(self.long),
-            "cpu_ms_by_task": {k: round(v * 1e3) for k, v in cpu},
+            "cpu_ms_by_task": {k: round(v * 1e3) for k, v in per_task},
             "by_task": {
                 k: f"n={v[0]:.0f} wall={v[1]:.0f}ms cpu={v[2]:.0f}ms max={v[3]:.1f}" for k, v in top
             },
