@@ -228,6 +228,18 @@ def _schedstat() -> list[int]:
     return [int(on_cpu), int(waiting)]
 
 
+def _threads_cpu() -> dict[str, int]:
+    """ns on CPU of each thread of this process, by name and id."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            out[f"{name}/{task.name}"] = int((task / "schedstat").read_text().split()[0])
+        except OSError:
+            continue  # the thread ended
+    return out
+
+
 class Steps(trio.abc.Instrument):
     """Task steps of 1 ms or more: wall and CPU time, by task name."""
 
@@ -375,11 +387,16 @@ async def measure(
                     trio.lowlevel.add_instrument(steps)
                 t0 = time.monotonic()
                 sched0 = _schedstat()
+                threads0 = _threads_cpu()
                 lags.clear()
                 load0 = os.getloadavg()[0]
                 await trio.sleep(seconds)
                 end = time.monotonic()
                 sched = [b - a for a, b in zip(sched0, _schedstat(), strict=True)]
+                threads = {
+                    tid: round((ns - threads0.get(tid, 0)) / 1e9 / (time.monotonic() - t0) * 100, 1)
+                    for tid, ns in _threads_cpu().items()
+                }
                 lag_done.set()
                 steps.on = False
                 gc.callbacks.remove(watch)
@@ -408,6 +425,8 @@ async def measure(
             "on_cpu": round(sched[0] / 1e9 / (end - t0) * 100, 1),
             "waiting_for_cpu": round(sched[1] / 1e9 / (end - t0) * 100, 1),
         },
+        # every thread of this process (the loop's and the writer's among them): % of a CPU
+        "threads_cpu_pct": {k: v for k, v in threads.items() if v >= 0.5},
         "loop_lag": percentiles(lags),
         "long_steps": steps.summary(),
         "frame_to_ingest": percentiles(
