@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
+import itertools
 import json
 import os
 import signal
@@ -307,6 +308,7 @@ async def measure(
     sim, urls = await start_forming_sim(venue, rate)
     ingested: dict[Key, float] = {}
     published: dict[Key, float] = {}
+    publishes: list[float] = []
     on_socket: dict[Key, float] = {}
     lags: list[float] = []
     children: dict[str, trio.Process] = {}
@@ -338,6 +340,7 @@ async def measure(
 
                 def probe_publish(batch: Any) -> None:
                     now = time.monotonic()
+                    publishes.append(now)
                     for c in batch:
                         published.setdefault(
                             (c.exchange, c.symbol, c.open_time, float(c.close)), now
@@ -434,6 +437,10 @@ async def measure(
         ),
         "ingest_to_hub": percentiles(
             [published[k] - ingested[k] for k in by_float if k in published and k in ingested]
+        ),
+        # time between the hub's forming messages (bursts come every 10 ms at 20 symbols)
+        "hub_publish_gap": percentiles(
+            [b - a for a, b in itertools.pairwise(publishes) if t0 <= a and b <= end]
         ),
         "hub_to_socket": percentiles(
             [on_socket[k] - published[k] for k in by_float if k in published and k in on_socket]
