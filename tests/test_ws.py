@@ -3,6 +3,7 @@ and the slow-client rule (a full outbox closes that client with 1008, nobody els
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,16 @@ async def test_oversized_client_message_closes_only_that_socket(tmp_path: Path) 
             assert closed.value.reason.code == 1009  # message too big
             await fine.send_message('{"op": "ping"}')
             assert await next_of(fine, "pong") == {"type": "pong"}
+
+
+async def test_service_freezes_what_it_made_at_start_and_thaws_it_at_stop(tmp_path: Path) -> None:
+    # A full collection over every object alive since start stalls the loop (60 ms here, a
+    # whole /ws delivery budget several times over): those are frozen out of its sight.
+    gc.unfreeze()
+    async with running_feedd(tmp_path, {BINANCE: ["BTCUSDT"]}) as (_sim, _service, client):
+        assert (await client.get("/health")).status_code == 200
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000
+        tracked = len(gc.get_objects())
+        assert tracked < frozen  # collections scan what came after, not the start's objects
+    assert gc.get_freeze_count() == 0

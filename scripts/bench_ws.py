@@ -1,0 +1,494 @@
+"""/ws latency benchmark: where the time from an exchange frame to a /ws client goes.
+
+One simulator process sends forming frames at a fixed rate (``--rate``, default 2,000/s) over
+``--symbols`` streams; feedd runs in this process; /ws clients subscribed to every candle run
+in processes of their own:
+
+- **bare**: a plain blocking socket, no event loop: the arrival time is taken as ``recv``
+  returns, so the client adds next to nothing;
+- **tws**: trio-websocket, as a typical trio client (what ``bench_ingest`` used).
+
+Per frame (its send time from the simulator's send log, CLOCK_MONOTONIC across processes):
+``frame_to_ingest`` (the writer took the candle in: socket, parse, channel hops), then
+``ingest_to_<client>`` and ``frame_to_<client>``, as p50/p90/p99/max over the frames the client
+saw (a forming update superseded within one message is not sent, so not every frame is seen).
+Also: the event-loop thread's share of the window on CPU and runnable but waiting for a CPU
+(``/proc`` schedstat: on a shared machine the second one sets the tail), GC pauses and what a
+full collection costs. ``--probe`` adds ``ingest_to_hub``, ``hub_to_socket`` (the bytes reach
+the kernel) and ``socket_to_<client>``, a 1 ms sleep's lateness, and CPU per task with the
+steps over 1 ms (wall against CPU); it costs the loop CPU, so compare figures without it.
+
+The simulator takes a burst's send time once, before it builds the burst's frames, and sends
+none before all are built: with many symbols ``frame_to_ingest`` includes that build.
+
+    python scripts/bench_ws.py                        # 20 symbols, 2,000/s, 3 runs of 8 s
+    python scripts/bench_ws.py --symbols 600 --runs 2 --clients bare --probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ingest import (
+    SIM_SEED,
+    SIM_UNIVERSE,
+    SUBSCRIBE_ALL,
+    WARM_UP_S,
+    _send_log,
+    feedd_config,
+    masked_text_frame,
+    stop_child,
+)
+
+from feedd.service import Service, run_service
+
+Key = tuple[str, str, int, float]
+
+
+async def start_forming_sim(venue: str, rate: float) -> tuple[trio.Process, dict[str, Any]]:
+    """The simulator sending forming frames (each a new close of the stream's candle)."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "feedd.sim", "--venues", venue, "--speed", "1",
+         "--rate", str(rate), "--max-inbound", "0", "--seed", str(SIM_SEED),
+         "--symbols", str(SIM_UNIVERSE)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    buffer = b""
+    while True:
+        chunk = await process.stdout.receive_some()
+        if not chunk:
+            raise SystemExit("simulator exited before printing its URLs")
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b"{"):
+                entry = json.loads(line)
+                if entry.get("exchange") == venue:
+                    return process, {venue: entry}
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+def run_bare(url: str) -> None:
+    """Child-process mode: a /ws client on a blocking socket; at SIGTERM it prints each
+    candle's arrival as one JSON line."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        buffer += sock.recv(4096)
+    head, buffer = buffer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101"), head[:80]
+    sock.sendall(masked_text_frame(SUBSCRIBE_ALL))
+    stop = [False]
+
+    def on_term(*_: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    print("connected", flush=True)
+    arrived: list[tuple[str, str, int, float, float]] = []
+    sock.settimeout(0.1)
+    while not stop[0]:
+        try:
+            chunk = sock.recv(1 << 20)
+        except (TimeoutError, InterruptedError):
+            continue
+        now = time.monotonic()
+        if not chunk:
+            break
+        buffer += chunk
+        while len(buffer) >= 2:
+            size, at = buffer[1] & 0x7F, 2
+            if size == 126:
+                size, at = int.from_bytes(buffer[2:4], "big"), 4
+            elif size == 127:
+                size, at = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < at + size:
+                break
+            opcode, payload = buffer[0] & 0x0F, buffer[at : at + size]
+            buffer = buffer[at + size :]
+            if opcode != 1:
+                continue
+            body = orjson.loads(payload)
+            if body.get("type") == "candles":
+                for c in body["data"]:
+                    arrived.append((c["exchange"], c["symbol"], c["open_time"], c["close"], now))
+    sys.stdout.write(orjson.dumps(arrived).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def run_tws(url: str) -> None:
+    """Child-process mode: the same with trio-websocket."""
+    import trio_websocket
+
+    arrived: list[tuple[str, str, int, float, float]] = []
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio_websocket.open_websocket_url(
+            url.replace("http", "ws") + "/ws", max_message_size=2**28
+        ) as ws:
+            await ws.send_message(SUBSCRIBE_ALL.decode())
+            print("connected", flush=True)
+            async with trio.open_nursery() as nursery:
+
+                async def read() -> None:
+                    while True:
+                        message = await ws.get_message()
+                        now = time.monotonic()
+                        body = orjson.loads(message)
+                        if body.get("type") == "candles":
+                            for c in body["data"]:
+                                key = (c["exchange"], c["symbol"], c["open_time"], c["close"])
+                                arrived.append((*key, now))
+
+                nursery.start_soon(read)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+    sys.stdout.write(orjson.dumps(arrived).decode() + "\n")
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+async def start_child(mode: str, url: str) -> trio.Process:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, __file__, mode, url], stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    with trio.fail_after(60):
+        line = await process.stdout.receive_some(100)
+    assert line.startswith(b"connected"), line
+    return process
+
+
+class GcWatch:
+    """GC pauses of this process: count, total and longest (ms)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self.generations: list[int] = []
+        self.full_collect_ms = 0.0
+        self.tracked = self.frozen = 0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._start)
+            self.generations.append(info["generation"])
+
+    def summary(self) -> dict[str, Any]:
+        p = self.pauses
+        gen2 = [t for t, g in zip(p, self.generations, strict=True) if g == 2]
+        return {
+            "n": len(p),
+            "total_ms": round(sum(p) * 1e3, 1),
+            "max_ms": round(max(p or [0]) * 1e3, 2),
+            "gen2": len(gen2),
+            "gen2_ms": [round(t * 1e3, 1) for t in gen2],
+            "tracked": self.tracked,
+            "frozen": self.frozen,
+            "full_collect_cpu_ms": self.full_collect_ms,
+        }
+
+
+def _schedstat() -> list[int]:
+    """This thread's ns on CPU and ns runnable but waiting (Linux)."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+        on_cpu, waiting, _ = f.read().split()
+    return [int(on_cpu), int(waiting)]
+
+
+def _threads_cpu() -> dict[str, int]:
+    """ns on CPU of each thread of this process, by name and id."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            out[f"{name}/{task.name}"] = int((task / "schedstat").read_text().split()[0])
+        except OSError:
+            continue  # the thread ended
+    return out
+
+
+class Steps(trio.abc.Instrument):
+    """Task steps of 1 ms or more: wall and CPU time, by task name."""
+
+    def __init__(self) -> None:
+        self.long: list[tuple[str, float, float]] = []
+        self.n = 0
+        self.on = True
+        #: -1: no step timed yet (the step running when the instrument came is not)
+        self._t, self._c = -1.0, 0.0
+        #: CPU seconds of every step, by task name
+        self.cpu: dict[str, float] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._t, self._c = time.perf_counter(), time.thread_time()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if not self.on or self._t < 0:
+            return
+        self.n += 1
+        wall = time.perf_counter() - self._t
+        name = task.name.rsplit(".", 1)[-1]
+        self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - self._c
+        if wall >= 0.001:
+            self.long.append((task.name.rsplit(".", 1)[-1], wall, time.thread_time() - self._c))
+
+    def summary(self) -> dict[str, Any]:
+        by: dict[str, list[float]] = {}
+        for name, wall, cpu in self.long:
+            by.setdefault(name, [0, 0.0, 0.0, 0.0])
+            e = by[name]
+            e[0] += 1
+            e[1] += wall * 1e3
+            e[2] += cpu * 1e3
+            e[3] = max(e[3], wall * 1e3)
+        top = sorted(by.items(), key=lambda kv: -kv[1][1])[:6]
+        per_task = sorted(self.cpu.items(), key=lambda kv: -kv[1])[:8]
+        return {
+            "steps": self.n,
+            "long": len(self.long),
+            "cpu_ms_by_task": {k: round(v * 1e3) for k, v in per_task},
+            "by_task": {
+                k: f"n={v[0]:.0f} wall={v[1]:.0f}ms cpu={v[2]:.0f}ms max={v[3]:.1f}" for k, v in top
+            },
+        }
+
+
+def percentiles(samples: list[float]) -> dict[str, Any]:
+    if not samples:
+        return {"n": 0}
+    samples.sort()
+    n = len(samples)
+    return {
+        "n": n,
+        "p50": round(samples[n // 2] * 1e3, 2),
+        "p90": round(samples[int(n * 0.9)] * 1e3, 2),
+        "p99": round(samples[int(n * 0.99)] * 1e3, 2),
+        "max": round(samples[-1] * 1e3, 2),
+    }
+
+
+async def measure(
+    count: int, seconds: float, rate: float, clients: list[str], probe: bool
+) -> dict[str, Any]:
+    venue = "binance_futures"
+    sim, urls = await start_forming_sim(venue, rate)
+    ingested: dict[Key, float] = {}
+    published: dict[Key, float] = {}
+    publishes: list[float] = []
+    on_socket: dict[Key, float] = {}
+    lags: list[float] = []
+    children: dict[str, trio.Process] = {}
+    arrivals: dict[str, list[list[Any]]] = {}
+    watch = GcWatch()
+    steps = Steps()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "bench.db"
+            async with trio.open_nursery() as nursery:
+                service: Service = await nursery.start(
+                    run_service, feedd_config(urls, count, db), db
+                )
+                recording = trio.CancelScope()
+                lag_done = trio.Event()
+
+                async def record_ingest() -> None:
+                    with recording, service.state.writer.open_ingest_listener(100_000) as recv:
+                        async for batch in recv:
+                            now = time.monotonic()
+                            for c in batch:
+                                ingested.setdefault(
+                                    (c.exchange, c.symbol, c.open_time, float(c.close)), now
+                                )
+
+                nursery.start_soon(record_ingest)
+                hub = service.state.hub
+                publish = hub.publish_ingested
+
+                def probe_publish(batch: Any) -> None:
+                    now = time.monotonic()
+                    publishes.append(now)
+                    for c in batch:
+                        published.setdefault(
+                            (c.exchange, c.symbol, c.open_time, float(c.close)), now
+                        )
+                    publish(batch)
+
+                if probe:
+                    hub.publish_ingested = probe_publish  # type: ignore[method-assign]
+                send_all = trio.SocketStream.send_all
+
+                async def probe_send(self: trio.SocketStream, data: Any) -> None:
+                    # the bytes reach the kernel before send_all's closing checkpoint
+                    now = time.monotonic()
+                    await send_all(self, data)
+                    # a server frame: 2-10 bytes of header, then (here) a JSON text
+                    at = bytes(data[:32]).find(b'{"type":"candles"')
+                    if at >= 0:
+                        for c in orjson.loads(bytes(data[at:]))["data"]:
+                            key = (c["exchange"], c["symbol"], c["open_time"], c["close"])
+                            on_socket.setdefault(key, now)
+
+                if probe:
+                    trio.SocketStream.send_all = probe_send  # type: ignore[method-assign]
+
+                async def loop_lag() -> None:
+                    # how late a 1 ms sleep wakes: the loop's own delay for any task
+                    while not lag_done.is_set():
+                        at = time.monotonic() + 0.001
+                        await trio.sleep(0.001)
+                        lags.append(time.monotonic() - at)
+
+                if probe:
+                    nursery.start_soon(loop_lag)
+                for name in clients:
+                    children[name] = await start_child(f"--{name}-process", service.url)
+                await trio.sleep(WARM_UP_S)
+                # what one full collection costs this process now (best of 3, CPU time)
+                full = []
+                for _ in range(3):
+                    c0 = time.thread_time()
+                    gc.collect()
+                    full.append(time.thread_time() - c0)
+                watch.full_collect_ms = round(min(full) * 1e3, 2)
+                watch.tracked, watch.frozen = len(gc.get_objects()), gc.get_freeze_count()
+                gc.callbacks.append(watch)
+                if probe:
+                    trio.lowlevel.add_instrument(steps)
+                t0 = time.monotonic()
+                sched0 = _schedstat()
+                threads0 = _threads_cpu()
+                lags.clear()
+                load0 = os.getloadavg()[0]
+                await trio.sleep(seconds)
+                end = time.monotonic()
+                sched = [b - a for a, b in zip(sched0, _schedstat(), strict=True)]
+                threads = {
+                    tid: round((ns - threads0.get(tid, 0)) / 1e9 / (time.monotonic() - t0) * 100, 1)
+                    for tid, ns in _threads_cpu().items()
+                }
+                lag_done.set()
+                steps.on = False
+                gc.callbacks.remove(watch)
+                for name, child in list(children.items()):
+                    arrivals[name] = json.loads((await stop_child(child)).decode() or "[]")
+                    del children[name]
+                sent = await _send_log(urls, t0, end)
+                recording.cancel()
+                service.stop.set()
+                trio.SocketStream.send_all = send_all  # type: ignore[method-assign]
+    finally:
+        sim.kill()
+        await sim.wait()
+        for child in children.values():
+            child.kill()
+            await child.wait()
+    by_float = {(v, s, o, float(c)): t for (v, s, o, c), t in sent.items()}
+    result: dict[str, Any] = {
+        "symbols": count,
+        "rate": rate,
+        "load": round(load0, 2),
+        "sent": len(by_float),
+        "gc": watch.summary(),
+        # the event loop thread over the window: on CPU, and runnable but waiting for one
+        "loop_thread_pct": {
+            "on_cpu": round(sched[0] / 1e9 / (end - t0) * 100, 1),
+            "waiting_for_cpu": round(sched[1] / 1e9 / (end - t0) * 100, 1),
+        },
+        # every thread of this process (the loop's and the writer's among them): % of a CPU
+        "threads_cpu_pct": {k: v for k, v in threads.items() if v >= 0.5},
+        "loop_lag": percentiles(lags),
+        "long_steps": steps.summary(),
+        "frame_to_ingest": percentiles(
+            [ingested[k] - t for k, t in by_float.items() if k in ingested]
+        ),
+        "ingest_to_hub": percentiles(
+            [published[k] - ingested[k] for k in by_float if k in published and k in ingested]
+        ),
+        # time between the hub's forming messages (bursts come every 10 ms at 20 symbols)
+        "hub_publish_gap": percentiles(
+            [b - a for a, b in itertools.pairwise(publishes) if t0 <= a and b <= end]
+        ),
+        "hub_to_socket": percentiles(
+            [on_socket[k] - published[k] for k in by_float if k in published and k in on_socket]
+        ),
+    }
+    for name, rows in arrivals.items():
+        seen = [(tuple(r[:4]), r[4]) for r in rows if tuple(r[:4]) in by_float]
+        result[f"frame_to_{name}"] = percentiles([now - by_float[k] for k, now in seen])
+        result[f"ingest_to_{name}"] = percentiles(
+            [now - ingested[k] for k, now in seen if k in ingested]
+        )
+        result[f"socket_to_{name}"] = percentiles(
+            [now - on_socket[k] for k, now in seen if k in on_socket]
+        )
+    return result
+
+
+async def run_all(args: argparse.Namespace) -> None:
+    for _ in range(args.runs):
+        row = await measure(
+            args.symbols, args.seconds, args.rate, args.clients.split(","), args.probe
+        )
+        print(json.dumps(row), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--symbols", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--clients", default="bare,tws", help="bare, tws, or both")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="also time the hub, socket sends, loop lag and long task steps (costs the loop"
+        " CPU: compare figures without it)",
+    )
+    parser.add_argument("--bare-process", nargs=1, help=argparse.SUPPRESS)
+    parser.add_argument("--tws-process", nargs=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_process:
+        run_bare(args.bare_process[0])
+    elif args.tws_process:
+        trio.run(run_tws, args.tws_process[0])
+    else:
+        trio.run(run_all, args)
+
+
+if __name__ == "__main__":
+    main()
