@@ -4,6 +4,7 @@ rate limits pause it, and that the REST client counts and waits out each limit o
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -195,6 +196,35 @@ async def rest_client(
     ctx, _, _ = make_context(FakeVenue(Script()))
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         yield RestClient(module or ctx.module, "http://venue", client, ctx.stats, ctx.log)  # type: ignore[arg-type]
+
+
+async def test_a_background_client_parses_off_the_event_loop() -> None:
+    """A job's pages (1,500 rows, tens of ms to parse) are parsed in a worker thread, so that
+    live ingest on the event loop does not wait for them; a heal's are parsed on the loop."""
+    loop = threading.get_ident()
+    parsed_in = []
+
+    def parse(status: int, body: bytes) -> int:
+        parsed_in.append(threading.get_ident())
+        return status
+
+    async with rest_client(RestVenue().handle) as rest:
+        assert await rest.call(rest.module.time_request(), parse) == 200
+        rest.background = True
+        assert await rest.call(rest.module.time_request(), parse) == 200
+    assert parsed_in[0] == loop
+    assert parsed_in[1] != loop
+
+
+async def test_a_parse_error_in_the_worker_thread_is_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    venue = RestVenue({TIME: [httpx.Response(200, content=b"{not json")]})
+    async with rest_client(venue.handle) as rest:
+        rest.background = True
+        module = rest.module
+        assert await rest.call(module.time_request(), module.parse_time) > EPOCH_MS
+    assert len(venue.asked_at) == 2  # the first answer did not parse: asked again
 
 
 async def test_retry_after_is_waited_once(autojump_clock: trio.testing.MockClock) -> None:

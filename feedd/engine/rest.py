@@ -8,7 +8,8 @@ since the venues' windows differ (OKX counts per 2 s, Bybit per 5 s, Binance per
 Errors come out as feedd errors; nothing here knows a venue by name.
 
 One budget (``rest_budget``) per venue is shared by every client of that venue: live heals
-spend it first, backfill jobs (``background``) only what heals leave.
+spend it first, backfill jobs (``background``) only what heals leave, and parse their pages
+in a worker thread, off the event loop live ingest runs on.
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ class RestClient:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 status, body = await self.get(request)
+                if self.background:
+                    # A job's pages are 1,000-1,500 rows: tens of ms of parsing that would
+                    # stall live ingest on the event loop.
+                    return await trio.to_thread.run_sync(parse, status, body)
                 return parse(status, body)
             except RateLimited as exc:
                 # From the status line or the body (parse): one place counts and pauses.

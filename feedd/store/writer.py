@@ -29,7 +29,7 @@ log = logging.getLogger("feedd.store")
 #: while full, how often the collector looks whether ingest has stopped sending
 FULL_POLL_S = 0.25
 #: most candles of a job's write per transaction (a live commit may go between two)
-JOB_SLICE = 2000
+JOB_SLICE = 250
 
 
 @attrs.frozen
