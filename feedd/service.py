@@ -28,8 +28,6 @@ from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
 from feedd.monitor.taskcpu import TaskCpu
-from feedd.publish.consumer import feed_live_hub
-from feedd.publish.publisher import Publisher
 from feedd.store.backend import Backend
 from feedd.store.sqlite import SqliteBackend
 from feedd.store.writer import Writer, WriterSettings
@@ -138,9 +136,14 @@ async def run_service(
             await root.start(hub.run)
             nats = config.publish.nats if config.publish is not None else None
             if nats is not None and config.role == "api":
+                # Imported only when configured, here and below: nats-py costs ~4 MB of RSS.
+                from feedd.publish.consumer import feed_live_hub
+
                 # An API node collects nothing: its /ws serves what the collectors published.
                 await root.start(functools.partial(feed_live_hub, hub, nats))
             elif nats is not None:
+                from feedd.publish.publisher import Publisher
+
                 state.publisher = Publisher(nats, writer)
                 await root.start(state.publisher.run)
             web_stop = trio.Event()
