@@ -38,8 +38,10 @@ from feedd.web.status import node_status, status_document
 
 log = logging.getLogger("feedd")
 
-#: lists of candles in flight between ingest and the writer
-CANDLE_QUEUE = 1024
+#: lists of candles in flight between ingest and the writer. A list is one socket read's
+#: frames (up to a few hundred candles): while the writer makes ingest wait, this many lists
+#: wait here: the bound is memory (at full load 64 lists held ~8 MB more than 16).
+CANDLE_QUEUE = 16
 SHUTDOWN_TIMEOUT_S = 10.0
 #: of which the last heartbeat may take this long
 HEARTBEAT_GOODBYE_S = 1.0
