@@ -51,3 +51,13 @@ async def test_a_slow_healthy_store_makes_ingest_wait_at_max_ahead(tmp_path: Pat
         await writer.wait_committed(lambda: writer.stats.committed == 5)
         await send.aclose()
     assert writer.stats.healthy and writer.stats.retries == 0
+
+
+def test_a_batch_larger_than_the_held_limit_is_refused(tmp_path: Path) -> None:
+    # Ingest would wait at max_ahead for a commit that only the cadence would start.
+    with pytest.raises(ValueError, match="max_ahead"):
+        Writer(
+            WriterSettings(
+                SqliteBackend(tmp_path / "w.db"), 60_000, 1000, max_batch=10, max_ahead=5
+            )
+        )

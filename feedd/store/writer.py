@@ -55,8 +55,9 @@ class WriterSettings:
 
 class Writer:
     def __init__(self, settings: WriterSettings) -> None:
-        if not 0 < settings.max_batch <= settings.max_held:
-            raise ValueError("need 0 < max_batch <= max_held")
+        # max_batch above the held limit would leave ingest waiting for the commit cadence.
+        if not 0 < settings.max_batch <= min(settings.max_held, settings.max_ahead):
+            raise ValueError("need 0 < max_batch <= max_held and max_ahead")
         self.settings = settings
         self._pending = Pending()
         #: the batch being committed (or retried); grows with pending while the DB fails
