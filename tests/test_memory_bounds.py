@@ -42,6 +42,7 @@ async def test_a_slow_healthy_store_makes_ingest_wait_at_max_ahead(tmp_path: Pat
             await trio.testing.wait_all_tasks_blocked()
             stats = writer.stats
             assert (stats.pending, stats.healthy, stats.committed) == (4, True, 0)
+            assert stats.held_limit == 4  # /metrics' queue capacity: the limit in force
             with pytest.raises(trio.WouldBlock):  # max_ahead held: the collector stopped
                 send.send_nowait([candle(4)])
         finally:

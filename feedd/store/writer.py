@@ -86,7 +86,7 @@ class Writer:
     @property
     def stats(self) -> WriterStats:
         return self._counters.snapshot(
-            self._held, self._db.rejected, self.settings.max_held, self._db.generation
+            self._held, self._db.rejected, self._limit, self._db.generation
         )
 
     @property
