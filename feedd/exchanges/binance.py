@@ -310,7 +310,39 @@ def instruments_request(cursor: str | None) -> RestRequest:
     return RestRequest("/fapi/v1/exchangeInfo")
 
 
+class _Instrument(msgspec.Struct):
+    symbol: object = None
+    contract_type: object = msgspec.field(default=None, name="contractType")
+    quote_asset: object = msgspec.field(default=None, name="quoteAsset")
+    status: object = None
+
+
+class _ExchangeInfo(msgspec.Struct):
+    symbols: list[_Instrument]
+
+
+# Memory: exchangeInfo is ~1.5 MB of JSON; decoding all of it peaked at 24 MB and left ~16 MB
+# of RSS behind at each fetch. Only these four fields are built.
+_decode_info = msgspec.json.Decoder(_ExchangeInfo).decode
+
+
 def parse_instruments(status: int, body: bytes) -> InstrumentsPage:
+    if status == 200:
+        try:
+            listed = _decode_info(body).symbols
+        except msgspec.DecodeError:
+            pass  # malformed: the generic reader below names what is wrong
+        else:
+            return InstrumentsPage(
+                tuple(
+                    f.text(i.symbol, "symbol")
+                    for i in listed
+                    if i.contract_type == "PERPETUAL"
+                    and i.quote_asset == "USDT"
+                    and i.status == "TRADING"
+                ),
+                None,
+            )
     info = f.obj(_ok_json(status, body), "exchangeInfo")
     symbols = []
     for item in f.array(f.field(info, "symbols"), "symbols"):

@@ -1,8 +1,9 @@
 """The async writer: collects candle lists from a channel and commits them in batches.
 
 One collector task keeps receiving while the previous batch commits in the writer thread, so
-ingest waits on SQLite only when ``max_held`` candles are held (backpressure). A failed commit
-reopens the connection at its retry; at shutdown what cannot be committed in time is counted.
+ingest waits on SQLite only when ``max_ahead`` candles are held (``max_held`` while commits
+fail): backpressure that bounds memory. A failed commit reopens the connection at its retry;
+at shutdown what cannot be committed in time is counted.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class WriterSettings:
     max_batch: int = 5000
     #: while the database fails, hold at most this many candles, then stop receiving
     max_held: int = 200_000
+    #: while it commits, hold at most this many: a store slower than ingest makes ingest
+    #: wait instead of holding more (each held candle costs ~600 B of RSS)
+    max_ahead: int = 5000
     busy_timeout_ms: int = 2000
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
@@ -52,8 +56,9 @@ class WriterSettings:
 
 class Writer:
     def __init__(self, settings: WriterSettings) -> None:
-        if not 0 < settings.max_batch <= settings.max_held:
-            raise ValueError("need 0 < max_batch <= max_held")
+        # max_batch above the held limit would leave ingest waiting for the commit cadence.
+        if not 0 < settings.max_batch <= min(settings.max_held, settings.max_ahead):
+            raise ValueError("need 0 < max_batch <= max_held and max_ahead")
         self.settings = settings
         self._pending = Pending()
         #: the batch being committed (or retried); grows with pending while the DB fails
@@ -82,7 +87,7 @@ class Writer:
     @property
     def stats(self) -> WriterStats:
         return self._counters.snapshot(
-            self._held, self._db.rejected, self.settings.max_held, self._db.generation
+            self._held, self._db.rejected, self._limit, self._db.generation
         )
 
     @property
@@ -97,6 +102,13 @@ class Writer:
     @property
     def _held(self) -> int:
         return len(self._pending) + len(self._inflight)
+
+    @property
+    def _limit(self) -> int:
+        """Candles held before ingest waits: few while commits succeed, many while they fail."""
+        if self._counters.healthy:
+            return min(self.settings.max_ahead, self.settings.max_held)
+        return self.settings.max_held
 
     async def run(
         self,
@@ -138,7 +150,7 @@ class Writer:
                     self._counters.received += len(candles)
                     self._pending.add(candles)
                     self._tap(candles)
-                    if self._held >= max_held:
+                    if self._held >= self._limit:
                         break
                     try:
                         candles = candles_recv.receive_nowait()
@@ -151,7 +163,7 @@ class Writer:
                     log.warning("holding %d candles, the limit: ingest waits", self._held)
                 # Once ingest has stopped, take what it left in the channel (bounded by the
                 # channel) so that shutdown never waits for room.
-                while self._held >= max_held and candles_recv.statistics().open_send_channels:
+                while self._held >= self._limit and candles_recv.statistics().open_send_channels:
                     self._room = trio.Event()
                     with trio.move_on_after(FULL_POLL_S):
                         await self._room.wait()

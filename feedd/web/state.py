@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import attrs
 import trio
@@ -16,11 +16,14 @@ from feedd.engine.supervisor import Supervisor
 from feedd.jobs.manager import JobManager
 from feedd.monitor.logring import LogRing
 from feedd.monitor.system import Monitor
-from feedd.publish.publisher import Publisher
 from feedd.store.backend import ReadStore
 from feedd.store.writer import Writer
 from feedd.web.live import LiveHub
 from feedd.web.peer import Connections
+
+if TYPE_CHECKING:
+    # Imported where publishing starts (feedd/service.py): nats-py only when configured.
+    from feedd.publish.publisher import Publisher
 
 
 @attrs.define(eq=False)
