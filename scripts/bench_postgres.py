@@ -133,14 +133,22 @@ async def serving(backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
             service.stop.set()
 
 
-async def bench_http(kind: str, backend: Backend, n: int, in_process: bool) -> None:
+async def bench_http(
+    kind: str, backend: Backend, n: int, in_process: bool, server: PgServer | None
+) -> None:
+    """p50/p99 of ``GET /ohlcv``, and the CPU each request costs feedd's process (server,
+    and the client too when ``in_process``) plus, on PostgreSQL, its reader backends."""
     async with serving(backend) as client:
         for interval in ("1m", "1h"):
             path = f"/ohlcv/{EXCHANGE}/{SYMBOL}/{interval}?limit=1000"
+            await timed(client, path, 1, in_process=True)  # the reader's connections open
+            cpu = time.process_time() + server_cpu_s(server)
             samples, rows, size = await timed(client, path, n, in_process=in_process)
+            cpu = time.process_time() + server_cpu_s(server) - cpu
+            per_call = cpu * 1000 / (n + WARMUP)
             p50, p99 = pct(samples)
-            print(f"  {kind:10} GET {path} ({rows} rows, {size / 1000:.0f} kB): "
-                  f"p50 {p50:6.2f}  p99 {p99:6.2f}", flush=True)  # fmt: skip
+            label = f"GET {path} ({rows} rows, {size / 1000:.0f} kB):"
+            print(f"  {kind:10} {label} p50 {p50:6.2f}  p99 {p99:6.2f}  cpu/req {per_call:6.2f}")
 
 
 async def bench(
@@ -156,7 +164,8 @@ async def bench(
     where = "in feedd's process" if in_process else "in its own process"
     print(f"through feedd's HTTP API, the client {where} (ms):")
     for kind, backend in backends.items():
-        await bench_http(kind, backend, n, in_process)
+        pg = server if kind == "postgresql" else None
+        await bench_http(kind, backend, n, in_process, pg)
     print(f"load average after the reads: {os.getloadavg()[0]:.1f}")
 
 
