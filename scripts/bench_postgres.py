@@ -4,11 +4,13 @@ Starts a throwaway PostgreSQL server like the tests' (tests/pgserver.py: initdb 
 folder, loopback, fsync off), stores the same 1m candles of one series in it and in a SQLite
 file, then times: a 1,000-row page (``candles_json``, what ``GET /ohlcv`` serves) through
 each reader, a 1h resample over every stored minute, and ``GET /ohlcv`` through feedd's HTTP
-API running on each backend (every exchange disabled). Prints p50/p99 in milliseconds, and
-for reader calls the CPU milliseconds each costs (client process plus PostgreSQL's backends),
-which a machine busy with other work does not inflate the way it does wall-clock latency.
+API running on each backend (every exchange disabled), from a client in a process of its own
+(see scripts/bench_api.py). Prints p50/p99 in milliseconds, and for reader calls the CPU
+milliseconds each costs (client process plus PostgreSQL's backends), which a machine busy with
+other work does not inflate the way it does wall-clock latency.
 
 Usage: .venv/bin/python scripts/bench_postgres.py [--minutes 100000] [--requests 200]
+       [--in-process-client]
 """
 
 from __future__ import annotations
@@ -131,17 +133,27 @@ async def serving(backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
             service.stop.set()
 
 
-async def bench_http(kind: str, backend: Backend, n: int) -> None:
+async def bench_http(
+    kind: str, backend: Backend, n: int, in_process: bool, server: PgServer | None
+) -> None:
+    """p50/p99 of ``GET /ohlcv``, and the CPU each request costs feedd's process (server,
+    and the client too when ``in_process``) plus, on PostgreSQL, its reader backends."""
     async with serving(backend) as client:
         for interval in ("1m", "1h"):
             path = f"/ohlcv/{EXCHANGE}/{SYMBOL}/{interval}?limit=1000"
-            samples, rows, size = await timed(client, path, n)
+            await timed(client, path, 1, in_process=True)  # the reader's connections open
+            cpu = time.process_time() + server_cpu_s(server)
+            samples, rows, size = await timed(client, path, n, in_process=in_process)
+            cpu = time.process_time() + server_cpu_s(server) - cpu
+            per_call = cpu * 1000 / (n + WARMUP)
             p50, p99 = pct(samples)
-            print(f"  {kind:10} GET {path} ({rows} rows, {size / 1000:.0f} kB): "
-                  f"p50 {p50:6.2f}  p99 {p99:6.2f}", flush=True)  # fmt: skip
+            label = f"GET {path} ({rows} rows, {size / 1000:.0f} kB):"
+            print(f"  {kind:10} {label} p50 {p50:6.2f}  p99 {p99:6.2f}  cpu/req {per_call:6.2f}")
 
 
-async def bench(backends: dict[str, Backend], count: int, n: int, server: PgServer) -> None:
+async def bench(
+    backends: dict[str, Backend], count: int, n: int, server: PgServer, in_process: bool
+) -> None:
     print("through the reader (ms):")
     for kind, backend in backends.items():
         reader = backend.open_reader()
@@ -149,15 +161,21 @@ async def bench(backends: dict[str, Backend], count: int, n: int, server: PgServ
             await bench_reader(kind, reader, count, n, server if kind == "postgresql" else None)
         finally:
             reader.close()
-    print("through feedd's HTTP API (ms):")
+    where = "in feedd's process" if in_process else "in its own process"
+    print(f"through feedd's HTTP API, the client {where} (ms):")
     for kind, backend in backends.items():
-        await bench_http(kind, backend, n)
+        pg = server if kind == "postgresql" else None
+        await bench_http(kind, backend, n, in_process, pg)
+    print(f"load average after the reads: {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=int, default=100_000, help="1m candles stored")
     parser.add_argument("--requests", type=int, default=200, help="timed calls per case")
+    parser.add_argument(
+        "--in-process-client", action="store_true", help="time with httpx inside feedd's process"
+    )
     args = parser.parse_args()
     server = PgServer()
     try:
@@ -175,7 +193,7 @@ def main() -> None:
             print(
                 f"load average before the reads: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
             )
-            trio.run(bench, backends, args.minutes, args.requests, server)
+            trio.run(bench, backends, args.minutes, args.requests, server, args.in_process_client)
     finally:
         server.destroy()
 

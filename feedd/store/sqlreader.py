@@ -6,13 +6,13 @@ queries whose SQL is the same on SQLite and PostgreSQL. A backend supplies how a
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import attrs
-import orjson
 
 from feedd.store import coverage as cov
+from feedd.store import pagejson
 from feedd.store import resample as rs
 from feedd.store.nodes import NodeRecord
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST, source_name
@@ -64,19 +64,11 @@ class JsonPage:
 EMPTY_PAGE = JsonPage(b"[]", 0)
 
 
-def row_dict(row: Row) -> dict[str, Any]:
-    """A stored row (open_time, six floats, trades, flags) as the JSON object of a candle."""
-    d = dict(zip(FIELDS, row, strict=False))
-    flags = row[8]
-    d["closed"] = bool(flags & FLAG_CLOSED)
-    d["source"] = source_name(flags)
-    return d
-
-
-def page(body: bytes, open_times: list[int]) -> JsonPage:
-    if not open_times:
+def page(body: bytes, rows: Sequence[Row]) -> JsonPage:
+    """``body`` of ``rows`` (each starting with its open time, oldest first)."""
+    if not rows:
         return JsonPage(body, 0)
-    return JsonPage(body, len(open_times), open_times[0], open_times[-1])
+    return JsonPage(body, len(rows), rows[0][0], rows[-1][0])
 
 
 class Cursor(Protocol):
@@ -162,7 +154,7 @@ class SqlReader(abc.ABC, Generic[C]):
 
         def query(conn: C) -> JsonPage:
             rows = self._candle_rows(conn, (exchange, symbol, interval), since, until, limit)
-            return page(orjson.dumps([row_dict(r) for r in rows]), [r[0] for r in rows])
+            return page(pagejson.stored(rows), rows)
 
         return await self._run(query, EMPTY_PAGE)
 
@@ -243,9 +235,8 @@ class SqlReader(abc.ABC, Generic[C]):
         key = (exchange, symbol, interval)
 
         def query(conn: C) -> JsonPage:
-            rows = self._resample_rows(conn, key, since, until, limit)
-            body = orjson.dumps([attrs.asdict(row) for row in rows])
-            return page(body, [r.open_time for r in rows])
+            rows = self._resampled_range(conn, key, since, until, limit)
+            return page(pagejson.resampled(rows), rows)
 
         return await self._run(query, EMPTY_PAGE)
 
@@ -293,8 +284,17 @@ class SqlReader(abc.ABC, Generic[C]):
         until: int | None,
         limit: int,
     ) -> list[CandleRow]:
+        return [CandleRow(*row) for row in self._resampled_range(conn, key, since, until, limit)]
+
+    def _resampled_range(
+        self,
+        conn: C,
+        key: tuple[str, str, str],
+        since: int | None,
+        until: int | None,
+        limit: int,
+    ) -> list[tuple[Any, ...]]:
         interval = key[2]
         start = MIN_T if since is None else rs.first_bucket_at_or_after(interval, since)
         end = MAX_T if until is None else rs.end_after_bucket_of(interval, until)
-        found = self._resampled(conn, key, start, end, newest=since is None, limit=limit)
-        return [CandleRow(*row) for row in found]
+        return self._resampled(conn, key, start, end, newest=since is None, limit=limit)

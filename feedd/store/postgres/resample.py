@@ -16,27 +16,34 @@ from feedd.store.postgres.connection import Connection
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST
 
 #: One row per listed bucket holding a stored minute, oldest first. Each bucket is one primary
-#: key range (no sort, no hash of the whole series); open and close are one seek each.
-_AGGREGATE_SQL = f"""
-SELECT b.t, b.e, a.n, a.closed, a.rest, a.archive,
-    (SELECT open FROM candles WHERE series = %(series)s AND open_time >= b.t
-        AND open_time < b.e ORDER BY open_time LIMIT 1)::float8,
+#: key range (no sort, no hash of the whole series); open and close are one key lookup each,
+#: at the range's first and last open time. ``{buckets}``: the bucket list, ``b(t, e)``.
+_AGGREGATE_SQL = """
+SELECT b.t, b.e, a.n, a.all_flags, a.any_flags,
+    (SELECT open FROM candles WHERE series = %(series)s AND open_time = a.first)::float8,
     a.high::float8, a.low::float8,
-    (SELECT close FROM candles WHERE series = %(series)s AND open_time >= b.t
-        AND open_time < b.e ORDER BY open_time DESC LIMIT 1)::float8,
+    (SELECT close FROM candles WHERE series = %(series)s AND open_time = a.last)::float8,
     a.volume::float8, a.quote_volume::float8, a.trades::bigint
-FROM unnest(%(starts)s::bigint[], %(ends)s::bigint[]) AS b(t, e)
+FROM {buckets}
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n, bool_and(flags & {FLAG_CLOSED} <> 0) AS closed,
-        bool_or(flags & {FLAG_REST} <> 0) AS rest,
-        bool_or(flags & {FLAG_ARCHIVE} <> 0) AS archive,
-        max(high) AS high, min(low) AS low, sum(volume) AS volume,
-        sum(quote_volume) AS quote_volume, sum(trades) AS trades
+    SELECT count(*) AS n, bit_and(flags) AS all_flags, bit_or(flags) AS any_flags,
+        min(open_time) AS first, max(open_time) AS last, max(high) AS high, min(low) AS low,
+        sum(volume) AS volume, sum(quote_volume) AS quote_volume, sum(trades) AS trades
     FROM candles WHERE series = %(series)s AND open_time >= b.t AND open_time < b.e
 ) AS a
 WHERE a.n > 0
 ORDER BY b.t
 """
+#: buckets of one size, made by the server: binding them as arrays cost the client more CPU
+#: (psycopg dumps a list element by element) than the server spent aggregating them
+_EVERY = _AGGREGATE_SQL.format(
+    buckets="(SELECT t, t + %(step)s AS e FROM generate_series(%(first)s::bigint,"
+    " %(last)s::bigint, %(step)s::bigint) AS g(t)) AS b"
+)
+#: months, whose lengths differ: listed (a few per query)
+_LISTED = _AGGREGATE_SQL.format(
+    buckets="unnest(%(starts)s::bigint[], %(ends)s::bigint[]) AS b(t, e)"
+)
 #: the oldest and newest stored minute of a range: two index seeks
 _BOUNDS_SQL = (
     "SELECT min(open_time), max(open_time) FROM candles"
@@ -131,12 +138,20 @@ def _buckets(interval: str, bottom: int, top: int, count: int, newest: bool) -> 
 def _aggregate(
     conn: Connection, series: int, interval: str, buckets: list[int]
 ) -> list[rs.Resampled]:
-    ends = [next_open(interval, t) for t in buckets]
-    params = {"series": series, "starts": buckets, "ends": ends}
-    rows = conn.execute(_AGGREGATE_SQL, params, binary=True)
+    if interval == "1M":
+        ends = [next_open(interval, t) for t in buckets]
+        params = {"series": series, "starts": buckets, "ends": ends}
+        sql = _LISTED
+    else:
+        step = INTERVAL_MS[interval]
+        params = {"series": series, "first": buckets[0], "last": buckets[-1], "step": step}
+        sql = _EVERY
+    rows = conn.execute(sql, params, binary=True).fetchall()
     out: list[rs.Resampled] = []
-    for t, e, n, closed, rest, archive, o, h, low, c, v, qv, trades in rows:
-        complete = n == rs.expected_minutes(t, e)
-        source = "rest" if rest else "archive" if archive else "ws"
-        out.append((t, o, h, low, c, v, qv, trades, complete and closed, source))
+    for t, e, n, all_flags, any_flags, o, h, low, c, v, qv, trades in rows:
+        closed = n == rs.expected_minutes(t, e) and all_flags & FLAG_CLOSED != 0
+        source = (
+            "rest" if any_flags & FLAG_REST else "archive" if any_flags & FLAG_ARCHIVE else "ws"
+        )
+        out.append((t, o, h, low, c, v, qv, trades, closed, source))
     return out
