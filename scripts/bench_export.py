@@ -15,6 +15,8 @@ Usage: .venv/bin/python scripts/bench_export.py [--minutes 525600] [--repeat 3]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sqlite3
 import tempfile
 import threading
@@ -25,22 +27,28 @@ import psutil
 import trio
 from bench_api import EXCHANGE, SYMBOL, fill, serving
 
+from feedd.store.exportpool import WORKER_SWITCH
 from feedd.store.exportrequest import ExportRequest
 from feedd.store.reader import Reader
 
 
 class PeakRss:
-    """The process's resident memory sampled every 5 ms in a thread, from a baseline."""
+    """Resident memory of this process (feedd) and of its children (the export worker),
+    sampled every 5 ms in a thread; feedd's from a baseline, the worker's peak as it is."""
 
     def __init__(self) -> None:
         self.process = psutil.Process()
         self.base = self.peak = self.process.memory_info().rss
+        self.child_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.005):
             self.peak = max(self.peak, self.process.memory_info().rss)
+            for child in self.process.children():
+                with contextlib.suppress(psutil.Error):
+                    self.child_peak = max(self.child_peak, child.memory_info().rss)
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -50,9 +58,21 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
 
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.base) / 1e6
+    def __str__(self) -> str:
+        text = f"feedd RSS +{(self.peak - self.base) / 1e6:5.1f} MB"
+        if self.child_peak:
+            text += f", worker peak {self.child_peak / 1e6:5.1f} MB"
+        return text
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (every thread) and of its live children (the worker)."""
+    total = time.process_time()
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def bare_read(db_path: Path) -> float:
@@ -69,53 +89,67 @@ def bare_read(db_path: Path) -> float:
 
 
 async def in_process(reader: Reader, request: ExportRequest) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds of the process (every thread) and bytes: on a shared machine
-    the CPU time says more than the wall time about the export's own cost."""
-    start, cpu = time.perf_counter(), time.process_time()
+    """Wall seconds, CPU seconds of feedd and the worker, and bytes: on a shared machine the
+    CPU time says more than the wall time about the export's own cost."""
+    start, cpu = time.perf_counter(), cpu_seconds()
     size = 0
     async for piece in reader.export(request):
         size += len(piece)
-    return time.perf_counter() - start, time.process_time() - cpu, size
+    return time.perf_counter() - start, cpu_seconds() - cpu, size
 
 
-async def over_http(url: str) -> tuple[float, int]:
-    start = time.perf_counter()
+async def over_http(url: str) -> tuple[float, float, int]:
+    start, cpu = time.perf_counter(), cpu_seconds()
     done = await trio.run_process(
         ["curl", "-sSf", "-o", "/dev/null", "-w", "%{size_download}", url], capture_stdout=True
     )
-    return time.perf_counter() - start, int(done.stdout)
+    # curl has exited by now: only feedd and the worker are left among the children
+    return time.perf_counter() - start, cpu_seconds() - cpu, int(done.stdout)
 
 
-def line(how: str, interval: str, fmt: str, rows: int, size: int, seconds: float) -> str:
+def line(how: str, path: str, interval: str, fmt: str, rows: int, size: int, seconds: float) -> str:
     return (
-        f"{how:7s} {interval} {fmt:8s} {rows:,} rows {size / 1e6:5.1f} MB "
+        f"{how:7s} {path:7s} {interval} {fmt:8s} {rows:,} rows {size / 1e6:5.1f} MB "
         f"{seconds:5.2f} s {rows / seconds:9,.0f} rows/s"
     )
 
 
-async def bench(db_path: Path, minutes: int, repeat: int) -> None:
+async def bench(db_path: Path, minutes: int, repeat: int, paths: list[str]) -> None:
     cases = [(fmt, "1m", minutes) for fmt in ("csv", "ndjson", "parquet")]
     cases.append(("csv", "1h", -(-minutes // 60)))
     reader = Reader(db_path)
     async with serving(db_path, read_s=120) as client:
         base = f"{str(client.base_url).rstrip('/')}/ohlcv/{EXCHANGE}/{SYMBOL}"
+        if "worker" in paths:
+            os.environ[WORKER_SWITCH] = "1"
+            start = time.perf_counter()
+            one = ExportRequest(EXCHANGE, SYMBOL, "1m", False, "csv", limit=1)
+            await in_process(reader, one)
+            (
+                await client.get(f"{base}/1m", params={"format": "csv", "limit": 1})
+            ).raise_for_status()
+            print(
+                f"workers started by a first export of one row: {time.perf_counter() - start:.2f} s"
+            )
         for fmt, interval, rows in cases:
             request = ExportRequest(EXCHANGE, SYMBOL, interval, interval != "1m", fmt)
             for _ in range(repeat):
                 reference = await trio.to_thread.run_sync(bare_read, db_path)
-                with PeakRss() as rss:
-                    seconds, cpu, size = await in_process(reader, request)
-                print(
-                    line("in-proc", interval, fmt, rows, size, seconds)
-                    + f" CPU {cpu:5.2f} s RSS +{rss.growth_mb:5.1f} MB"
-                    + f" | bare sqlite3 read {reference:5.2f} s"
-                )
-                with PeakRss() as rss:
-                    seconds, size = await over_http(f"{base}/{interval}?format={fmt}")
-                print(
-                    line("HTTP", interval, fmt, rows, size, seconds)
-                    + f" RSS +{rss.growth_mb:5.1f} MB"
-                )
+                print(f"bare sqlite3 read of every row: {reference:5.2f} s")
+                for path in paths if interval == "1m" else ["threads"]:
+                    os.environ[WORKER_SWITCH] = "1" if path == "worker" else "0"
+                    with PeakRss() as rss:
+                        seconds, cpu, size = await in_process(reader, request)
+                    print(
+                        line("in-proc", path, interval, fmt, rows, size, seconds)
+                        + f" CPU {cpu:5.2f} s {rss}"
+                    )
+                    with PeakRss() as rss:
+                        seconds, cpu, size = await over_http(f"{base}/{interval}?format={fmt}")
+                    print(
+                        line("HTTP", path, interval, fmt, rows, size, seconds)
+                        + f" CPU {cpu:5.2f} s {rss}"
+                    )
     reader.close()
 
 
@@ -123,13 +157,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=int, default=525_600, help="1m candles stored")
     parser.add_argument("--repeat", type=int, default=3, help="downloads per case")
+    parser.add_argument(
+        "--paths",
+        default="worker,threads",
+        help="export paths to compare: worker (ADBC in the export worker process), threads"
+        " (sqlite3 in feedd's threads, FEEDD_EXPORT_WORKER=0)",
+    )
+    parser.add_argument("--db", type=Path, help="an existing database filled by this script")
     args = parser.parse_args()
+    paths = args.paths.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        db_path = Path(tmp) / "bench.db"
-        start = time.perf_counter()
-        fill(db_path, args.minutes)
-        print(f"stored {args.minutes:,} 1m candles in {time.perf_counter() - start:.1f} s")
-        trio.run(bench, db_path, args.minutes, args.repeat)
+        db_path = args.db or Path(tmp) / "bench.db"
+        if args.db is None:
+            start = time.perf_counter()
+            fill(db_path, args.minutes)
+            print(f"stored {args.minutes:,} 1m candles in {time.perf_counter() - start:.1f} s")
+        trio.run(bench, db_path, args.minutes, args.repeat, paths)
 
 
 if __name__ == "__main__":
