@@ -1,15 +1,21 @@
 """Benchmark streamed exports: a year of 1m candles (525,600) as CSV, NDJSON and Parquet,
-and 1h resampled from it; peak RSS growth of feedd while exporting.
+and 1h resampled from it; CPU and peak memory of feedd and of its export worker.
 
 Fills a temporary database (the same random walk as bench_api) and times each export twice:
 in-process (the store's ``Reader.export`` iterated to the end: reading and encoding alone), and
 through the real HTTP API of a feedd started with every exchange disabled, downloaded over
-loopback by ``curl`` in a process of its own (so the client's work is not feedd's). RSS is
-feedd's process, sampled from just before the export. The reference, measured in the same run:
-a bare ``sqlite3`` read of the same rows into Python tuples (``fetchall``), which stores
-nothing and encodes nothing: the floor of any export through sqlite3.
+loopback by ``curl`` in a process of its own (so the client's work is not feedd's). Each is
+run by both paths in the same sitting: ``worker`` (the export worker process, ADBC) and
+``threads`` (sqlite3 in feedd's threads, ``FEEDD_EXPORT_WORKER=0``, the path before it).
+CPU counts feedd and its children (the worker). RSS: feedd's growth over the export and the
+worker's peak, from the kernel's high-water marks. The reference, measured in the same run: a
+bare ``sqlite3`` read of the same rows into Python tuples (``fetchall``), which stores nothing
+and encodes nothing: the floor of any export through sqlite3 in feedd's process.
 
-Usage: .venv/bin/python scripts/bench_export.py [--minutes 525600] [--repeat 3]
+``--postgres`` times the same exports on the PostgreSQL backend instead (a throwaway server
+like the tests'; CPU then includes the server's reader backends).
+
+Usage: .venv/bin/python scripts/bench_export.py [--minutes 525600] [--repeat 3] [--postgres]
 """
 
 from __future__ import annotations
@@ -19,50 +25,58 @@ import contextlib
 import os
 import sqlite3
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import trio
-from bench_api import EXCHANGE, SYMBOL, fill, serving
+from bench_api import EXCHANGE, SYMBOL, fill
+from bench_postgres import PgServer, server_cpu_s, serving
+from bench_postgres import fill as pg_fill
 
 from feedd.store.exportpool import WORKER_SWITCH
 from feedd.store.exportrequest import ExportRequest
+from feedd.store.postgres.backend import PostgresBackend
 from feedd.store.reader import Reader
+from feedd.store.sqlite import SqliteBackend
 
 
 class PeakRss:
-    """Resident memory of this process (feedd) and of its children (the export worker),
-    sampled every 5 ms in a thread; feedd's from a baseline, the worker's peak as it is."""
-
-    def __init__(self) -> None:
-        self.process = psutil.Process()
-        self.base = self.peak = self.process.memory_info().rss
-        self.child_peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            for child in self.process.children():
-                with contextlib.suppress(psutil.Error):
-                    self.child_peak = max(self.child_peak, child.memory_info().rss)
+    """Peak resident memory of this process (feedd) from its level before, and of its
+    children (the export worker) as it is: the kernel's high-water marks (VmHWM), reset on
+    entry through /proc/PID/clear_refs, so nothing samples while the export runs."""
 
     def __enter__(self) -> PeakRss:
-        self._thread.start()
+        self.base = _status("self", "VmRSS")
+        for pid in ["self", *_children()]:
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.peak = _status("self", "VmHWM")
+        self.child_peak = max((_status(pid, "VmHWM") for pid in _children()), default=0)
 
     def __str__(self) -> str:
         text = f"feedd RSS +{(self.peak - self.base) / 1e6:5.1f} MB"
         if self.child_peak:
             text += f", worker peak {self.child_peak / 1e6:5.1f} MB"
         return text
+
+
+def _children() -> list[str]:
+    return [str(child.pid) for child in psutil.Process().children()]
+
+
+def _status(pid: str, field: str) -> int:
+    """A memory figure of /proc/PID/status in bytes (0 if the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def cpu_seconds() -> float:
@@ -118,7 +132,7 @@ async def bench(db_path: Path, minutes: int, repeat: int, paths: list[str]) -> N
     cases = [(fmt, "1m", minutes) for fmt in ("csv", "ndjson", "parquet")]
     cases.append(("csv", "1h", -(-minutes // 60)))
     reader = Reader(db_path)
-    async with serving(db_path, read_s=120) as client:
+    async with serving(SqliteBackend(db_path)) as client:
         base = f"{str(client.base_url).rstrip('/')}/ohlcv/{EXCHANGE}/{SYMBOL}"
         if "worker" in paths:
             os.environ[WORKER_SWITCH] = "1"
@@ -153,6 +167,29 @@ async def bench(db_path: Path, minutes: int, repeat: int, paths: list[str]) -> N
     reader.close()
 
 
+async def bench_postgres(
+    backend: PostgresBackend, minutes: int, repeat: int, server: PgServer
+) -> None:
+    reader = backend.open_reader()
+    async with serving(backend) as client:
+        base = f"{str(client.base_url).rstrip('/')}/ohlcv/{EXCHANGE}/{SYMBOL}"
+        for fmt in ("csv", "ndjson", "parquet"):
+            request = ExportRequest(EXCHANGE, SYMBOL, "1m", False, fmt)
+            for _ in range(repeat):
+                cpu = server_cpu_s(server)
+                with PeakRss() as rss:
+                    seconds, own, size = await in_process(reader, request)
+                cpu = own + server_cpu_s(server) - cpu
+                print(
+                    line("in-proc", "pg", "1m", fmt, minutes, size, seconds)
+                    + f" CPU {cpu:5.2f} s (server incl.) {rss}"
+                )
+                with PeakRss() as rss:
+                    seconds, own, size = await over_http(f"{base}/1m?format={fmt}")
+                print(line("HTTP", "pg", "1m", fmt, minutes, size, seconds) + f" {rss}")
+    reader.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=int, default=525_600, help="1m candles stored")
@@ -164,15 +201,29 @@ def main() -> None:
         " (sqlite3 in feedd's threads, FEEDD_EXPORT_WORKER=0)",
     )
     parser.add_argument("--db", type=Path, help="an existing database filled by this script")
+    parser.add_argument("--postgres", action="store_true", help="on PostgreSQL instead")
     args = parser.parse_args()
-    paths = args.paths.split(",")
-    with tempfile.TemporaryDirectory() as tmp:
-        db_path = args.db or Path(tmp) / "bench.db"
-        if args.db is None:
-            start = time.perf_counter()
-            fill(db_path, args.minutes)
-            print(f"stored {args.minutes:,} 1m candles in {time.perf_counter() - start:.1f} s")
-        trio.run(bench, db_path, args.minutes, args.repeat, paths)
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if args.postgres:
+        server = PgServer()
+        try:
+            server.start()
+            backend = PostgresBackend(server.dsn(server.create_database()))
+            backend.prepare()
+            took = pg_fill(backend, args.minutes)
+            print(f"stored {args.minutes:,} 1m candles in PostgreSQL in {took:.1f} s")
+            trio.run(bench_postgres, backend, args.minutes, args.repeat, server)
+        finally:
+            server.destroy()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            db_path = args.db or Path(tmp) / "bench.db"
+            if args.db is None:
+                start = time.perf_counter()
+                fill(db_path, args.minutes)
+                print(f"stored {args.minutes:,} 1m candles in {time.perf_counter() - start:.1f} s")
+            trio.run(bench, db_path, args.minutes, args.repeat, args.paths.split(","))
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

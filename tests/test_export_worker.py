@@ -20,11 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import trio
+import trio.testing
 
 from feedd import config as feedd_config
 from feedd import exchanges
 from feedd.errors import StoreError
 from feedd.service import Service, run_service
+from feedd.store import exportpool
 from feedd.store.codec import encode
 from feedd.store.export import CHUNK_ROWS, COLUMNS, Chunk
 from feedd.store.exportchunks import ReadAhead
@@ -210,6 +212,49 @@ async def test_worker_that_died_idle_is_replaced_at_the_next_export(db: Path) ->
         assert worker_pid(reader) != worker.process.pid
     finally:
         reader.close()
+
+
+async def test_idle_worker_exits_and_the_next_export_starts_another(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exportpool, "IDLE_EXIT_S", 0.2)
+    reader = Reader(db)
+    try:
+        await download(reader, request("csv", limit=1))
+        worker = reader._exports._worker
+        assert worker is not None
+        with trio.fail_after(30):
+            exited = await trio.to_thread.run_sync(worker.process.wait, abandon_on_cancel=True)
+        assert exited == 0  # by itself
+        assert await download(reader, request("csv", limit=3)) == await in_threads(
+            reader, request("csv", limit=3)
+        )
+        assert worker_pid(reader) != worker.process.pid
+    finally:
+        reader.close()
+
+
+async def test_export_asked_of_a_worker_as_it_stops_is_asked_again(db: Path) -> None:
+    """The worker is alive when the export is asked of it and gone before it answers (as when
+    it stops itself, idle, at that moment): the export goes to another worker, whole."""
+    reader = Reader(db)
+    try:
+        await download(reader, request("csv", limit=1))
+        pid = worker_pid(reader)
+        os.kill(pid, signal.SIGSTOP)
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _collect(reader, request("csv"), got))
+            await trio.testing.wait_all_tasks_blocked()  # asked, waiting for the answer
+            os.kill(pid, signal.SIGKILL)
+        assert got == [await in_threads(reader, request("csv"))]
+        assert worker_pid(reader) != pid
+    finally:
+        reader.close()
+
+
+async def _collect(reader: Reader, wanted: ExportRequest, into: list[bytes]) -> None:
+    into.append(await download(reader, wanted))
 
 
 async def test_missing_database_exports_empty_files(tmp_path: Path) -> None:

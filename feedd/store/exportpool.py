@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from feedd.store.export import Export
 
 log = logging.getLogger(__name__)
+#: a worker with no export for this long exits, giving its memory back (~130-170 MB: pyarrow,
+#: ADBC and Arrow's pool); the next export starts another (~0.5 s of CPU)
+IDLE_EXIT_S = 300.0
 WORKER_COMMAND = (sys.executable, "-m", "feedd.store.exportworker")
 #: ``FEEDD_EXPORT_WORKER=0``: stored series too are exported in threads through sqlite3 (~3x
 #: slower; for a platform where the worker cannot run, and for comparing in benchmarks)
@@ -66,14 +69,28 @@ class ExportPool:
             worker.kill()
 
     async def _from_worker(self, request: ExportRequest) -> AsyncIterator[bytes]:
-        worker = await self._running_worker()
-        ident = next(self._ids)
-        worker.expect(ident)
+        worker: _Worker | None = None
+        ident = 0
         finished = False
         try:
-            await worker.order(wire.Order(wire.OPEN, ident, str(self.path), request))
+            for attempt in (1, 2):
+                worker = await self._running_worker()
+                ident = next(self._ids)
+                worker.expect(ident)
+                served = worker.served
+                try:
+                    await worker.order(wire.Order(wire.OPEN, ident, str(self.path), request))
+                    kind, payload = await worker.answer(ident)
+                    break
+                except StoreError:
+                    worker.forget(ident)
+                    # A worker that had served exports may have stopped itself (idle) just as
+                    # this one was asked of it: once, another worker is asked.
+                    if worker.failure is None or not served or attempt == 2:
+                        raise
+                    log.info("export worker had stopped: asking another")
+            assert worker is not None
             while True:
-                kind, payload = await worker.answer(ident)
                 if kind != wire.DATA:
                     finished = True
                     if kind == wire.FAIL:
@@ -84,10 +101,12 @@ class ExportPool:
                 await worker.order(wire.Order(wire.NEXT, ident))
                 if payload:
                     yield payload
+                kind, payload = await worker.answer(ident)
         finally:
-            worker.forget(ident)
-            if not finished and worker.failure is None:
-                await self._abandon(worker, ident)
+            if worker is not None:
+                worker.forget(ident)
+                if not finished and worker.failure is None:
+                    await self._abandon(worker, ident)
 
     async def _abandon(self, worker: _Worker, ident: int) -> None:
         """Tell the worker to drop a cancelled export; a worker that cannot be told is killed
@@ -160,6 +179,8 @@ class _Worker:
         self._answers: dict[int, tuple[bytes, bytes] | None] = {}
         #: why the worker can no longer be used (None while it can)
         self.failure: str | None = None
+        #: exports asked of it
+        self.served = 0
 
     @classmethod
     async def start(cls) -> _Worker:
@@ -173,7 +194,7 @@ class _Worker:
 
             def spawn() -> subprocess.Popen[bytes]:
                 return subprocess.Popen(
-                    WORKER_COMMAND,
+                    [*WORKER_COMMAND, "--idle-exit", str(IDLE_EXIT_S)],
                     stdin=to_child,
                     stdout=from_child,
                     start_new_session=True,  # a terminal's Ctrl-C is for feedd, which stops it
@@ -201,6 +222,8 @@ class _Worker:
     async def order(self, order: wire.Order) -> None:
         if self.failure is not None:
             raise StoreError(self.failure)
+        if order.op == wire.OPEN:
+            self.served += 1
         try:
             async with self._send_lock:
                 await self._stdin.send_all(wire.encode_order(order))

@@ -10,8 +10,10 @@ never opens the database through Python's sqlite3.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import select
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -143,6 +145,10 @@ class Worker:
         else:
             self._send(order.id, wire.DATA, data)
 
+    @property
+    def idle(self) -> bool:
+        return not self._jobs
+
     def close(self) -> None:
         for ident in list(self._jobs):
             self._drop(ident)
@@ -159,7 +165,32 @@ class Worker:
         self._out.flush()
 
 
+def serve(worker: Worker, orders: int, idle_exit_s: float | None) -> None:
+    """Handle each order line read from the file descriptor ``orders`` until it closes, or
+    until ``idle_exit_s`` pass with no export in progress and no order (memory back: feedd
+    starts another worker at its next export)."""
+    buffered = bytearray()
+    while True:
+        cut = buffered.find(b"\n")
+        if cut >= 0:
+            line = bytes(buffered[:cut])
+            del buffered[: cut + 1]
+            worker.handle(wire.decode_order(line))
+            continue
+        timeout = idle_exit_s if worker.idle else None
+        ready, _, _ = select.select([orders], [], [], timeout)
+        if not ready:
+            return
+        data = os.read(orders, 1 << 16)
+        if not data:
+            return
+        buffered += data
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--idle-exit", type=float, help="seconds idle before exiting")
+    args = parser.parse_args()
     # feedd stops this process (closing its stdin, or killing it); a terminal's Ctrl-C is not
     # ours to act on, and a stray print must never land inside a frame.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -168,8 +199,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     worker = Worker(out)
     try:
-        for line in sys.stdin.buffer:
-            worker.handle(wire.decode_order(line))
+        serve(worker, sys.stdin.fileno(), args.idle_exit)
     except BrokenPipeError:
         pass  # feedd went away
     finally:
