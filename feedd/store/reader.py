@@ -20,6 +20,7 @@ from feedd.store import nodes as node_rows
 from feedd.store import resample as rs
 from feedd.store.codec import sql_decode
 from feedd.store.database import FileIdentity, file_identity
+from feedd.store.exportpool import ExportPool
 from feedd.store.exportrequest import ExportRequest
 from feedd.store.schema import connect_reader, store_error
 from feedd.store.sqlreader import (
@@ -54,6 +55,7 @@ class Reader(SqlReader[sqlite3.Connection]):
         self._idle: list[tuple[sqlite3.Connection, FileIdentity]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._exports = ExportPool(path, self._limiter)
 
     def _candle_rows(
         self,
@@ -88,37 +90,15 @@ class Reader(SqlReader[sqlite3.Connection]):
     def _nodes(self, conn: sqlite3.Connection) -> list[node_rows.NodeRecord]:
         return node_rows.read(conn)
 
-    async def export(self, request: ExportRequest) -> AsyncIterator[bytes]:
-        """``request``'s file a chunk at a time, each read and encoded in a worker thread on a
-        connection of its own (see ``feedd.store.export``): memory stays constant."""
-
-        from feedd.store.export import Export  # pyarrow only once an export is asked for
-
-        def connect() -> sqlite3.Connection:
-            if not self.path.exists():
-                return sqlite3.connect(":memory:", check_same_thread=False)
-            return connect_reader(self.path)
-
-        def step(job: Export) -> bytes | None:
-            try:
-                return job.next_chunk()
-            except sqlite3.Error as exc:
-                raise store_error(exc, "cannot read", self.path) from exc
-
-        job = Export(connect, request)
-        try:
-            while (
-                chunk := await trio.to_thread.run_sync(step, job, limiter=self._limiter)
-            ) is not None:
-                if chunk:
-                    yield chunk
-        finally:
-            job.close()
+    def export(self, request: ExportRequest) -> AsyncIterator[bytes]:
+        """``request``'s file a chunk at a time, memory constant (``feedd.store.exportpool``)."""
+        return self._exports.export(request)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+        self._exports.close()
         for conn, _ in idle:
             conn.close()
 

@@ -1,0 +1,210 @@
+"""The export worker process (``python -m feedd.store.exportworker``): reads stored series
+through ADBC's SQLite driver straight into Arrow columns and answers each request on its
+stdin with the next bytes of that export's file on its stdout (``feedd.store.exportwire``).
+
+A process of its own because ADBC's driver links its own SQLite: two SQLite libraries in one
+process break each other's POSIX locks and WAL index (sqlite.org/howtocorrupt.html, 2.2.1),
+while two processes with different libraries is ordinary multi-process SQLite. This process
+never opens the database through Python's sqlite3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import adbc_driver_manager
+import adbc_driver_sqlite.dbapi as adbc
+import pyarrow as pa
+
+from feedd.store import exportwire as wire
+from feedd.store.export import Export
+from feedd.store.exportchunks import (
+    NEWEST_SQL,
+    SERIES_SQL,
+    STORED_COLUMNS,
+    STORED_SQL,
+    ReadAhead,
+    StoredChunks,
+)
+
+log = logging.getLogger("feedd.exportworker")
+#: ADBC's SQLite driver makes a record batch of this many rows (default 1,024): one a chunk
+_BATCH_ROWS_OPTION = "adbc.sqlite.query.batch_rows"
+
+
+class AdbcRows:
+    """``RowSource`` through ADBC, on a read-only autocommit connection opened at the first
+    query: no transaction outlives a statement, so checkpoints never wait for an export."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: adbc.Connection | None = None
+
+    def series_id(self, exchange: str, symbol: str, interval: str) -> int | None:
+        if not self.path.exists():
+            return None  # nothing written yet, as the reader sees it
+        try:
+            row = self._one(SERIES_SQL, (exchange, symbol, interval))
+        except adbc.Error as exc:
+            if "no such table" in str(exc):
+                return None  # the writer has not created the schema yet: nothing stored
+            raise
+        return None if row is None else int(row[0])
+
+    def newest_start(self, series: int, end: int, count: int) -> int | None:
+        row = self._one(NEWEST_SQL, (series, end, count - 1))
+        return None if row is None else int(row[0])
+
+    def columns(self, series: int, lo: int, hi: int, limit: int) -> pa.Table:
+        cursor = self._connection().cursor()
+        try:
+            cursor.adbc_statement.set_options(**{_BATCH_ROWS_OPTION: str(max(1, limit))})
+            cursor.execute(STORED_SQL, (series, lo, hi, limit))
+            table: pa.Table = cursor.fetch_arrow_table()
+        finally:
+            cursor.close()
+        # The columns are declared INTEGER, so ADBC types them int64 even when all are null.
+        return table.rename_columns(list(STORED_COLUMNS))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> adbc.Connection:
+        if self._conn is None:
+            conn = adbc.connect(f"{self.path.resolve().as_uri()}?mode=ro", autocommit=True)
+            try:
+                cursor = conn.cursor()
+                try:
+                    cursor.execute("PRAGMA busy_timeout = 2000")
+                finally:
+                    cursor.close()
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
+        cursor = self._connection().cursor()
+        try:
+            cursor.execute(sql, params)
+            row: tuple[Any, ...] | None = cursor.fetchone()
+            return row
+        finally:
+            cursor.close()
+
+
+class Worker:
+    """The exports in progress, each answered one chunk per request, in the order asked."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        #: one thread reads ahead for every export (SQLite's work is one core's anyway)
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+        #: each export with the file it reads
+        self._jobs: dict[int, tuple[Export, str]] = {}
+
+    def handle(self, order: wire.Order) -> None:
+        if order.op == wire.CLOSE:
+            self._drop(order.id)
+            return
+        if order.op == wire.OPEN:
+            assert order.path is not None and order.request is not None
+            request = order.request
+            self._drop(order.id)
+            chunks = ReadAhead(StoredChunks(AdbcRows(Path(order.path)), request), self._reads)
+            self._jobs[order.id] = (Export(request, chunks), order.path)
+        if order.id not in self._jobs:
+            self._send(order.id, wire.FAIL, b"no such export")
+            return
+        job, path = self._jobs[order.id]
+        try:
+            data = job.next_chunk()
+        except adbc_driver_manager.Error as exc:
+            self._drop(order.id)
+            self._send(order.id, wire.FAIL, f"cannot read {path}: {exc}".encode())
+            return
+        except Exception as exc:  # a bug: this export fails, the others go on
+            log.exception("export %d failed", order.id)
+            self._drop(order.id)
+            self._send(order.id, wire.FAIL, f"export failed: {exc!r}".encode())
+            return
+        if data is None:
+            self._drop(order.id)
+            self._send(order.id, wire.END, b"")
+        else:
+            self._send(order.id, wire.DATA, data)
+
+    @property
+    def idle(self) -> bool:
+        return not self._jobs
+
+    def close(self) -> None:
+        for ident in list(self._jobs):
+            self._drop(ident)
+        self._reads.shutdown()
+
+    def _drop(self, ident: int) -> None:
+        job = self._jobs.pop(ident, None)
+        if job is not None:
+            job[0].close()
+
+    def _send(self, ident: int, kind: bytes, payload: bytes) -> None:
+        self._out.write(wire.header(ident, kind, len(payload)))
+        self._out.write(payload)
+        self._out.flush()
+
+
+def serve(worker: Worker, orders: int, idle_exit_s: float | None) -> None:
+    """Handle each order line read from the file descriptor ``orders`` until it closes, or
+    until ``idle_exit_s`` pass with no export in progress and no order (memory back: feedd
+    starts another worker at its next export)."""
+    buffered = bytearray()
+    while True:
+        cut = buffered.find(b"\n")
+        if cut >= 0:
+            line = bytes(buffered[:cut])
+            del buffered[: cut + 1]
+            worker.handle(wire.decode_order(line))
+            continue
+        timeout = idle_exit_s if worker.idle else None
+        ready, _, _ = select.select([orders], [], [], timeout)
+        if not ready:
+            return
+        data = os.read(orders, 1 << 16)
+        if not data:
+            return
+        buffered += data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--idle-exit", type=float, help="seconds idle before exiting")
+    args = parser.parse_args()
+    # feedd stops this process (closing its stdin, or killing it); a terminal's Ctrl-C is not
+    # ours to act on, and a stray print must never land inside a frame.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 16)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    worker = Worker(out)
+    try:
+        serve(worker, sys.stdin.fileno(), args.idle_exit)
+    except BrokenPipeError:
+        pass  # feedd went away
+    finally:
+        worker.close()
+
+
+if __name__ == "__main__":
+    main()
