@@ -197,6 +197,7 @@ class Session:
         assert self._ws is not None
         ws, ctx, stats = self._ws, self.ctx, self.ctx.stats
         parse, on_candle = ctx.module.parse_frame, self._on_candle
+        send_nowait = ctx.candles_send.send_nowait
         # Every message already received is parsed in this step and its candles go on in one
         # list: one wake-up and one channel send per burst, not per frame.
         while True:
@@ -221,7 +222,13 @@ class Session:
                     await self._handle(events, now, candles)
             if candles:
                 stats.candles += len(candles)
-                await ctx.candles_send.send(candles)
+                # send() would yield once more per burst (a task step of its own, about one
+                # per frame at 2,000/s); receive_batch() yields at every socket read anyway.
+                # A full channel still makes ingest wait for the writer.
+                try:
+                    send_nowait(candles)
+                except trio.WouldBlock:
+                    await ctx.candles_send.send(candles)
 
     async def _handle(self, events: list[Event], now: float, candles: list[Candle]) -> None:
         ctx, module, stats = self.ctx, self.ctx.module, self.ctx.stats

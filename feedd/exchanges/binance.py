@@ -160,23 +160,13 @@ def parse_frame(text: str) -> list[Event]:
         and k.open_time in _INT64
         and (k.trades is None or k.trades in _INT64)  # None first: range would scan for it
     ):
-        return [
-            Candle(
-                exchange=NAME,
-                symbol=k.symbol,
-                interval=_CANONICAL[k.interval],
-                open_time=k.open_time,
-                open=f.decimal(k.open, "k.o"),
-                high=f.decimal(k.high, "k.h"),
-                low=f.decimal(k.low, "k.l"),
-                close=f.decimal(k.close, "k.c"),
-                volume=f.decimal(k.volume, "k.v"),
-                quote_volume=f.decimal(k.quote_volume, "k.q"),
-                trades=k.trades,
-                closed=k.closed,
-                source=Source.WS,
-            )
-        ]
+        o, h, low, c, v, q = k.open, k.high, k.low, k.close, k.volume, k.quote_volume
+        if not f.six_decimals(o, h, low, c, v, q):
+            o, h, low = f.decimal(o, "k.o"), f.decimal(h, "k.h"), f.decimal(low, "k.l")
+            c, v, q = f.decimal(c, "k.c"), f.decimal(v, "k.v"), f.decimal(q, "k.q")
+        interval = _CANONICAL[k.interval]
+        return [Candle(NAME, k.symbol, interval, k.open_time, o, h, low, c, v, q, k.trades,
+                       k.closed, Source.WS)]  # fmt: skip
     return _parse_general(text)  # says what is wrong with it
 
 

@@ -54,17 +54,19 @@ def ohlcv_candle(
     """A candle without a trade count from open, high, low, close, base and quote volume."""
     if len(values) != len(_OHLCV):
         raise ParseError(f"expected {len(_OHLCV)} price/volume values, got {len(values)}")
-    checked = {name: f.decimal(value, name) for name, value in zip(_OHLCV, values, strict=True)}
-    return Candle(
-        exchange=exchange,
-        symbol=stream.symbol,
-        interval=stream.interval,
-        open_time=open_time,
-        trades=None,
-        closed=closed,
-        source=source,
-        **checked,
-    )
+    o, h, low, c, v, q = values
+    if not (
+        type(o) is str
+        and type(h) is str
+        and type(low) is str
+        and type(c) is str
+        and type(v) is str
+        and type(q) is str
+        and f.six_decimals(o, h, low, c, v, q)
+    ):
+        o, h, low, c, v, q = (f.decimal(x, name) for name, x in zip(_OHLCV, values, strict=True))
+    return Candle(exchange, stream.symbol, stream.interval, open_time, o, h, low, c, v, q, None,
+                  closed, source)  # fmt: skip
 
 
 def page_window(interval: str, start_ms: int, end_ms: int, page_limit: int) -> tuple[int, int]:

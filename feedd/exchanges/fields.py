@@ -15,6 +15,8 @@ from feedd.errors import ParseError
 
 # ASCII digits only: ``\d`` would also accept e.g. Arabic-Indic digits, which Decimal parses.
 _DECIMAL = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
+#: six decimals joined by commas; a value with a comma of its own cannot make it match
+_SIX_DECIMALS = re.compile(",".join([_DECIMAL.pattern] * 6)).fullmatch
 # Times, trade counts and codes are never negative, and values reaching the store must fit
 # SQLite's signed 64-bit INTEGER.
 _COUNT = range(0, 2**63)
@@ -49,6 +51,13 @@ def decimal(value: object, name: str) -> str:
     ) or (isinstance(value, str) and _DECIMAL.fullmatch(value)):
         return value
     raise ParseError(f"{name}: expected a decimal string, got {value!r}")
+
+
+def six_decimals(o: str, h: str, low: str, c: str, v: str, q: str) -> bool:
+    """Whether ``decimal`` accepts all six strings, by one regex over them joined: a candle's
+    six values cost 2.5x as much as six calls. False only says: check them one by one (the
+    regex alone refuses the 31 to 40 digit strings ``decimal`` also takes)."""
+    return _SIX_DECIMALS(f"{o},{h},{low},{c},{v},{q}") is not None
 
 
 def integer(value: object, name: str) -> int:

@@ -190,7 +190,7 @@ class Writer:
     async def _commit_held(self) -> bool:
         """Commit pending candles, retrying with capped, jittered backoff until it succeeds;
         False once shutting down and the time for it has run out."""
-        fold(self._inflight, self._pending.take().values())
+        self._take_pending()
         attempt = 0
         while True:
             try:
@@ -224,7 +224,17 @@ class Writer:
                     with trio.move_on_after(delay):
                         await self._closing.wait()
                 # Later arrivals ride along with the retry; folding keeps the newest values.
-                fold(self._inflight, self._pending.take().values())
+                self._take_pending()
+
+    def _take_pending(self) -> None:
+        """Move pending candles into the batch being committed."""
+        taken = self._pending.take()
+        if self._inflight:
+            fold(self._inflight, taken.values())
+        else:
+            # Nothing in flight (every commit but a retry): pending is already folded, and
+            # folding it again into an empty dict cost a key tuple and a lookup per candle.
+            self._inflight = taken
 
     async def _commit_once(self) -> None:
         start = trio.current_time()
@@ -249,7 +259,7 @@ class Writer:
 
     async def _final_flush(self) -> None:
         """One more attempt when cancelled with candles held (ending the channel drains)."""
-        fold(self._inflight, self._pending.take().values())
+        self._take_pending()
         if not self._inflight:
             return
         try:
@@ -259,7 +269,7 @@ class Writer:
 
     def _drop_held(self) -> None:
         """Give up on what is held, saying how much: only at shutdown."""
-        fold(self._inflight, self._pending.take().values())
+        self._take_pending()
         dropped, self._inflight = len(self._inflight), {}
         if dropped:
             self._counters.dropped += dropped
