@@ -109,7 +109,7 @@ async def test_twenty_kills_then_heal(tmp_path: Path) -> None:
         write_config(config, config_doc(sim, PLAN, bootstrap_load=BOOTSTRAP))
         feedd = FeeddProcess(config, tmp_path / "feedd.log")
         try:
-            with trio.fail_after(150):
+            with trio.fail_after(300):  # a hang guard: ~100 s idle, 150+ at load 9
                 for n, kind in enumerate(kinds):
                     if kind == "backfill" and n > 0:
                         throttle_rest(sim)
