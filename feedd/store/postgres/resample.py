@@ -5,13 +5,15 @@ is closed only when every one of its minutes is stored and closed; its source is
 any minute came over REST, else ``archive`` if any came from an archive, else ``ws``. Values
 are ``numeric``, so a sum is exact and high/low are one stored value; each leaves as the
 nearest float (PostgreSQL's numeric -> float8 rounds correctly, like the SQLite side's one
-int / int division).
+int / int division). Buckets of whole hours whose every hour is closed come from the writer's
+hourly rollup (feedd/store/postgres/rollup.py): the same numbers from a sixtieth of the rows.
 """
 
 from __future__ import annotations
 
 from feedd.intervals import INTERVAL_MS, floor_open, next_open
 from feedd.store import resample as rs
+from feedd.store.postgres import rollup
 from feedd.store.postgres.connection import Connection
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST
 
@@ -44,11 +46,18 @@ _EVERY = _AGGREGATE_SQL.format(
 _LISTED = _AGGREGATE_SQL.format(
     buckets="unnest(%(starts)s::bigint[], %(ends)s::bigint[]) AS b(t, e)"
 )
-#: the oldest and newest stored minute of a range: two index seeks
-_BOUNDS_SQL = (
-    "SELECT min(open_time), max(open_time) FROM candles"
-    " WHERE series = %s AND open_time >= %s AND open_time < %s"
+#: the 1m series' id, and whether the rollup exists (a standby of an older schema has none)
+_SERIES_SQL = (
+    "SELECT id, to_regclass('candle_hours') IS NOT NULL FROM series"
+    " WHERE exchange = %s AND symbol = %s AND interval = %s"
 )
+#: the oldest and newest stored minute of a range: two index seeks, spelled out, since with
+#: no statistics yet (a table just filled) the planner aggregates every row in range instead
+_EDGE = (
+    "(SELECT open_time FROM candles WHERE series = %(series)s AND open_time >= %(lo)s"
+    " AND open_time < %(hi)s ORDER BY open_time {} LIMIT 1)"
+)
+_BOUNDS_SQL = f"SELECT {_EDGE.format('ASC')}, {_EDGE.format('DESC')}"
 
 
 def series_id(conn: Connection, exchange: str, symbol: str, interval: str) -> int | None:
@@ -77,10 +86,11 @@ def query(
         return []
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        series = series_id(conn, exchange, symbol, rs.BASE_INTERVAL)
-        if series is None:
+        row = conn.execute(_SERIES_SQL, (exchange, symbol, rs.BASE_INTERVAL)).fetchone()
+        if row is None:
             return []
-        return _windows(conn, series, interval, start, end, newest, limit)
+        series, hours = int(row[0]), bool(row[1]) and interval in rollup.HOURLY
+        return _windows(conn, series, interval, start, end, newest, limit, hours)
 
 
 def _windows(
@@ -91,6 +101,7 @@ def _windows(
     end: int,
     newest: bool,
     limit: int,
+    hours: bool,
 ) -> list[rs.Resampled]:
     """Aggregate window after window, each listing as many buckets as are still wanted from
     the nearest stored minute on: with no holes the first window is the answer, and a hole
@@ -98,17 +109,18 @@ def _windows(
     found: list[rs.Resampled] = []
     lo, hi = start, end
     while len(found) < limit and lo < hi:
-        first, last = conn.execute(_BOUNDS_SQL, (series, lo, hi)).fetchone() or (None, None)
+        edges = {"series": series, "lo": lo, "hi": hi}
+        first, last = conn.execute(_BOUNDS_SQL, edges).fetchone() or (None, None)
         if first is None or last is None:
             break
         bottom, top = floor_open(interval, int(first)), floor_open(interval, int(last))
         buckets = _buckets(interval, bottom, top, limit - len(found), newest)
         if newest:
             hi = buckets[0]
-            found = _aggregate(conn, series, interval, buckets) + found
+            found = _aggregate(conn, series, interval, buckets, hours) + found
         else:
             lo = next_open(interval, buckets[-1])
-            found += _aggregate(conn, series, interval, buckets)
+            found += _aggregate(conn, series, interval, buckets, hours)
     return found
 
 
@@ -136,9 +148,27 @@ def _buckets(interval: str, bottom: int, top: int, count: int, newest: bool) -> 
 
 
 def _aggregate(
+    conn: Connection, series: int, interval: str, buckets: list[int], hours: bool
+) -> list[rs.Resampled]:
+    """The non-empty ``buckets``, oldest first: those whose hours are all in the rollup from
+    it, the others (forming, holes, open minutes) from their minutes."""
+    if not hours or buckets[0] < 0:
+        return _from_minutes(conn, series, interval, buckets)
+    whole = rollup.whole(conn, series, interval, buckets)
+    if not whole:
+        return _from_minutes(conn, series, interval, buckets)
+    done = {row[0] for row in whole}
+    rest = [t for t in buckets if t not in done]
+    if not rest:
+        return whole
+    return sorted(whole + _from_minutes(conn, series, interval, rest), key=lambda r: r[0])
+
+
+def _from_minutes(
     conn: Connection, series: int, interval: str, buckets: list[int]
 ) -> list[rs.Resampled]:
-    if interval == "1M":
+    size = INTERVAL_MS[interval]
+    if interval == "1M" or buckets[-1] - buckets[0] != (len(buckets) - 1) * size:
         ends = [next_open(interval, t) for t in buckets]
         params = {"series": series, "starts": buckets, "ends": ends}
         sql = _LISTED

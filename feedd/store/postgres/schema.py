@@ -4,7 +4,8 @@ The same shape as SQLite's (feedd/store/schema.py): ``flags`` bit 0 = closed, bi
 REST, bit 2 = from an archive; ``runs`` the coverage runs of closed candles. Values are exact
 ``numeric`` (the venue's text: '1.50' stays '1.50'). ``feedd_meta`` holds the schema version
 and the store's id, a uuid made with the schema: a different id at a reopen means the
-database was made anew. The view ``ohlcv`` shows candles with their series' names.
+database was made anew. The view ``ohlcv`` shows candles with their series' names;
+``candle_hours`` (feedd/store/postgres/rollup.py) the closed hours of the 1m series.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import uuid
 
 from feedd.errors import StoreError
-from feedd.store.postgres import lease, nodes
+from feedd.store.postgres import lease, nodes, rollup
 from feedd.store.postgres.connection import Connection
 
 #: pg_advisory_xact_lock key held while migrating: two collectors starting at once take turns
@@ -61,7 +62,12 @@ FROM candles JOIN series ON series.id = candles.series;
 """
 
 #: (version, DDL) in order; a new version appends a step, never edits one already released
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, nodes.DDL), (3, lease.DDL))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _V1),
+    (2, nodes.DDL),
+    (3, lease.DDL),
+    (4, rollup.DDL),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _META = "CREATE TABLE IF NOT EXISTS feedd_meta (key text PRIMARY KEY, value text NOT NULL)"

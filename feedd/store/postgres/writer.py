@@ -19,7 +19,7 @@ import psycopg
 from feedd.candle import Candle
 from feedd.intervals import INTERVAL_MS
 from feedd.store.lease import Lease
-from feedd.store.postgres import lease, nodes, runs
+from feedd.store.postgres import lease, nodes, rollup, runs
 from feedd.store.postgres.connection import Connection, connect, location, store_error
 from feedd.store.postgres.schema import is_read_only, migrate, read_store_id
 from feedd.store.schema import FLAG_CLOSED, SOURCE_FLAGS
@@ -235,6 +235,7 @@ class PgWriteConnection:
 
     def _copy_and_upsert(self, staged: list[Staged], ids: dict[SeriesKey, int]) -> int:
         closed: dict[int, list[int]] = {}
+        minutes: list[tuple[int, int]] = []
         with self._conn.cursor() as cur:
             with cur.copy(f"COPY feedd_stage ({_COLUMNS}) FROM STDIN") as copy:
                 for row in staged:
@@ -242,9 +243,13 @@ class PgWriteConnection:
                     copy.write_row((sid, *row[1:]))
                     if row[9] & FLAG_CLOSED:
                         closed.setdefault(sid, []).append(open_time)
+                    if row[0][2] == rollup.BASE_INTERVAL:
+                        minutes.append((sid, open_time))
             cur.execute(_UPSERT)
             changed = cur.rowcount
         runs.add_closed(self._conn, closed, self._intervals)
+        # after the upsert, under the same series locks: a concurrent writer's rows are in
+        rollup.refresh(self._conn, minutes)
         return changed
 
     # -- jobs ---------------------------------------------------------------------------------
@@ -332,6 +337,7 @@ class PgWriteConnection:
         )
         if interval:
             runs.trim(self._conn, sid, interval, row[0])
+        rollup.prune(self._conn, sid, row[0])  # no rows unless a 1m series: no need to know
         return cur.rowcount
 
     def wipe(self) -> None:
@@ -344,6 +350,7 @@ class PgWriteConnection:
                 self._conn.execute("LOCK TABLE series IN EXCLUSIVE MODE")
                 self._conn.execute("DELETE FROM jobs")
                 self._conn.execute("DELETE FROM candles")
+                rollup.wipe(self._conn)
                 self._conn.execute("DELETE FROM runs")
                 self._conn.execute("DELETE FROM series")
         except psycopg.Error as exc:
