@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,17 @@ def settings(tmp_path: Path, **kw: object) -> WriterSettings:
     return WriterSettings(**base)  # type: ignore[arg-type]
 
 
+#: a writer that loses candles makes a wait for their commit fail here instead of hanging
+WAIT_S = 60
+
+
+async def until(writer: Writer, predicate: Callable[[], bool]) -> None:
+    with trio.fail_after(WAIT_S):
+        await writer.wait_committed(predicate)
+
+
 async def committed(writer: Writer, n: int) -> None:
-    await writer.wait_committed(lambda: writer.stats.committed >= n)
+    await until(writer, lambda: writer.stats.committed >= n)
 
 
 def test_pending_coalesces_with_the_database_rule() -> None:
@@ -109,7 +118,7 @@ async def test_writer_holds_and_retries_while_locked(tmp_path: Path) -> None:
         locker = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")
         await send.send([candle(0), candle(1)])
-        await writer.wait_committed(lambda: not writer.stats.healthy)
+        await until(writer, lambda: not writer.stats.healthy)
         assert "locked" in (writer.stats.last_error or "")
         await send.send([candle(2), candle(3)])
         await send.send([candle(1, "8"), candle(4), candle(5)])  # coalesces with the held 1
@@ -124,7 +133,7 @@ async def test_writer_holds_and_retries_while_locked(tmp_path: Path) -> None:
         locker.execute("ROLLBACK")
         locker.close()
         await send.send([candle(6)])
-        await writer.wait_committed(lambda: writer.stats.committed == 7)
+        await until(writer, lambda: writer.stats.committed == 7)
         stats = writer.stats
         assert stats.healthy and stats.last_error is None and stats.retries >= 1
         await send.aclose()
@@ -168,7 +177,7 @@ async def test_wipe_while_running(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run, recv)
         await send.send([candle(i) for i in range(10)])
-        await writer.wait_committed(lambda: writer.stats.committed == 10)
+        await until(writer, lambda: writer.stats.committed == 10)
         await writer.wipe()
         assert stored(tmp_path / "w.db") == {}
         await send.send([candle(20, symbol="ETHUSDT")])
