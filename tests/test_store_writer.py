@@ -227,3 +227,41 @@ async def test_a_big_job_write_goes_in_slices_with_its_document_last(tmp_path: P
         await send.aclose()
     assert calls == [("write", JOB_SLICE), ("write", JOB_SLICE), ("job", 7), ("job", 0)]
     assert len(stored(tmp_path / "w.db")) == total
+
+
+async def test_live_candles_pending_commit_before_each_job_slice(tmp_path: Path) -> None:
+    """Live first: candles ingest handed over are committed before a job's slice takes the
+    store, not after the batch interval (here far off) and the job's slices."""
+    calls: list[tuple[str, int]] = []
+
+    class Recording(SqliteBackend):
+        def open_writer(self, *, busy_timeout_ms: int) -> Database:
+            db = super().open_writer(busy_timeout_ms=busy_timeout_ms)
+            write, write_job = db.write, db.write_job
+
+            def recorded_write(candles: Sequence[Candle]) -> int:
+                calls.append(("write", len(candles)))
+                return write(candles)
+
+            def recorded_job(candles: Sequence[Candle], *args: Any) -> int:
+                calls.append(("job", len(candles)))
+                return write_job(candles, *args)
+
+            db.write, db.write_job = recorded_write, recorded_job  # type: ignore[method-assign]
+            return db
+
+    base = settings(tmp_path, max_records=0, batch_interval_ms=600_000)
+    writer = Writer(attrs.evolve(base, backend=Recording(tmp_path / "w.db")))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](10)
+    job = [candle(i, symbol="ETHUSDT") for i in range(JOB_SLICE + 7)]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run, recv)
+            await send.send([candle(i) for i in range(3)])
+            await trio.testing.wait_all_tasks_blocked()
+            await writer.write_job(job, "j1", 1, '{"id": "j1"}')
+            # Before the job's first slice, not at the end of the (10 min) interval.
+            assert calls == [("write", 3), ("write", JOB_SLICE), ("job", 7)]
+            assert writer.stats.committed == 3 + len(job)
+            await send.aclose()
+    assert len(stored(tmp_path / "w.db")) == 3 + len(job)
