@@ -223,7 +223,7 @@ def main() -> None:
         print(json.dumps(trio.run(job_rate, venue, days)), flush=True)
     if args.skip_latency:
         return
-    ratios = []
+    ratios, job_rates, loads = [], [], []
     for _ in range(args.pairs):
         pair = []
         for with_job in (False, True):
@@ -238,12 +238,18 @@ def main() -> None:
             )
             print(json.dumps(result), flush=True)
             pair.append(result["p99_ms"])
+            loads.append(result["load"])
+            if with_job:
+                job_rates.append(result["job_rows_per_s"])
         if None not in pair:
             ratios.append(pair[1] / pair[0])
     if ratios:
         summary = {
             "p99_with_over_without": [round(r, 2) for r in ratios],
             "median": round(statistics.median(ratios), 2),
+            # the job's own rate: a change that buys latency by starving the job shows here
+            "job_rows_per_s_median": round(statistics.median(job_rates)),
+            "load": [min(loads), max(loads)],
         }
         print(json.dumps(summary), flush=True)
 

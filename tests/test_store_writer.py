@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,17 @@ def settings(tmp_path: Path, **kw: object) -> WriterSettings:
     return WriterSettings(**base)  # type: ignore[arg-type]
 
 
+#: a writer that loses candles makes a wait for their commit fail here instead of hanging
+WAIT_S = 60
+
+
+async def until(writer: Writer, predicate: Callable[[], bool]) -> None:
+    with trio.fail_after(WAIT_S):
+        await writer.wait_committed(predicate)
+
+
 async def committed(writer: Writer, n: int) -> None:
-    await writer.wait_committed(lambda: writer.stats.committed >= n)
+    await until(writer, lambda: writer.stats.committed >= n)
 
 
 def test_pending_coalesces_with_the_database_rule() -> None:
@@ -109,7 +118,7 @@ async def test_writer_holds_and_retries_while_locked(tmp_path: Path) -> None:
         locker = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")
         await send.send([candle(0), candle(1)])
-        await writer.wait_committed(lambda: not writer.stats.healthy)
+        await until(writer, lambda: not writer.stats.healthy)
         assert "locked" in (writer.stats.last_error or "")
         await send.send([candle(2), candle(3)])
         await send.send([candle(1, "8"), candle(4), candle(5)])  # coalesces with the held 1
@@ -124,7 +133,7 @@ async def test_writer_holds_and_retries_while_locked(tmp_path: Path) -> None:
         locker.execute("ROLLBACK")
         locker.close()
         await send.send([candle(6)])
-        await writer.wait_committed(lambda: writer.stats.committed == 7)
+        await until(writer, lambda: writer.stats.committed == 7)
         stats = writer.stats
         assert stats.healthy and stats.last_error is None and stats.retries >= 1
         await send.aclose()
@@ -168,7 +177,7 @@ async def test_wipe_while_running(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run, recv)
         await send.send([candle(i) for i in range(10)])
-        await writer.wait_committed(lambda: writer.stats.committed == 10)
+        await until(writer, lambda: writer.stats.committed == 10)
         await writer.wipe()
         assert stored(tmp_path / "w.db") == {}
         await send.send([candle(20, symbol="ETHUSDT")])
@@ -218,3 +227,41 @@ async def test_a_big_job_write_goes_in_slices_with_its_document_last(tmp_path: P
         await send.aclose()
     assert calls == [("write", JOB_SLICE), ("write", JOB_SLICE), ("job", 7), ("job", 0)]
     assert len(stored(tmp_path / "w.db")) == total
+
+
+async def test_live_candles_pending_commit_before_each_job_slice(tmp_path: Path) -> None:
+    """Live first: candles ingest handed over are committed before a job's slice takes the
+    store, not after the batch interval (here far off) and the job's slices."""
+    calls: list[tuple[str, int]] = []
+
+    class Recording(SqliteBackend):
+        def open_writer(self, *, busy_timeout_ms: int) -> Database:
+            db = super().open_writer(busy_timeout_ms=busy_timeout_ms)
+            write, write_job = db.write, db.write_job
+
+            def recorded_write(candles: Sequence[Candle]) -> int:
+                calls.append(("write", len(candles)))
+                return write(candles)
+
+            def recorded_job(candles: Sequence[Candle], *args: Any) -> int:
+                calls.append(("job", len(candles)))
+                return write_job(candles, *args)
+
+            db.write, db.write_job = recorded_write, recorded_job  # type: ignore[method-assign]
+            return db
+
+    base = settings(tmp_path, max_records=0, batch_interval_ms=600_000)
+    writer = Writer(attrs.evolve(base, backend=Recording(tmp_path / "w.db")))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](10)
+    job = [candle(i, symbol="ETHUSDT") for i in range(JOB_SLICE + 7)]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run, recv)
+            await send.send([candle(i) for i in range(3)])
+            await trio.testing.wait_all_tasks_blocked()
+            await writer.write_job(job, "j1", 1, '{"id": "j1"}')
+            # Before the job's first slice, not at the end of the (10 min) interval.
+            assert calls == [("write", 3), ("write", JOB_SLICE), ("job", 7)]
+            assert writer.stats.committed == 3 + len(job)
+            await send.aclose()
+    assert len(stored(tmp_path / "w.db")) == 3 + len(job)

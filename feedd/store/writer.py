@@ -376,11 +376,13 @@ class Writer:
 
         A month of an archive is 44,640 candles: one transaction would hold the store for a
         second while live commits wait. They go in slices of ``JOB_SLICE``, the lock given
-        up between them (trio's lock is fair: a waiting live commit goes next); the document
-        rides with the last slice, so a job's saved cursor never runs ahead of its candles.
+        up between them (trio's lock is fair: a waiting live commit goes next), and live
+        candles pending go first (``_live_first``); the document rides with the last slice,
+        so a job's saved cursor never runs ahead of its candles.
         """
         slices = [candles[i : i + JOB_SLICE] for i in range(0, len(candles), JOB_SLICE)]
         for index, part in enumerate(slices or [candles]):
+            await self._live_first()
             async with self._db_lock:
                 db = await self._db.get()
                 if index == len(slices) - 1 or not slices:
@@ -388,6 +390,20 @@ class Writer:
                 else:
                     await self._db.run(db.write, part)
             self._counters.committed += len(part)
+
+    async def _live_first(self) -> None:
+        """Have live candles that are pending committed before a job slice takes the store.
+
+        Otherwise those that came in during one slice wait out the batch interval and then,
+        as likely as not, the next slice. The wait is bounded by the batch interval: a
+        commit that does not come (the store failing, a wipe) costs the job no more.
+        """
+        if not self._pending or self._inflight or not self._counters.healthy or self._eof:
+            return
+        attempted = self._attempted
+        self._wake.set()
+        with trio.move_on_after(self.settings.batch_interval_ms / 1000):
+            await attempted.wait()
 
     async def delete_job(self, job_id: str) -> None:
         async with self._db_lock:
