@@ -37,11 +37,12 @@ _NDJSON_LINE = (
     + ", ',\"trades\":', coalesce(trades::text, 'null')"
     + f", ',\"closed\":', {_CLOSED}, ',\"source\":\"', {_SOURCE}, '\"}}')"
 )
-#: A page's lines in one value, with its row count and last open time. The aggregate takes
+#: A page's lines in one value (bytes), with its row count and last open time. The aggregate takes
 #: the rows in the order the ordered subquery gives them (PostgreSQL's documented way to
 #: order an aggregate's input without sorting again).
 _TEXT_SQL = (
-    "SELECT string_agg({line}, E'\\n') || E'\\n', count(*), max(open_time) FROM ({page}) AS p"
+    "SELECT convert_to(string_agg({line}, E'\\n') || E'\\n', 'UTF8'), count(*), max(open_time)"
+    " FROM ({page}) AS p"
 )
 CSV_SQL = _TEXT_SQL.format(line=_CSV_LINE, page=_PAGE)
 NDJSON_SQL = _TEXT_SQL.format(line=_NDJSON_LINE, page=_PAGE)
@@ -67,11 +68,12 @@ def text_page(
 ) -> tuple[bytes, int, int]:
     """A page's lines (CSV_SQL or NDJSON_SQL), how many and the last open time; no lines,
     0 rows and -1 when the page is empty."""
-    row = conn.execute(sql, (series, lo, hi, limit)).fetchone()
+    # bytea in binary: the bytes as the server holds them, one copy, nothing decoded
+    row = conn.execute(sql, (series, lo, hi, limit), binary=True).fetchone()
     if row is None or not row[1]:
         return b"", 0, -1
     text, count, last = row
-    return str(text).encode(), int(count), int(last)
+    return bytes(text), int(count), int(last)
 
 
 def float_table(text: bytes) -> pa.Table:
