@@ -1,10 +1,10 @@
 """Exports read from PostgreSQL a chunk at a time, in the same files SQLite's export makes.
 
 Each chunk is one keyset page (``open_time`` after the last one sent), so memory stays the same
-whatever the range and no cursor is held open between chunks. Stored rows come through
-``COPY ... TO STDOUT`` (``feedd.store.postgres.exportcopy``): CSV and NDJSON lines printed by
-PostgreSQL and passed on as they are, Parquet's floats parsed by Arrow; resampled candles
-reuse ``feedd.store.export``'s path for computed values.
+whatever the range and no cursor is held open between chunks. A page of stored rows is one
+value printed by PostgreSQL (``feedd.store.postgres.exportcopy``): CSV and NDJSON lines passed
+on as they are, or CSV that Arrow reads into Parquet's floats; resampled candles reuse
+``feedd.store.export``'s path for computed values.
 """
 
 from __future__ import annotations

@@ -37,9 +37,10 @@ _NDJSON_LINE = (
     + ", ',\"trades\":', coalesce(trades::text, 'null')"
     + f", ',\"closed\":', {_CLOSED}, ',\"source\":\"', {_SOURCE}, '\"}}')"
 )
-#: A page's lines in one value (bytes), with its row count and last open time. The aggregate takes
-#: the rows in the order the ordered subquery gives them (PostgreSQL's documented way to
-#: order an aggregate's input without sorting again).
+#: A page's lines in one value (bytes), with its row count and last open time. The aggregate
+#: takes the rows in the order the ordered subquery gives them (PostgreSQL's documented way
+#: to order an aggregate's input without sorting again; the LIMIT keeps any parallel plan
+#: below it, merged in order).
 _TEXT_SQL = (
     "SELECT convert_to(string_agg({line}, E'\\n') || E'\\n', 'UTF8'), count(*), max(open_time)"
     " FROM ({page}) AS p"
