@@ -1,25 +1,23 @@
 """Exports read from PostgreSQL a chunk at a time, in the same files SQLite's export makes.
 
 Each chunk is one keyset page (``open_time`` after the last one sent), so memory stays the same
-whatever the range and no cursor is held open between chunks. Stored rows come through
-``COPY ... TO STDOUT (FORMAT csv)`` straight into Arrow columns: the values keep the exact
-decimal text of ``numeric`` (CSV, NDJSON) or become its nearest float (Parquet); resampled
-candles reuse ``feedd.store.export``'s path for computed values.
+whatever the range and no cursor is held open between chunks. A page of stored rows is one
+value printed by PostgreSQL (``feedd.store.postgres.exportcopy``): CSV and NDJSON lines passed
+on as they are, or CSV that Arrow reads into Parquet's floats; resampled candles reuse
+``feedd.store.export``'s path for computed values.
 """
 
 from __future__ import annotations
 
-import io
-
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 from feedd.intervals import next_open
 from feedd.store import resample as rs
 from feedd.store.export import (
     COLUMNS,
+    VALUES,
     Chunk,
     _ParquetSink,
     csv_bytes,
@@ -28,30 +26,14 @@ from feedd.store.export import (
     resampled_chunk,
 )
 from feedd.store.exportrequest import ExportRequest
+from feedd.store.postgres import exportcopy
 from feedd.store.postgres import resample as pg_rs
 from feedd.store.postgres.connection import Connection
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST
 
 #: rows read, encoded and handed on at a time (a Parquet row group each)
 CHUNK_ROWS = 50_000
-_VALUES = ("open", "high", "low", "close", "volume", "quote_volume")
 _MIN_T, _MAX_T = -(2**63), 2**63 - 1
-_STORED_SQL = (
-    f"COPY (SELECT open_time, {', '.join(f'{v}::text' for v in _VALUES)}, trades, flags"
-    " FROM candles WHERE series = {series} AND open_time >= {lo} AND open_time <= {hi}"
-    " ORDER BY open_time LIMIT {limit}) TO STDOUT (FORMAT csv)"
-)
-_NAMES = ("open_time", *_VALUES, "trades", "flags")
-_CONVERT = pa_csv.ConvertOptions(
-    column_types={
-        "open_time": pa.int64(),
-        **dict.fromkeys(_VALUES, pa.string()),
-        "trades": pa.int64(),
-        "flags": pa.int64(),
-    },
-    strings_can_be_null=False,
-)
-_READ = pa_csv.ReadOptions(column_names=list(_NAMES), block_size=1 << 24)
 
 
 class PgExport:
@@ -79,16 +61,28 @@ class PgExport:
         if not self._started and self.request.format == "csv":
             head = (",".join(COLUMNS) + "\n").encode()
         self._started = True
-        budget = CHUNK_ROWS
+        # An NDJSON line is ~2.2 times a CSV one: half the rows keep a page near 4.5 MB, held
+        # twice in feedd for a moment (the server's result and its bytes); 50,000 rows grew
+        # feedd by up to 44 MB during a download.
+        budget = CHUNK_ROWS // 2 if self.request.format == "ndjson" else CHUNK_ROWS
         if self.request.limit is not None:
             budget = min(budget, self.request.limit - self.rows)
-        chunk = self._read(conn, budget) if budget > 0 and self._series is not None else None
-        if chunk is None:
+        body = self._body(conn, budget) if budget > 0 and self._series is not None else None
+        if body is None:
             self._done = True
             return head + (self._parquet.finish() if self._parquet is not None else b"")
+        return head + body
+
+    def _body(self, conn: Connection, budget: int) -> bytes | None:
+        """The encoded rows of the next page, None after the last."""
+        if not self.request.resampled:
+            return self._stored(conn, budget)
+        chunk = self._resampled(conn, budget)
+        if chunk is None:
+            return None
         if self._parquet is not None:
-            return head + self._parquet.write(parquet_table(chunk))
-        return head + (csv_bytes(chunk) if self.request.format == "csv" else ndjson_bytes(chunk))
+            return self._parquet.write(parquet_table(chunk))
+        return csv_bytes(chunk) if self.request.format == "csv" else ndjson_bytes(chunk)
 
     def _locate(self, conn: Connection) -> None:
         r = self.request
@@ -118,50 +112,44 @@ class PgExport:
         ).fetchone()
         return _MIN_T if row is None else int(row[0])
 
-    def _read(self, conn: Connection, budget: int) -> Chunk | None:
+    def _resampled(self, conn: Connection, budget: int) -> Chunk | None:
         r = self.request
-        if r.resampled:
-            start = rs.first_bucket_at_or_after(r.interval, self._cursor)
-            end = _MAX_T if r.until is None else rs.end_after_bucket_of(r.interval, r.until)
-            found = pg_rs.query(
-                conn, r.exchange, r.symbol, r.interval, start, end, newest=False, limit=budget
-            )
-            if not found:
-                return None
-            self._cursor = next_open(r.interval, found[-1][0])
-            self.rows += len(found)
-            return resampled_chunk(found)
+        start = rs.first_bucket_at_or_after(r.interval, self._cursor)
+        end = _MAX_T if r.until is None else rs.end_after_bucket_of(r.interval, r.until)
+        found = pg_rs.query(
+            conn, r.exchange, r.symbol, r.interval, start, end, newest=False, limit=budget
+        )
+        if not found:
+            return None
+        self._cursor = next_open(r.interval, found[-1][0])
+        self.rows += len(found)
+        return resampled_chunk(found)
+
+    def _stored(self, conn: Connection, budget: int) -> bytes | None:
         if self._cursor > self._end:
             return None
-        table = _copy_table(conn, self._series or 0, self._cursor, self._end, budget)
-        if not table.num_rows:
+        page = (self._series or 0, self._cursor, self._end, budget)
+        sql = {"csv": exportcopy.CSV_SQL, "ndjson": exportcopy.NDJSON_SQL}.get(
+            self.request.format, exportcopy.COLUMNS_SQL
+        )
+        text, count, last = exportcopy.text_page(conn, sql, *page)
+        if not count:
             return None
-        self._cursor = table.column("open_time")[-1].as_py() + 1
-        self.rows += table.num_rows
-        return _stored_chunk(table, floats=self._parquet is not None)
+        self._cursor = last + 1
+        self.rows += count
+        if self._parquet is None:
+            return text
+        table = exportcopy.float_table(text)
+        return self._parquet.write(parquet_table(_float_chunk(table)))
 
 
-def _copy_table(conn: Connection, series: int, lo: int, hi: int, limit: int) -> pa.Table:
-    # COPY takes no bound parameters; every one of these is an int formatted here.
-    sql = _STORED_SQL.format(series=int(series), lo=int(lo), hi=int(hi), limit=int(limit))
-    data = bytearray()
-    with conn.cursor() as cursor, cursor.copy(sql) as copy:
-        for block in copy:
-            data += block
-    if not data:
-        return pa.table({name: pa.array([], pa.int64()) for name in _NAMES})
-    return pa_csv.read_csv(io.BytesIO(data), read_options=_READ, convert_options=_CONVERT)
-
-
-def _stored_chunk(table: pa.Table, *, floats: bool) -> Chunk:
-    """A chunk whose values are ``numeric``'s exact text, which the text formats pass on
-    as they are, or (``floats``, for Parquet) the nearest float of each."""
-    columns = {name: table.column(name).combine_chunks() for name in _NAMES}
+def _float_chunk(table: pa.Table) -> Chunk:
+    """A chunk of ``exportcopy.FLOAT_SQL``'s columns: the values as floats."""
+    columns = {name: table.column(name).combine_chunks() for name in exportcopy.NAMES}
     flags = columns["flags"]
-    values = tuple(pc.cast(columns[v], pa.float64()) if floats else columns[v] for v in _VALUES)
     return Chunk(
         columns["open_time"],
-        values,
+        tuple(columns[v] for v in VALUES),
         columns["trades"],
         pc.not_equal(pc.bit_wise_and(flags, FLAG_CLOSED), 0),
         pc.if_else(
