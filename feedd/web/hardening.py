@@ -134,6 +134,10 @@ def _guard(server: Any, connections: Connections, connection: Connection | None)
             await server.idle_task.stop()
 
     async def send_data(data: bytes) -> None:
+        if not data:
+            # h11 ends a response with a Content-Length with no bytes: hypercorn still took
+            # the lock, a shield and a scheduler round trip on every request to write them.
+            return
         # hypercorn's own RawData branch, with a deadline on its shield (see the docstring).
         async with server.send_lock:
             try:

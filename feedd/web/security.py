@@ -38,9 +38,20 @@ def allowed_names(config: Config) -> frozenset[str]:
     return frozenset(names)
 
 
+#: the last config's allowed names, rebuilt when the config object changes (it is frozen)
+_names: tuple[Config, frozenset[str]] | None = None
+
+
+def _allowed(config: Config) -> frozenset[str]:
+    global _names
+    if _names is None or _names[0] is not config:
+        _names = (config, allowed_names(config))
+    return _names[1]
+
+
 def check_host(config: Config, host: str) -> None:
     # A DNS-rebinding page reaches us with its own name in Host; only known names pass.
-    if host_name(host) not in allowed_names(config):
+    if host_name(host) not in _allowed(config):
         raise ApiError(403, f"host {host[:80]!r} is not allowed (add it to allowed_hosts)", "Host")
 
 

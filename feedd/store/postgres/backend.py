@@ -44,7 +44,9 @@ class PostgresBackend:
     def open_reader(self) -> ReadStore:
         from feedd.store.postgres.reader import PgReader
 
-        return PgReader(self.dsn)
+        reader = PgReader(self.dsn)
+        reader.warm()  # the first request must not wait for a connect
+        return reader
 
     def size_bytes(self) -> int | None:
         """A cached figure (refreshed by the writer), never a query on the caller's thread."""

@@ -4,11 +4,14 @@ A few pooled autocommit connections, each query run in a worker thread under a l
 are ``numeric``; they leave as the nearest float (``::float8`` rounds correctly), so a page's
 JSON is byte for byte SQLite's for the same candles. A store whose schema does not exist yet
 reads as empty; a connection that broke (a restarted server, a terminated backend) is dropped
-and the query tried once more on a new one.
+and the query tried once more on a new one. The first connection is opened in the background
+when the reader is made, so the first request does not wait for a connect and its password
+exchange; a server away then is no error (the first query connects, or fails, itself).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -26,6 +29,9 @@ from feedd.store.postgres.connection import connect, location, store_error
 from feedd.store.sqlreader import FIELDS, MAX_T, MIN_T, SERIES_ID, Row, SqlReader
 
 T = TypeVar("T")
+log = logging.getLogger("feedd.store")
+#: how long ``close`` waits for the background first connect (a server that answers takes ms)
+WARM_JOIN_S = 2.0
 
 _CANDLES_SQL = f"""
 SELECT open_time, {", ".join(f"{c}::float8" for c in FIELDS[1:7])}, trades, flags
@@ -49,6 +55,27 @@ class PgReader(SqlReader[Conn]):
         self._idle: list[Conn] = []
         self._lock = threading.Lock()
         self._closed = False
+        #: set once the background first connect has ended, pooled or not
+        self.warmed = threading.Event()
+        self._warmer: threading.Thread | None = None
+
+    def warm(self) -> None:
+        """Open the pool's first connection in a thread of its own; returns at once."""
+        if self._warmer is None:
+            self._warmer = threading.Thread(
+                target=self._warm, name="feedd-pg-reader-warm", daemon=True
+            )
+            self._warmer.start()
+
+    def _warm(self) -> None:
+        try:
+            conn = self._connect()
+        except StoreError as exc:
+            log.debug("reader: no first connection at start (%s)", exc)
+        else:
+            self._release(conn)  # closed at once if the reader closed meanwhile
+        finally:
+            self.warmed.set()
 
     def _candle_rows(
         self,
@@ -95,6 +122,10 @@ class PgReader(SqlReader[Conn]):
                 yield chunk
 
     def close(self) -> None:
+        if self._warmer is not None:
+            # Its connection is pooled or closed before close() returns (unless the server
+            # is so slow to answer that the thread outlives this wait: it closes it then).
+            self._warmer.join(WARM_JOIN_S)
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
