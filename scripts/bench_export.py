@@ -235,7 +235,11 @@ def main() -> None:
                 start = time.perf_counter()
                 fill(db_path, args.minutes)
                 print(f"stored {args.minutes:,} 1m candles in {time.perf_counter() - start:.1f} s")
-            trio.run(bench, db_path, args.minutes, args.repeat, args.paths.split(","))
+            minutes = args.minutes
+            if args.db is not None:  # the rows it holds, not --minutes, for the rates
+                with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as c:
+                    minutes = c.execute("SELECT count(*) FROM candles").fetchone()[0]
+            trio.run(bench, db_path, minutes, args.repeat, args.paths.split(","))
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
