@@ -48,6 +48,7 @@ class PeakRss:
 
     def __enter__(self) -> PeakRss:
         self.base = _status("self", "VmRSS")
+        self.child_base = max((_status(pid, "VmRSS") for pid in _children()), default=0)
         for pid in ["self", *_children()]:
             with contextlib.suppress(OSError):
                 Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -60,7 +61,12 @@ class PeakRss:
     def __str__(self) -> str:
         text = f"feedd RSS +{(self.peak - self.base) / 1e6:5.1f} MB"
         if self.child_peak:
-            text += f", worker peak {self.child_peak / 1e6:5.1f} MB"
+            # before: imports, and what Arrow's pool kept from earlier exports
+            text += (
+                f", worker peak {self.child_peak / 1e6:5.1f} MB"
+                f" (+{(self.child_peak - self.child_base) / 1e6:5.1f} over its"
+                f" {self.child_base / 1e6:5.1f} MB before)"
+            )
         return text
 
 
@@ -144,6 +150,8 @@ async def bench(db_path: Path, minutes: int, repeat: int, paths: list[str]) -> N
             ).raise_for_status()
             print(
                 f"workers started by a first export of one row: {time.perf_counter() - start:.2f} s"
+                f", worker RSS then (its imports): "
+                + ", ".join(f"{_status(pid, 'VmRSS') / 1e6:.1f} MB" for pid in _children())
             )
         for fmt, interval, rows in cases:
             request = ExportRequest(EXCHANGE, SYMBOL, interval, interval != "1m", fmt)
@@ -236,7 +244,11 @@ def main() -> None:
                 start = time.perf_counter()
                 fill(db_path, args.minutes)
                 print(f"stored {args.minutes:,} 1m candles in {time.perf_counter() - start:.1f} s")
-            trio.run(bench, db_path, args.minutes, args.repeat, args.paths.split(","))
+            minutes = args.minutes
+            if args.db is not None:  # the rows it holds, not --minutes, for the rates
+                with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as c:
+                    minutes = c.execute("SELECT count(*) FROM candles").fetchone()[0]
+            trio.run(bench, db_path, minutes, args.repeat, args.paths.split(","))
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

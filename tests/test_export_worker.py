@@ -165,6 +165,27 @@ async def test_exports_in_progress_share_the_worker(db: Path) -> None:
         reader.close()
 
 
+def mapped_files(pid: int) -> str:
+    """Every file the process has mapped (its shared libraries among them), one a line."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return "\n".join(line.split()[-1] for line in maps if "/" in line)
+
+
+async def test_worker_loads_only_what_the_format_needs(db: Path) -> None:
+    """numpy and pandas (which ADBC's DB-API layer and pyarrow pull in) never load in the
+    worker, nor pyarrow's Parquet writer before a Parquet export: ~65 MB of its imports."""
+    reader = Reader(db)
+    try:
+        await download(reader, request("csv"))
+        maps = mapped_files(worker_pid(reader))
+        for module in ("numpy/", "pandas/", "pyarrow/_dataset.", "pyarrow/_parquet."):
+            assert module not in maps, module
+        await download(reader, request("parquet", limit=3))
+        assert "pyarrow/_parquet." in mapped_files(worker_pid(reader))
+    finally:
+        reader.close()
+
+
 async def test_cancelled_export_is_dropped_by_the_worker(db: Path) -> None:
     """The way Quart ends a download whose client left: the send raises Cancelled and the
     body is closed. The worker drops that export (its connection is closed), stays up, and the

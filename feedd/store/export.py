@@ -15,8 +15,6 @@ from typing import Any, Protocol
 import attrs
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
 from feedd.store import resample as rs
 from feedd.store.exportrequest import ExportRequest
@@ -45,7 +43,6 @@ _PARQUET_OPTIONS: dict[str, Any] = {
     "use_dictionary": ["source"],
     "column_encoding": {"open_time": "DELTA_BINARY_PACKED"},
 }
-_CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="none")
 _POW10_INT = pa.array([10**d for d in range(16)], pa.int64())
 _POW10_FLOAT = pa.array([float(10**d) for d in range(16)], pa.float64())
 
@@ -185,10 +182,13 @@ def _joined(lines: pa.Array) -> bytes:
 
 
 def csv_bytes(chunk: Chunk) -> bytes:
-    # Every text is digits, a dot, a sign, true/false or a source name: nothing to quote.
+    # Imported here, as pyarrow.parquet below: a process loads the writer its formats need.
+    import pyarrow.csv as pa_csv
+
     table = pa.Table.from_arrays(_texts(chunk, ""), names=list(COLUMNS))
     out = pa.BufferOutputStream()
-    pa_csv.write_csv(table, out, _CSV_OPTIONS)
+    # Every text is digits, a dot, a sign, true/false or a source name: nothing to quote.
+    pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
     data: bytes = out.getvalue().to_pybytes()
     return data
 
@@ -259,6 +259,8 @@ class _ParquetSink:
     """A Parquet file written a row group at a time; each write returns the bytes it added."""
 
     def __init__(self) -> None:
+        import pyarrow.parquet as pq  # ~13 MB, loaded by the first Parquet export only
+
         self._spool = _Spool()
         self._writer = pq.ParquetWriter(self._spool, PARQUET_SCHEMA, **_PARQUET_OPTIONS)
 
@@ -300,5 +302,7 @@ class _Spool(io.RawIOBase):
 
 def read_parquet(data: bytes) -> Sequence[dict[str, Any]]:
     """Rows of a Parquet export as dicts (for tests and ``feedd.client``)."""
+    import pyarrow.parquet as pq
+
     rows: Sequence[dict[str, Any]] = pq.read_table(io.BytesIO(data)).to_pylist()
     return rows

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from feedd.store.export import Export
 
 log = logging.getLogger(__name__)
-#: a worker with no export for this long exits, giving its memory back (~130-170 MB: pyarrow,
+#: a worker with no export for this long exits, giving its memory back (~95-125 MB: pyarrow,
 #: ADBC and Arrow's pool); the next export starts another (~0.5 s of CPU)
 IDLE_EXIT_S = 300.0
 WORKER_COMMAND = (sys.executable, "-m", "feedd.store.exportworker")
