@@ -1,16 +1,6 @@
-"""SQLite storage of candles: exact codec, schema, the async writer and the API's reader."""
+"""Storage of candles: the store interface and its SQLite and PostgreSQL backends.
 
-from feedd.store.database import Database
-from feedd.store.reader import CandleRow, Reader, SeriesInfo
-from feedd.store.state import WriterStats
-from feedd.store.writer import Writer, WriterSettings
-
-__all__ = [
-    "CandleRow",
-    "Database",
-    "Reader",
-    "SeriesInfo",
-    "Writer",
-    "WriterSettings",
-    "WriterStats",
-]
+Deliberately empty of imports: the export worker process imports modules of this package,
+and must never load Python's sqlite3 next to ADBC's own SQLite library (two SQLite
+libraries in one process break each other's locks), nor trio.
+"""

@@ -230,6 +230,19 @@ def serve(worker: Worker, orders: int, idle_exit_s: float | None) -> None:
         buffered += data
 
 
+def _refuse_python_sqlite() -> None:
+    """Python's sqlite3 is imported here (shared modules of the thread path name it) but
+    must never open a database in this process: it links another SQLite library than ADBC's,
+    and two libraries opening one file in one process break each other's POSIX locks
+    (sqlite.org/howtocorrupt.html 2.2.1). A connect through it fails loudly instead."""
+    import sqlite3
+
+    def refused(*args: object, **kwargs: object) -> sqlite3.Connection:
+        raise RuntimeError("the export worker reads SQLite through ADBC only")
+
+    sqlite3.connect = refused  # type: ignore[assignment]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--idle-exit", type=float, help="seconds idle before exiting")
@@ -237,6 +250,7 @@ def main() -> None:
     # feedd stops this process (closing its stdin, or killing it); a terminal's Ctrl-C is not
     # ours to act on, and a stray print must never land inside a frame.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _refuse_python_sqlite()
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 16)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
