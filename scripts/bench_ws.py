@@ -55,6 +55,7 @@ from bench_ingest import (
     _send_log,
     feedd_config,
     masked_text_frame,
+    run_ws_timer,
     stop_child,
 )
 
@@ -141,37 +142,6 @@ def run_bare(url: str) -> None:
             if body.get("type") == "candles":
                 for c in body["data"]:
                     arrived.append((c["exchange"], c["symbol"], c["open_time"], c["close"], now))
-    sys.stdout.write(orjson.dumps(arrived).decode() + "\n")
-    sys.stdout.flush()
-
-
-async def run_tws(url: str) -> None:
-    """Child-process mode: the same with trio-websocket."""
-    import trio_websocket
-
-    arrived: list[tuple[str, str, int, float, float]] = []
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with trio_websocket.open_websocket_url(
-            url.replace("http", "ws") + "/ws", max_message_size=2**28
-        ) as ws:
-            await ws.send_message(SUBSCRIBE_ALL.decode())
-            print("connected", flush=True)
-            async with trio.open_nursery() as nursery:
-
-                async def read() -> None:
-                    while True:
-                        message = await ws.get_message()
-                        now = time.monotonic()
-                        body = orjson.loads(message)
-                        if body.get("type") == "candles":
-                            for c in body["data"]:
-                                key = (c["exchange"], c["symbol"], c["open_time"], c["close"])
-                                arrived.append((*key, now))
-
-                nursery.start_soon(read)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
     sys.stdout.write(orjson.dumps(arrived).decode() + "\n")
     sys.stdout.flush()
 
@@ -485,7 +455,7 @@ def main() -> None:
     if args.bare_process:
         run_bare(args.bare_process[0])
     elif args.tws_process:
-        trio.run(run_tws, args.tws_process[0])
+        trio.run(run_ws_timer, args.tws_process[0])  # the trio-websocket client
     else:
         trio.run(run_all, args)
 
