@@ -369,8 +369,9 @@ async def test_heals_go_first_and_nothing_is_rate_limited(tmp_path: Path) -> Non
 
         with trio.fail_after(50):
             await jobs.wait_for(healed)
-        # Every bootstrap (3 x 3,000 candles) was fetched while the job still ran.
-        assert jobs.jobs[job["id"]].state == "running"
+        # Every bootstrap (3 x 3,000 candles) was fetched before the job finished. (It may
+        # not have started yet: it first takes its lease, through the writer.)
+        assert jobs.jobs[job["id"]].state in ("queued", "running")
         assert stats.rest_candles >= 3 * 3000
         done = await finished(service, job["id"])
         assert done["state"] == "done"
