@@ -73,7 +73,11 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-async def start_sim(venues: Sequence[str], rate: float) -> tuple[trio.Process, dict[str, Any]]:
+async def start_sim(
+    venues: Sequence[str], rate: float, *, closed: bool = True
+) -> tuple[trio.Process, dict[str, Any]]:
+    """The simulator in its own process; ``closed``: every update a new closed candle, else
+    forming frames (each a new close of the stream's candle)."""
     process = await trio.lowlevel.open_process(
         [
             sys.executable,
@@ -85,7 +89,7 @@ async def start_sim(venues: Sequence[str], rate: float) -> tuple[trio.Process, d
             "1",
             "--rate",
             str(rate),
-            "--bench-closed",
+            *(["--bench-closed"] if closed else []),
             "--max-inbound",
             "0",
             "--seed",

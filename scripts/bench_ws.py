@@ -48,43 +48,19 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import (
-    SIM_SEED,
-    SIM_UNIVERSE,
     SUBSCRIBE_ALL,
     WARM_UP_S,
     _send_log,
     feedd_config,
     masked_text_frame,
     run_ws_timer,
+    start_sim,
     stop_child,
 )
 
 from feedd.service import Service, run_service
 
 Key = tuple[str, str, int, float]
-
-
-async def start_forming_sim(venue: str, rate: float) -> tuple[trio.Process, dict[str, Any]]:
-    """The simulator sending forming frames (each a new close of the stream's candle)."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "feedd.sim", "--venues", venue, "--speed", "1",
-         "--rate", str(rate), "--max-inbound", "0", "--seed", str(SIM_SEED),
-         "--symbols", str(SIM_UNIVERSE)],
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stdout is not None
-    buffer = b""
-    while True:
-        chunk = await process.stdout.receive_some()
-        if not chunk:
-            raise SystemExit("simulator exited before printing its URLs")
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.startswith(b"{"):
-                entry = json.loads(line)
-                if entry.get("exchange") == venue:
-                    return process, {venue: entry}
 
 
 # ----------------------------------------------------------------------------- clients
@@ -275,7 +251,7 @@ async def measure(
     count: int, seconds: float, rate: float, clients: list[str], probe: bool
 ) -> dict[str, Any]:
     venue = "binance_futures"
-    sim, urls = await start_forming_sim(venue, rate)
+    sim, urls = await start_sim([venue], rate, closed=False)
     ingested: dict[Key, float] = {}
     published: dict[Key, float] = {}
     publishes: list[float] = []
