@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,19 @@ async def test_service_freezes_what_it_made_at_start_and_thaws_it_at_stop(tmp_pa
         tracked = len(gc.get_objects())
         assert tracked < frozen  # collections scan what came after, not the start's objects
     assert gc.get_freeze_count() == 0
+
+
+async def test_service_shortens_the_gil_switch_interval_and_restores_it_at_stop(
+    tmp_path: Path,
+) -> None:
+    # While the writer thread runs Python code the loop waits up to the switch interval for
+    # the GIL at each syscall: Python's 5 ms default is the whole /ws delivery budget.
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)
+    try:
+        async with running_feedd(tmp_path, {BINANCE: ["BTCUSDT"]}) as (_sim, _service, client):
+            assert (await client.get("/health")).status_code == 200
+            assert sys.getswitchinterval() <= 0.001
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+    finally:
+        sys.setswitchinterval(before)
