@@ -19,7 +19,7 @@ from e2e import running_feedd
 from feedd.candle import Candle, Source
 from feedd.monitor.logring import LogRing
 from feedd.web.filters import CandleFilter
-from feedd.web.live import Client, LiveHub
+from feedd.web.live import Client, LiveHub, coalesce
 
 BINANCE, BYBIT = "binance_futures", "bybit_futures"
 
@@ -214,3 +214,18 @@ async def test_service_shortens_the_gil_switch_interval_and_restores_it_at_stop(
         assert sys.getswitchinterval() == pytest.approx(0.004)
     finally:
         sys.setswitchinterval(before)
+
+
+async def test_hub_sends_the_same_text_to_everyone_and_to_a_filter_that_picks_all() -> None:
+    # Everyone's message is encoded in one go, a filter's candle by candle: the bytes must
+    # agree, and start as coalesce() expects, or a client that fell behind gets them unmerged.
+    hub = LiveHub(_NoWriter(), LogRing(), dict)  # type: ignore[arg-type]
+    everyone, picky = Client(), Client()
+    for client, wanted in ((everyone, CandleFilter()), (picky, CandleFilter(BINANCE))):
+        hub.add(client)
+        hub.filters.add(client, [wanted])
+    hub.publish_ingested([candle("BTCUSDT", 0), candle("ETHUSDT", 0)])
+    text = everyone.outbox_recv.receive_nowait()
+    assert text == picky.outbox_recv.receive_nowait()
+    assert len(coalesce([text, text])) == 1
+    assert [c["symbol"] for c in orjson.loads(text)["data"]] == ["BTCUSDT", "ETHUSDT"]
