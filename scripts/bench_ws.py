@@ -28,6 +28,8 @@ others is in it (feedd's latency, as with a venue that sends several frames at o
     python scripts/bench_ws.py --switch-interval 5,1 --hog-ms 0,10   # A/B, runs alternate
     python scripts/bench_ws.py --forming-every 0,1,2 --clients bare
 
+``--writer-rate R`` adds a second simulator (Bybit) sending R closed candles a second, every one
+a new row: the writer thread binds and commits while the forming updates are timed.
 ``--switch-interval``, ``--forming-every`` and ``--hog-ms`` (a thread running pure Python for
 that long every 50 ms: a busy writer's stand-in) take comma-separated values; every
 combination runs once per run, in turn. On a loaded machine the loop's wait for a CPU sets the
@@ -269,13 +271,25 @@ def hog(stop: threading.Event, busy_s: float, every_s: float = 0.05) -> None:
 
 
 async def measure(
-    count: int, seconds: float, rate: float, clients: list[str], probe: bool, hog_ms: float = 0.0
+    count: int,
+    seconds: float,
+    rate: float,
+    clients: list[str],
+    probe: bool,
+    hog_ms: float = 0.0,
+    writer_rate: float = 0.0,
 ) -> dict[str, Any]:
     venue = "binance_futures"
     hog_stop = threading.Event()
     if hog_ms:
         threading.Thread(target=hog, args=(hog_stop, hog_ms / 1e3), daemon=True).start()
     sim, urls = await start_sim([venue], rate, closed=False)
+    # closed candles of another venue: rows for the writer thread to bind and commit (they
+    # reach the /ws clients after their commit and are left out of the latencies)
+    rows_sim = None
+    if writer_rate:
+        rows_sim, rows_urls = await start_sim(["bybit_futures"], writer_rate)
+        urls = {**urls, **rows_urls}
     ingested: dict[Key, float] = {}
     published: dict[Key, float] = {}
     publishes: list[float] = []
@@ -382,12 +396,14 @@ async def measure(
                 trio.SocketStream.send_all = send_all  # type: ignore[method-assign]
     finally:
         hog_stop.set()
-        sim.kill()
-        await sim.wait()
+        for process in (sim, rows_sim):
+            if process is not None:
+                process.kill()
+                await process.wait()
         for child in children.values():
             child.kill()
             await child.wait()
-    by_float = {(v, s, o, float(c)): t for (v, s, o, c), t in sent.items()}
+    by_float = {(v, s, o, float(c)): t for (v, s, o, c), t in sent.items() if v == venue}
     result: dict[str, Any] = {
         "symbols": count,
         "rate": rate,
@@ -395,6 +411,7 @@ async def measure(
         "switch_interval_ms": getattr(feedd.service, "SWITCH_INTERVAL_S", 0.005) * 1e3,
         "forming_every_ms": feedd.web.live.FORMING_EVERY_S * 1e3,
         "hog_ms": hog_ms,
+        "writer_rate": writer_rate,
         "sent": len(by_float),
         "gc": watch.summary(),
         # the event loop thread over the window: on CPU, and runnable but waiting for one
@@ -458,6 +475,7 @@ async def run_all(args: argparse.Namespace) -> None:
                 args.clients.split(","),
                 args.probe,
                 hog_ms or 0.0,
+                args.writer_rate,
             )
             print(json.dumps(row), flush=True)
 
@@ -485,6 +503,12 @@ def main() -> None:
         "--hog-ms",
         help="ms of pure Python every 50 ms in another thread (a busy writer's stand-in),"
         " comma-separated to compare",
+    )
+    parser.add_argument(
+        "--writer-rate",
+        type=float,
+        default=0.0,
+        help="closed candles per second from a second simulator (Bybit): rows for the writer",
     )
     parser.add_argument("--bare-process", nargs=1, help=argparse.SUPPRESS)
     parser.add_argument("--tws-process", nargs=1, help=argparse.SUPPRESS)
