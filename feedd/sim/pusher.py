@@ -106,6 +106,7 @@ async def _run_bench(venue: Venue, session: Session) -> None:
             rows.append((sub.symbol, open_ms, spec.price(close)))
         # Stamped as the burst goes to the socket, not before it is built: the time to build
         # it is the simulator's, not the client's latency.
-        session.peer.on_next_send(functools.partial(log.record_all, rows))
+        if not session.closing:  # else nothing was queued: no send time to log
+            session.peer.on_next_send(functools.partial(log.record_all, rows))
         venue.stats["bench_frames"] += len(subs)
         await session.peer.wait_room()
