@@ -18,11 +18,23 @@ full collection costs. ``--probe`` adds ``ingest_to_hub``, ``hub_to_socket`` (th
 the kernel) and ``socket_to_<client>``, a 1 ms sleep's lateness, and CPU per task with the
 steps over 1 ms (wall against CPU); it costs the loop CPU, so compare figures without it.
 
-The simulator takes a burst's send time once, before it builds the burst's frames, and sends
-none before all are built: with many symbols ``frame_to_ingest`` includes that build.
+The simulator sends a burst of frames (one per stream) per tick and takes its send time as
+the burst is written to the socket, after it is built: ``frame_to_ingest`` starts at the
+socket write. Within a burst feedd parses frame after frame, so the last one's wait for the
+others is in it (feedd's latency, as with a venue that sends several frames at once).
 
     python scripts/bench_ws.py                        # 20 symbols, 2,000/s, 3 runs of 8 s
     python scripts/bench_ws.py --symbols 600 --runs 2 --clients bare --probe
+    python scripts/bench_ws.py --switch-interval 5,1 --hog-ms 0,10   # A/B, runs alternate
+    python scripts/bench_ws.py --forming-every 0,1,2 --clients bare
+
+``--writer-rate R`` adds a second simulator (Bybit) sending R closed candles a second, every one
+a new row: the writer thread binds and commits while the forming updates are timed.
+``--switch-interval``, ``--forming-every`` and ``--hog-ms`` (a thread running pure Python for
+that long every 50 ms: a busy writer's stand-in) take comma-separated values; every
+combination runs once per run, in turn. On a loaded machine the loop's wait for a CPU sets the
+tail (``waiting_for_cpu``); ``chrt -f 5 python scripts/bench_ws.py ...`` (root) gives the
+benchmark's processes the CPU first, as on a quiet box: say so next to its figures.
 """
 
 from __future__ import annotations
@@ -58,6 +70,8 @@ from bench_ingest import (
     stop_child,
 )
 
+import feedd.service
+import feedd.web.live
 from feedd.service import Service, run_service
 
 Key = tuple[str, str, int, float]
@@ -247,11 +261,35 @@ def percentiles(samples: list[float]) -> dict[str, Any]:
     }
 
 
+def hog(stop: threading.Event, busy_s: float, every_s: float = 0.05) -> None:
+    """A thread that runs pure Python for ``busy_s`` every ``every_s``: a stand-in for a busy
+    writer thread binding a large batch (it holds the GIL while the loop wants it)."""
+    while not stop.wait(every_s):
+        end = time.perf_counter() + busy_s
+        while time.perf_counter() < end:
+            sum(range(200))
+
+
 async def measure(
-    count: int, seconds: float, rate: float, clients: list[str], probe: bool
+    count: int,
+    seconds: float,
+    rate: float,
+    clients: list[str],
+    probe: bool,
+    hog_ms: float = 0.0,
+    writer_rate: float = 0.0,
 ) -> dict[str, Any]:
     venue = "binance_futures"
+    hog_stop = threading.Event()
+    if hog_ms:
+        threading.Thread(target=hog, args=(hog_stop, hog_ms / 1e3), daemon=True).start()
     sim, urls = await start_sim([venue], rate, closed=False)
+    # closed candles of another venue: rows for the writer thread to bind and commit (they
+    # reach the /ws clients after their commit and are left out of the latencies)
+    rows_sim = None
+    if writer_rate:
+        rows_sim, rows_urls = await start_sim(["bybit_futures"], writer_rate)
+        urls = {**urls, **rows_urls}
     ingested: dict[Key, float] = {}
     published: dict[Key, float] = {}
     publishes: list[float] = []
@@ -357,16 +395,23 @@ async def measure(
                 service.stop.set()
                 trio.SocketStream.send_all = send_all  # type: ignore[method-assign]
     finally:
-        sim.kill()
-        await sim.wait()
+        hog_stop.set()
+        for process in (sim, rows_sim):
+            if process is not None:
+                process.kill()
+                await process.wait()
         for child in children.values():
             child.kill()
             await child.wait()
-    by_float = {(v, s, o, float(c)): t for (v, s, o, c), t in sent.items()}
+    by_float = {(v, s, o, float(c)): t for (v, s, o, c), t in sent.items() if v == venue}
     result: dict[str, Any] = {
         "symbols": count,
         "rate": rate,
         "load": round(load0, 2),
+        "switch_interval_ms": getattr(feedd.service, "SWITCH_INTERVAL_S", 0.005) * 1e3,
+        "forming_every_ms": feedd.web.live.FORMING_EVERY_S * 1e3,
+        "hog_ms": hog_ms,
+        "writer_rate": writer_rate,
         "sent": len(by_float),
         "gc": watch.summary(),
         # the event loop thread over the window: on CPU, and runnable but waiting for one
@@ -404,12 +449,35 @@ async def measure(
     return result
 
 
+def _floats(text: str | None) -> list[float | None]:
+    return [None] if text is None else [float(v) for v in text.split(",")]
+
+
 async def run_all(args: argparse.Namespace) -> None:
-    for _ in range(args.runs):
-        row = await measure(
-            args.symbols, args.seconds, args.rate, args.clients.split(","), args.probe
+    # Settings to compare run alternately, so that each sees the same drift of the machine.
+    combos = list(
+        itertools.product(
+            _floats(args.switch_interval), _floats(args.forming_every), _floats(args.hog_ms)
         )
-        print(json.dumps(row), flush=True)
+    )
+    for _ in range(args.runs):
+        for switch, forming, hog_ms in combos:
+            if switch is not None:
+                feedd.service.SWITCH_INTERVAL_S = switch / 1e3
+            if forming is not None:
+                feedd.web.live.FORMING_EVERY_S = forming / 1e3
+                # 0: no grouping at all, not even the floor per client
+                feedd.web.live.FORMING_SENDS_PER_S = 1000.0 if forming else float("inf")
+            row = await measure(
+                args.symbols,
+                args.seconds,
+                args.rate,
+                args.clients.split(","),
+                args.probe,
+                hog_ms or 0.0,
+                args.writer_rate,
+            )
+            print(json.dumps(row), flush=True)
 
 
 def main() -> None:
@@ -424,6 +492,23 @@ def main() -> None:
         action="store_true",
         help="also time the hub, socket sends, loop lag and long task steps (costs the loop"
         " CPU: compare figures without it)",
+    )
+    parser.add_argument(
+        "--switch-interval", help="ms, comma-separated to compare (feedd.service.SWITCH_INTERVAL_S)"
+    )
+    parser.add_argument(
+        "--forming-every", help="ms, comma-separated to compare (live.FORMING_EVERY_S)"
+    )
+    parser.add_argument(
+        "--hog-ms",
+        help="ms of pure Python every 50 ms in another thread (a busy writer's stand-in),"
+        " comma-separated to compare",
+    )
+    parser.add_argument(
+        "--writer-rate",
+        type=float,
+        default=0.0,
+        help="closed candles per second from a second simulator (Bybit): rows for the writer",
     )
     parser.add_argument("--bare-process", nargs=1, help=argparse.SUPPRESS)
     parser.add_argument("--tws-process", nargs=1, help=argparse.SUPPRESS)

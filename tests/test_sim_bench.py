@@ -42,3 +42,21 @@ def test_cli_bench_closed() -> None:
     assert settings.bench and settings.bench_closed and settings.bench_rate == 2000
     settings = settings_from(build_parser().parse_args(["--rate", "2000"]))
     assert settings.bench and not settings.bench_closed
+
+
+async def test_frames_are_logged_as_they_go_to_the_socket() -> None:
+    """A client that stops reading: frames built and queued behind its full socket are not
+    logged as sent (a send time taken at build would count the queue as the client's wait)."""
+    settings = SimSettings(bench=True, bench_rate=0.0)
+    async with open_simulator(settings) as sim:
+        venue = sim.venues[BN]
+        url = venue.ws_url + "/market/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m"
+        async with trio_websocket.open_websocket_url(url, message_queue_size=1) as ws:
+            await ws.get_message()
+            # Unpaced, the pusher queues until the socket is full and its outbox over the
+            # high-water mark; then every task waits.
+            await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+            built, logged = venue.stats["bench_frames"], venue.send_log.next_index
+            assert logged > 0
+            # over a megabyte of frames (a few thousand) built and queued, not yet sent
+            assert built - logged > 1000

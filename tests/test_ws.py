@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from e2e import running_feedd
 from feedd.candle import Candle, Source
 from feedd.monitor.logring import LogRing
 from feedd.web.filters import CandleFilter
-from feedd.web.live import Client, LiveHub
+from feedd.web.live import Client, LiveHub, coalesce
 
 BINANCE, BYBIT = "binance_futures", "bybit_futures"
 
@@ -197,3 +198,34 @@ async def test_service_freezes_what_it_made_at_start_and_thaws_it_at_stop(tmp_pa
         tracked = len(gc.get_objects())
         assert tracked < frozen  # collections scan what came after, not the start's objects
     assert gc.get_freeze_count() == 0
+
+
+async def test_service_shortens_the_gil_switch_interval_and_restores_it_at_stop(
+    tmp_path: Path,
+) -> None:
+    # While the writer thread runs Python code the loop waits up to the switch interval for
+    # the GIL at each syscall: Python's 5 ms default is the whole /ws delivery budget.
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)
+    try:
+        async with running_feedd(tmp_path, {BINANCE: ["BTCUSDT"]}) as (_sim, _service, client):
+            assert (await client.get("/health")).status_code == 200
+            assert sys.getswitchinterval() <= 0.001
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+    finally:
+        sys.setswitchinterval(before)
+
+
+async def test_hub_sends_the_same_text_to_everyone_and_to_a_filter_that_picks_all() -> None:
+    # Everyone's message is encoded in one go, a filter's candle by candle: the bytes must
+    # agree, and start as coalesce() expects, or a client that fell behind gets them unmerged.
+    hub = LiveHub(_NoWriter(), LogRing(), dict)  # type: ignore[arg-type]
+    everyone, picky = Client(), Client()
+    for client, wanted in ((everyone, CandleFilter()), (picky, CandleFilter(BINANCE))):
+        hub.add(client)
+        hub.filters.add(client, [wanted])
+    hub.publish_ingested([candle("BTCUSDT", 0), candle("ETHUSDT", 0)])
+    text = everyone.outbox_recv.receive_nowait()
+    assert text == picky.outbox_recv.receive_nowait()
+    assert len(coalesce([text, text])) == 1
+    assert [c["symbol"] for c in orjson.loads(text)["data"]] == ["BTCUSDT", "ETHUSDT"]

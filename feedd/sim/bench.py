@@ -1,13 +1,13 @@
 """Benchmark support: a bounded log of when each benchmark frame was sent, and a rate pacer.
 
-Send times are ``time.monotonic()`` seconds (CLOCK_MONOTONIC), comparable between processes
-on one host, so a benchmark can run the simulator in its own process and still compute
-frame-to-commit latency from (symbol, open time, close string) keys.
+Send times are ``time.monotonic()`` seconds (CLOCK_MONOTONIC), taken as the frames are written to
+the socket and comparable between processes on one host, so a benchmark can run the simulator
+in its own process and still compute frame-to-commit latency from (symbol, open time,
+close string) keys.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 
 import trio
@@ -29,6 +29,10 @@ class SendLog:
     def record(self, symbol: str, open_ms: int, close: str, sent: float) -> None:
         self._rows.append((symbol, open_ms, close, sent))
         self.next_index += 1
+
+    def record_all(self, rows: list[tuple[str, int, str]], sent: float) -> None:
+        for symbol, open_ms, close in rows:
+            self.record(symbol, open_ms, close, sent)
 
     def since(self, index: int, limit: int = 100_000) -> tuple[int, list[LogRow]]:
         """Rows from absolute ``index`` on (older ones may be evicted) and the next index."""
@@ -52,10 +56,6 @@ def bench_open_ms(sub: Sub, now_ms: int, closed: bool) -> int:
     else:
         sub.open_ms = next_open(sub.interval, sub.open_ms)
     return sub.open_ms
-
-
-def monotonic() -> float:
-    return time.monotonic()
 
 
 class Pacer:

@@ -5,12 +5,13 @@ frames of benchmark mode.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import trio
 
 from feedd.intervals import close_time, floor_open, next_open
-from feedd.sim.bench import bench_open_ms, monotonic
+from feedd.sim.bench import bench_open_ms
 from feedd.sim.market import Bar
 from feedd.sim.session import Session, Sub
 
@@ -86,7 +87,7 @@ async def _run_bench(venue: Venue, session: Session) -> None:
             continue
         await venue.pacer.take(len(subs))
         now_ms = venue.clock.now_ms()
-        sent = monotonic()
+        rows: list[tuple[str, int, str]] = []
         for sub in subs:
             open_ms = bench_open_ms(sub, now_ms, closed)
             spec = venue.market.spec(sub.symbol)
@@ -102,6 +103,10 @@ async def _run_bench(venue: Venue, session: Session) -> None:
                 last_id=seq, last_trade_ms=now_ms,
             )  # fmt: skip
             session.send(venue.kline_frame(session, sub, bar, closed, now_ms))
-            log.record(sub.symbol, open_ms, spec.price(close), sent)
+            rows.append((sub.symbol, open_ms, spec.price(close)))
+        # Stamped as the burst goes to the socket, not before it is built: the time to build
+        # it is the simulator's, not the client's latency.
+        if not session.closing:  # else nothing was queued: no send time to log
+            session.peer.on_next_send(functools.partial(log.record_all, rows))
         venue.stats["bench_frames"] += len(subs)
         await session.peer.wait_room()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import time
+from collections.abc import Callable
 
 import trio
 import wsproto
@@ -74,6 +76,8 @@ class WsPeer:
         self.local_closed = False
         self.last_sent = trio.current_time()
         self.frames_sent = 0
+        #: called with time.monotonic() right before the queued bytes go to the socket
+        self._on_send: list[Callable[[float], None]] = []
 
     # ------------------------------------------------------------------ outgoing
 
@@ -89,6 +93,12 @@ class WsPeer:
             payload = payload.encode()
         self.frames_sent += 1
         self.send_raw_nowait(text_frame(payload))
+
+    def on_next_send(self, callback: Callable[[float], None]) -> None:
+        """Call ``callback(time.monotonic())`` as what is queued now is written to the socket
+        (never if the connection ends first): the benchmark's send time, without the time the
+        frames spent being built and queued."""
+        self._on_send.append(callback)
 
     async def wait_room(self) -> None:
         while self._out_bytes > HIGH_WATER:
@@ -122,6 +132,11 @@ class WsPeer:
             self._out.clear()
             self._out_bytes = 0
             self._room_lot.unpark_all()
+            if self._on_send:
+                now = time.monotonic()
+                for callback in self._on_send:
+                    callback(now)
+                self._on_send.clear()
             self._sending = True
             try:
                 await self.stream.send_all(chunk)

@@ -46,6 +46,8 @@ BEHIND_LIMIT_S = 10.0
 STATUS_EVERY_S = 1.0
 LOGS_EVERY_S = 0.25
 SeriesKey = tuple[str, str, str]
+#: an enum's ``name`` is a property lookup: a dict is faster, once per candle per batch
+_SOURCE_NAMES = {source: source.name.lower() for source in Source}
 
 
 def candle_dict(candle: Candle, *, committed: bool = True) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def candle_dict(candle: Candle, *, committed: bool = True) -> dict[str, Any]:
         "quote_volume": float(candle.quote_volume),
         "trades": candle.trades,
         "closed": candle.closed,
-        "source": candle.source.name.lower(),
+        "source": _SOURCE_NAMES[candle.source],
         "committed": committed,
     }
 
@@ -241,20 +243,26 @@ class LiveHub:
     def _fan_out(self, live: list[Candle], *, committed: bool) -> None:
         if not live or not self.filters:
             return
+        # The loop runs this at every commit (a batch of closed candles) and every forming
+        # window: one dumps of the whole list for the clients that take everything; a candle
+        # on its own only when a filtering client picks it.
+        skippable = not committed
+        everyone = self.filters.everyone()
+        dicts: list[dict[str, Any]] | None = None
+        if everyone:
+            dicts = [candle_dict(candle, committed=committed) for candle in live]
+            shared = orjson.dumps({"type": "candles", "data": dicts}).decode()
+            for client in everyone:
+                client.offer(shared, skippable=skippable)
         encoded: dict[int, bytes] = {}
 
         def encode(n: int) -> bytes:
             text = encoded.get(n)
             if text is None:
-                text = encoded[n] = orjson.dumps(candle_dict(live[n], committed=committed))
+                fields = candle_dict(live[n], committed=committed) if dicts is None else dicts[n]
+                text = encoded[n] = orjson.dumps(fields)
             return text
 
-        skippable = not committed
-        everyone = self.filters.everyone()
-        if everyone:
-            shared = _candles_message([encode(n) for n in range(len(live))])
-            for client in everyone:
-                client.offer(shared, skippable=skippable)
         for client, picks in self.filters.route(live).items():
             client.offer(_candles_message([encode(n) for n in picks]), skippable=skippable)
 
