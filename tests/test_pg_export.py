@@ -72,6 +72,10 @@ def reader_states(pg_server: PgServer) -> list[tuple[str, str]]:
     return [(str(state), str(no_xid)) for state, no_xid in rows]
 
 
+def closed(link: Any) -> bool:
+    return bool(link.status == psycopg.pq.ConnStatus.BAD)
+
+
 async def test_every_page_arrives_once_in_order(dsn: str) -> None:
     reader = PgReader(dsn)
     try:
@@ -95,24 +99,33 @@ async def test_client_leaving_mid_export_returns_the_connection_clean(
 ) -> None:
     """The way Quart ends a download whose client left: the send raises Cancelled, the body
     is closed. Here the cancel comes while the second page is read in the worker thread: that
-    page's query finishes (trio does not abandon the thread), nothing more is asked, and the
-    connection goes back to the pool idle, outside any transaction."""
+    page's read finishes (trio does not abandon the thread), nothing more is asked, the pooled
+    connection goes back idle, outside any transaction, and the export's own connections
+    (pages asked for ahead) are let go, which closes them."""
     reader = PgReader(dsn, max_connections=1)
     pages = -1  # not counting yet
     scope = trio.CancelScope()
-    real = exportcopy.text_page
+    real_take, real_open = exportcopy.take_page, pg_export.open_sibling
+    links: list[Any] = []
 
     def page_then_cancel(*args: Any) -> Any:
         nonlocal pages
         pages += pages >= 0
         if pages == 2:
             trio.from_thread.run_sync(scope.cancel)
-        return real(*args)
+        return real_take(*args)
 
-    monkeypatch.setattr(exportcopy, "text_page", page_then_cancel)
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        link = real_open(*args, **kwargs)
+        links.append(link)
+        return link
+
+    monkeypatch.setattr(exportcopy, "take_page", page_then_cancel)
+    monkeypatch.setattr(pg_export, "open_sibling", recorded)
     try:
         expected = await download(reader, request("csv"))
-        pages = 0
+        assert len(links) == pg_export.CONNECTIONS and all(closed(link) for link in links)
+        pages, links = 0, []
         received = b""
         with scope:
             async with aclosing(reader.export(request("csv"))) as pieces:
@@ -120,6 +133,7 @@ async def test_client_leaving_mid_export_returns_the_connection_clean(
                     received += piece
         assert scope.cancelled_caught and pages == 2
         assert received == expected[: len(received)] and received.count(b"\n") == 2 * PAGE + 1
+        assert len(links) == pg_export.CONNECTIONS and all(closed(link) for link in links)
         assert reader_states(pg_server) == [("idle", "True")]
         (conn,) = reader._idle
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
