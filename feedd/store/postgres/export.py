@@ -196,16 +196,15 @@ class _Pages:
             iter(()) if first is None or r.limit == 0 else _windows(first, last, width)
         )
         many = first is not None and last - first >= width
-        self._links = [
-            open_sibling(conn, application_name="feedd-export")
-            for _ in range(CONNECTIONS if many else 0)
-        ]
+        self._links: list[pq.abc.PGconn] = []
         self._asked: deque[tuple[pq.abc.PGconn, int, int]] = deque()
         self._rest: tuple[int, int] | None = None
         self._failed = False
         try:
-            for link in self._links:
-                self._ask(link)
+            for _ in range(CONNECTIONS if many else 0):
+                # each asks at once: the server prints while the next one connects
+                self._links.append(open_sibling(conn, application_name="feedd-export"))
+                self._ask(self._links[-1])
         except BaseException:
             self.close()
             raise
