@@ -6,6 +6,8 @@ the text formats are built in the server in C and passed on as one value per pag
 and no Python work per row (``COPY ... TO STDOUT`` costs ~1.5 us of feedd's CPU a row: one
 message each). Parquet needs floats: Arrow parses the same text straight to the nearest
 float64, which costs the server less than ``numeric::float8`` (that goes through text too).
+A page is asked for with ``text_page`` (waiting), or ``send_page`` and later ``take_page`` on
+a raw libpq connection, so that it is printed while feedd does something else.
 """
 
 from __future__ import annotations
