@@ -15,7 +15,8 @@ and encodes nothing: the floor of any export through sqlite3 in feedd's process.
 ``--postgres`` times the same exports on the PostgreSQL backend instead (a throwaway server
 like the tests'), with the CPU of feedd and of the server's reader backends apart.
 
-Usage: .venv/bin/python scripts/bench_export.py [--minutes 525600] [--repeat 3] [--postgres]
+Usage: .venv/bin/python scripts/bench_export.py [--minutes 525600] [--repeat 3]
+       [--postgres [--connections 0,3]]
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from pathlib import Path
 import psutil
 import trio
 from bench_api import EXCHANGE, SYMBOL, fill
-from bench_postgres import PgServer, server_cpu_s, serving
+from bench_postgres import PgServer, serving
 from bench_postgres import fill as pg_fill
 
 from feedd.store.exportpool import WORKER_SWITCH
 from feedd.store.exportrequest import ExportRequest
+from feedd.store.postgres import export as pg_export
 from feedd.store.postgres.backend import PostgresBackend
 from feedd.store.reader import Reader
 from feedd.store.sqlite import SqliteBackend
@@ -176,7 +178,7 @@ async def bench(db_path: Path, minutes: int, repeat: int, paths: list[str]) -> N
 
 
 async def bench_postgres(
-    backend: PostgresBackend, minutes: int, repeat: int, server: PgServer
+    backend: PostgresBackend, minutes: int, repeat: int, server: PgServer, connections: list[int]
 ) -> None:
     reader = backend.open_reader()
     # The first reads after a bulk load set PostgreSQL's hint bits (writing every page): 3-5x
@@ -189,23 +191,41 @@ async def bench_postgres(
         for fmt in ("csv", "ndjson", "parquet"):
             request = ExportRequest(EXCHANGE, SYMBOL, "1m", False, fmt)
             for _ in range(repeat):
-                served = server_cpu_s(server)
-                with PeakRss() as rss:
-                    seconds, own, size = await in_process(reader, request)
-                served = server_cpu_s(server) - served
-                print(
-                    line("in-proc", "pg", "1m", fmt, minutes, size, seconds)
-                    + f" CPU feedd {own:5.2f} s server {served:5.2f} s {rss}"
-                )
-                served = server_cpu_s(server)
-                with PeakRss() as rss:
-                    seconds, own, size = await over_http(f"{base}/1m?format={fmt}")
-                served = server_cpu_s(server) - served
-                print(
-                    line("HTTP", "pg", "1m", fmt, minutes, size, seconds)
-                    + f" CPU feedd {own:5.2f} s server {served:5.2f} s {rss}"
-                )
+                for count in connections:  # alternately, so that the load is the same
+                    pg_export.CONNECTIONS = count
+                    path = f"pg/{count}"
+                    served = _server_cpu(server)
+                    with PeakRss() as rss:
+                        seconds, own, size = await in_process(reader, request)
+                    served = _server_cpu(server) - served
+                    print(
+                        line("in-proc", path, "1m", fmt, minutes, size, seconds)
+                        + f" CPU feedd {own:5.2f} s server {served:5.2f} s {rss}"
+                        + f" load {os.getloadavg()[0]:.1f}"
+                    )
+                    served = _server_cpu(server)
+                    with PeakRss() as rss:
+                        seconds, own, size = await over_http(f"{base}/1m?format={fmt}")
+                    served = _server_cpu(server) - served
+                    print(
+                        line("HTTP", path, "1m", fmt, minutes, size, seconds)
+                        + f" CPU feedd {own:5.2f} s server {served:5.2f} s {rss}"
+                        + f" load {os.getloadavg()[0]:.1f}"
+                    )
     reader.close()
+
+
+def _server_cpu(server: PgServer) -> float:
+    """CPU seconds of this server's processes so far: its live backends, and those that have
+    ended (the export's own connections end with the export), which the postmaster reaped."""
+    pid = int((server.data / "postmaster.pid").read_text().split()[0])
+    postmaster = psutil.Process(pid)
+    total = postmaster.cpu_times().children_user + postmaster.cpu_times().children_system
+    for child in postmaster.children():
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def main() -> None:
@@ -220,6 +240,11 @@ def main() -> None:
     )
     parser.add_argument("--db", type=Path, help="an existing database filled by this script")
     parser.add_argument("--postgres", action="store_true", help="on PostgreSQL instead")
+    parser.add_argument(
+        "--connections",
+        default=str(pg_export.CONNECTIONS),
+        help="PostgreSQL: pages asked for ahead, alternated (e.g. 0,3; 0: one page at a time)",
+    )
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.postgres:
@@ -234,7 +259,8 @@ def main() -> None:
             # Until autovacuum analyzes the fresh table, each page is planned as a scan of
             # every row and a sort (1.2-1.5 s a page): time the plan a settled table gets.
             server.admin("ANALYZE candles", dbname=name)
-            trio.run(bench_postgres, backend, args.minutes, args.repeat, server)
+            counts = [int(n) for n in args.connections.split(",")]
+            trio.run(bench_postgres, backend, args.minutes, args.repeat, server, counts)
         finally:
             server.destroy()
     else:

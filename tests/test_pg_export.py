@@ -4,12 +4,15 @@ the download in an error, never in a shorter file that looks whole."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 import trio
 
@@ -17,11 +20,13 @@ from feedd import config as feedd_config
 from feedd import exchanges
 from feedd.candle import Candle, Source
 from feedd.errors import StoreError
+from feedd.migrate import pipeline
 from feedd.service import Service, run_service
 from feedd.store.exportrequest import ExportRequest
 from feedd.store.postgres import export as pg_export
 from feedd.store.postgres import exportcopy, postgres_backend
 from feedd.store.postgres.reader import PgReader
+from feedd.store.sqlite import SqliteBackend
 
 if TYPE_CHECKING:
     from pgserver import PgServer
@@ -72,6 +77,10 @@ def reader_states(pg_server: PgServer) -> list[tuple[str, str]]:
     return [(str(state), str(no_xid)) for state, no_xid in rows]
 
 
+def closed(link: Any) -> bool:
+    return bool(link.status == psycopg.pq.ConnStatus.BAD)
+
+
 async def test_every_page_arrives_once_in_order(dsn: str) -> None:
     reader = PgReader(dsn)
     try:
@@ -90,29 +99,71 @@ async def test_every_page_arrives_once_in_order(dsn: str) -> None:
         reader.close()
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+async def test_dense_rows_and_holes_arrive_once_in_order(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """Pages are windows of open time a page of intervals wide, asked for ahead: a window
+    with more rows than a page (open times closer than the interval) is read to its end, and
+    windows in a hole give nothing, between pages that keep their order."""
+    monkeypatch.setattr(pg_export, "CHUNK_ROWS", PAGE)
+    times = [T0 + n * 1_000 for n in range(2_500)]  # 2.5 pages in 42 minutes: one window
+    times += [T0 + 10 * PAGE * 60_000 + n * 60_000 for n in range(2_345)]  # after 9 empty
+    writer = postgres_backend(pg_dsn).open_writer(busy_timeout_ms=2000)
+    try:
+        writer.write(
+            [
+                Candle(EX, SYMBOL, "1m", t, "1.5", "2", "1", "1.25", "3", "4", n, True,
+                       Source.WS)
+                for n, t in enumerate(times)
+            ]
+        )  # fmt: skip
+    finally:
+        writer.close()
+    reader = PgReader(pg_dsn)
+    try:
+        data = await download(reader, request(fmt))
+    finally:
+        reader.close()
+    if fmt == "csv":
+        got = [int(line.split(b",", 1)[0]) for line in data.splitlines()[1:]]
+    else:
+        got = pq.read_table(io.BytesIO(data)).column("open_time").to_pylist()
+    assert got == times
+
+
 async def test_client_leaving_mid_export_returns_the_connection_clean(
     dsn: str, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The way Quart ends a download whose client left: the send raises Cancelled, the body
     is closed. Here the cancel comes while the second page is read in the worker thread: that
-    page's query finishes (trio does not abandon the thread), nothing more is asked, and the
-    connection goes back to the pool idle, outside any transaction."""
+    page's read finishes (trio does not abandon the thread), nothing more is asked, the pooled
+    connection goes back idle, outside any transaction, and the export's own connections
+    (pages asked for ahead) are let go, which closes them."""
     reader = PgReader(dsn, max_connections=1)
     pages = -1  # not counting yet
     scope = trio.CancelScope()
-    real = exportcopy.text_page
+    real_take, real_open = exportcopy.take_page, pg_export.open_sibling
+    links: list[Any] = []
 
     def page_then_cancel(*args: Any) -> Any:
         nonlocal pages
         pages += pages >= 0
         if pages == 2:
             trio.from_thread.run_sync(scope.cancel)
-        return real(*args)
+        return real_take(*args)
 
-    monkeypatch.setattr(exportcopy, "text_page", page_then_cancel)
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        link = real_open(*args, **kwargs)
+        links.append(link)
+        return link
+
+    monkeypatch.setattr(exportcopy, "take_page", page_then_cancel)
+    monkeypatch.setattr(pg_export, "open_sibling", recorded)
     try:
         expected = await download(reader, request("csv"))
-        pages = 0
+        assert len(links) == pg_export.CONNECTIONS and all(closed(link) for link in links)
+        pages, links = 0, []
         received = b""
         with scope:
             async with aclosing(reader.export(request("csv"))) as pieces:
@@ -120,6 +171,7 @@ async def test_client_leaving_mid_export_returns_the_connection_clean(
                     received += piece
         assert scope.cancelled_caught and pages == 2
         assert received == expected[: len(received)] and received.count(b"\n") == 2 * PAGE + 1
+        assert len(links) == pg_export.CONNECTIONS and all(closed(link) for link in links)
         assert reader_states(pg_server) == [("idle", "True")]
         (conn,) = reader._idle
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -191,3 +243,30 @@ async def test_http_download_fails_visibly_when_the_server_goes(
         pg_server.start()
         after = await client.get(URL, params={"format": "csv"})
         assert after.content.count(b"\n") == ROWS + 1
+
+
+async def test_migrate_leaves_the_candles_analyzed(
+    pg_dsn: str, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """Without statistics the planner takes a fresh table for nearly empty and plans each
+    export page as a bitmap scan and a sort (2.5 times slower): ``feedd migrate`` analyzes
+    what it copied."""
+    source = SqliteBackend(tmp_path / "source.db")
+    source.prepare()
+    writer = source.open_writer(busy_timeout_ms=2000)
+    try:
+        writer.write(
+            [
+                Candle(EX, SYMBOL, "1m", T0 + n * 60_000, "1", "2", "0.5", "1.5", "3", "4", n,
+                       True, Source.REST)
+                for n in range(2_000)
+            ]
+        )  # fmt: skip
+    finally:
+        writer.close()
+    summary = await pipeline.migrate(source, postgres_backend(pg_dsn), 500, io.StringIO())
+    assert summary.rows_copied == 2_000
+    dbname = pg_dsn.rsplit("/", 1)[1]
+    assert pg_server.admin(
+        "SELECT reltuples FROM pg_class WHERE relname = 'candles'", dbname=dbname
+    ) == [(2_000.0,)]

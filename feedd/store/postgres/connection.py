@@ -7,7 +7,7 @@ import urllib.parse
 from typing import Any
 
 import psycopg
-from psycopg import conninfo
+from psycopg import conninfo, pq
 
 from feedd.errors import StoreError, StoreUnavailable
 from feedd.storageconfig import redacted_dsn
@@ -80,6 +80,24 @@ def connect(dsn: str, *, application_name: str) -> Connection:
         return psycopg.connect(conninfo.make_conninfo(dsn, **extra), autocommit=True)
     except psycopg.Error as exc:
         raise store_error(exc, "cannot connect to", dsn) from None
+
+
+def open_sibling(conn: Connection, *, application_name: str) -> pq.abc.PGconn:
+    """A raw libpq connection to ``conn``'s server and database, with its settings (password
+    included): for queries sent ahead and read later (``send_query_params``), which psycopg's
+    blocking API cannot leave in flight. Closed by ``finish()`` or when dropped."""
+    params = {
+        opt.keyword.decode(): opt.val.decode()
+        for opt in conn.pgconn.info
+        if opt.val and opt.dispchar != b"D"
+    }
+    params["application_name"] = application_name
+    pgconn = pq.PGconn.connect(conninfo.make_conninfo("", **params).encode())
+    if pgconn.status != pq.ConnStatus.OK:
+        message = pgconn.get_error_message() or "connection failed"
+        pgconn.finish()
+        raise psycopg.OperationalError(message)
+    return pgconn
 
 
 def store_error(exc: psycopg.Error, action: str, dsn: str) -> StoreError:

@@ -1,19 +1,24 @@
 """Exports read from PostgreSQL a chunk at a time, in the same files SQLite's export makes.
 
-Each chunk is one keyset page (``open_time`` after the last one sent), so memory stays the same
-whatever the range and no cursor is held open between chunks. A page of stored rows is one
-value printed by PostgreSQL (``feedd.store.postgres.exportcopy``): CSV and NDJSON lines passed
-on as they are, or CSV that Arrow reads into Parquet's floats; resampled candles reuse
-``feedd.store.export``'s path for computed values.
+Stored rows come in pages, each a window of open time printed whole by PostgreSQL as one
+value (``feedd.store.postgres.exportcopy``): CSV and NDJSON lines passed on as they are, or CSV
+that Arrow reads into Parquet's floats. Printing is the cost (~2-4 us a row, ~1 s of server CPU
+for a year of 1m CSV), so the next windows are asked for ahead on connections of the export's
+own and printed by several backends while feedd ships the page before; memory stays the same
+whatever the range. Resampled candles reuse ``feedd.store.export``'s path, keyset paged.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+from psycopg import pq
 
-from feedd.intervals import next_open
+from feedd.intervals import INTERVAL_MS, MINUTE_MS, next_open
 from feedd.store import resample as rs
 from feedd.store.export import (
     COLUMNS,
@@ -28,17 +33,20 @@ from feedd.store.export import (
 from feedd.store.exportrequest import ExportRequest
 from feedd.store.postgres import exportcopy
 from feedd.store.postgres import resample as pg_rs
-from feedd.store.postgres.connection import Connection
+from feedd.store.postgres.connection import Connection, open_sibling
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST
 
 #: rows read, encoded and handed on at a time (a Parquet row group each)
 CHUNK_ROWS = 50_000
+#: pages asked for ahead, each on a connection of the export's own
+CONNECTIONS = 3
 _MIN_T, _MAX_T = -(2**63), 2**63 - 1
 
 
 class PgExport:
     """One export: call ``next_chunk`` with a connection (in a worker thread) until it
-    returns None. Holds no connection itself: any pooled one will do for the next chunk."""
+    returns None, and ``close`` if it is left before. Any pooled connection will do for the
+    next chunk; the pages asked for ahead wait on connections of the export's own."""
 
     def __init__(self, request: ExportRequest) -> None:
         self.request = request
@@ -50,6 +58,12 @@ class PgExport:
         self._started = False
         self._done = False
         self._parquet = _ParquetSink() if request.format == "parquet" else None
+        self._pages: _Pages | None = None
+
+    def close(self) -> None:
+        """Let go of the export's own connections (an export left before its end)."""
+        if self._pages is not None:
+            self._pages.close()
 
     def next_chunk(self, conn: Connection) -> bytes | None:
         """The next bytes of the file (the header comes with the first), None at the end."""
@@ -61,22 +75,26 @@ class PgExport:
         if not self._started and self.request.format == "csv":
             head = (",".join(COLUMNS) + "\n").encode()
         self._started = True
-        # An NDJSON line is ~2.2 times a CSV one: half the rows keep a page near 4.5 MB, held
-        # twice in feedd for a moment (the server's result and its bytes); 50,000 rows grew
-        # feedd by up to 44 MB during a download.
-        budget = CHUNK_ROWS // 2 if self.request.format == "ndjson" else CHUNK_ROWS
+        # An NDJSON line is ~2.2 times a CSV one: a quarter of the rows keep a page near 2.2 MB.
+        # A page is held three times in feedd for a moment (libpq's buffer, its result, the
+        # bytes), and each connection of the export keeps a buffer of its largest: with half
+        # the rows (4.5 MB) and 3 connections feedd grew by up to 43 MB during a download.
+        page_rows = CHUNK_ROWS // 4 if self.request.format == "ndjson" else CHUNK_ROWS
+        budget = page_rows
         if self.request.limit is not None:
             budget = min(budget, self.request.limit - self.rows)
-        body = self._body(conn, budget) if budget > 0 and self._series is not None else None
+        body = (
+            self._body(conn, budget, page_rows) if budget > 0 and self._series is not None else None
+        )
         if body is None:
             self._done = True
             return head + (self._parquet.finish() if self._parquet is not None else b"")
         return head + body
 
-    def _body(self, conn: Connection, budget: int) -> bytes | None:
+    def _body(self, conn: Connection, budget: int, page_rows: int) -> bytes | None:
         """The encoded rows of the next page, None after the last."""
         if not self.request.resampled:
-            return self._stored(conn, budget)
+            return self._stored(conn, page_rows)
         chunk = self._resampled(conn, budget)
         if chunk is None:
             return None
@@ -126,21 +144,128 @@ class PgExport:
         return resampled_chunk(found)
 
     def _stored(self, conn: Connection, budget: int) -> bytes | None:
-        if self._cursor > self._end:
+        if self._pages is None:
+            self._pages = _Pages(
+                conn, self._series or 0, self._cursor, self._end, self.request, budget
+            )
+        page = self._pages.next(conn)
+        if page is None:
             return None
-        page = (self._series or 0, self._cursor, self._end, budget)
-        sql = {"csv": exportcopy.CSV_SQL, "ndjson": exportcopy.NDJSON_SQL}.get(
-            self.request.format, exportcopy.COLUMNS_SQL
-        )
-        text, count, last = exportcopy.text_page(conn, sql, *page)
-        if not count:
-            return None
-        self._cursor = last + 1
+        text, count = page
         self.rows += count
-        if self._parquet is None:
+        if self._parquet is None or not count:
             return text
         table = exportcopy.float_table(text)
         return self._parquet.write(parquet_table(_float_chunk(table)))
+
+
+class _Pages:
+    """The stored rows of a range as pages printed by the server, several at once.
+
+    The range (from its first row to its last, found first) is cut in windows of open time
+    that hold at most a page of rows each (``budget`` intervals wide); up to ``CONNECTIONS``
+    windows are asked for ahead on connections of the export's own, so the server prints the
+    next pages (in several backends) while feedd ships this one. Pages come back in order.
+    A window holding more than ``budget`` rows (open times closer than the interval) is read
+    on to its end a page at a time before the next one. Any failure after the first page
+    asked for ends the export: a page is never skipped.
+    """
+
+    def __init__(
+        self, conn: Connection, series: int, lo: int, hi: int, r: ExportRequest, budget: int
+    ) -> None:
+        # One row over a window's most: a window that reaches it has rows closer than the
+        # interval (or a page of them exactly), and the rest of it is read on.
+        self._series, self._limit = series, budget + 1
+        sql = {"csv": exportcopy.CSV_SQL, "ndjson": exportcopy.NDJSON_SQL}.get(
+            r.format, exportcopy.COLUMNS_SQL
+        )
+        self._sql, self._sent_sql = sql, exportcopy.dollar(sql)
+        if r.limit is not None:  # the range ends at the limit's last row
+            row = conn.execute(
+                "SELECT open_time FROM candles WHERE series = %s AND open_time >= %s"
+                " AND open_time <= %s ORDER BY open_time OFFSET %s LIMIT 1",
+                (series, lo, hi, max(r.limit - 1, 0)),
+            ).fetchone()
+            hi = hi if row is None else int(row[0])
+        first, last = conn.execute(
+            "SELECT min(open_time), max(open_time) FROM candles"
+            " WHERE series = %s AND open_time >= %s AND open_time <= %s",
+            (series, lo, hi),
+        ).fetchone() or (None, None)
+        width = budget * INTERVAL_MS.get(r.interval, MINUTE_MS)
+        self._windows: Iterator[tuple[int, int]] = (
+            iter(()) if first is None or r.limit == 0 else _windows(first, last, width)
+        )
+        many = first is not None and last - first >= width
+        self._links: list[pq.abc.PGconn] = []
+        self._asked: deque[tuple[pq.abc.PGconn, int, int]] = deque()
+        self._rest: tuple[int, int] | None = None
+        self._failed = False
+        try:
+            for _ in range(CONNECTIONS if many else 0):
+                # each asks at once: the server prints while the next one connects
+                self._links.append(open_sibling(conn, application_name="feedd-export"))
+                self._ask(self._links[-1])
+        except BaseException:
+            self.close()
+            raise
+
+    def next(self, conn: Connection) -> tuple[bytes, int] | None:
+        """The next page's bytes and row count (empty for a window without rows), None after
+        the last."""
+        if self._failed:
+            raise psycopg.OperationalError("the export failed before")
+        try:
+            page = self._next(conn)
+        except BaseException:
+            self._failed = True
+            self.close()
+            raise
+        if page is None:
+            self.close()
+        return page
+
+    def _next(self, conn: Connection) -> tuple[bytes, int] | None:
+        if self._rest is not None:
+            lo, hi = self._rest
+            text, count, last = exportcopy.text_page(
+                conn, self._sql, self._series, lo, hi, self._limit
+            )
+        elif self._asked:
+            link, lo, hi = self._asked.popleft()
+            text, count, last = exportcopy.take_page(link)
+            self._ask(link)
+        elif (window := next(self._windows, None)) is not None:
+            lo, hi = window
+            text, count, last = exportcopy.text_page(
+                conn, self._sql, self._series, lo, hi, self._limit
+            )
+        else:
+            return None
+        self._rest = (last + 1, hi) if count == self._limit and last < hi else None
+        return text, count
+
+    def _ask(self, link: pq.abc.PGconn) -> None:
+        window = next(self._windows, None)
+        if window is not None:
+            exportcopy.send_page(link, self._sent_sql, self._series, *window, self._limit)
+            self._asked.append((link, *window))
+
+    def close(self) -> None:
+        """Close the export's own connections (a query in flight ends with them)."""
+        links, self._links = self._links, []
+        self._asked.clear()
+        for link in links:
+            link.finish()
+
+
+def _windows(first: int, last: int, width: int) -> Iterator[tuple[int, int]]:
+    lo = first
+    while lo <= last:
+        hi = min(lo + width - 1, last)
+        yield lo, hi
+        lo = hi + 1
 
 
 def _float_chunk(table: pa.Table) -> Chunk:

@@ -117,9 +117,12 @@ class PgReader(SqlReader[Conn]):
         from feedd.store.postgres.export import PgExport  # pyarrow only once asked for
 
         job = PgExport(request)
-        while (chunk := await self._run(job.next_chunk, None, empty_schema=False)) is not None:
-            if chunk:
-                yield chunk
+        try:
+            while (chunk := await self._run(job.next_chunk, None, empty_schema=False)) is not None:
+                if chunk:
+                    yield chunk
+        finally:
+            job.close()  # the pages it asked for ahead: a client that left needs them no more
 
     def close(self) -> None:
         if self._warmer is not None:
