@@ -4,10 +4,8 @@ the download in an error, never in a shorter file that looks whole."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -20,13 +18,11 @@ from feedd import config as feedd_config
 from feedd import exchanges
 from feedd.candle import Candle, Source
 from feedd.errors import StoreError
-from feedd.migrate import pipeline
 from feedd.service import Service, run_service
 from feedd.store.exportrequest import ExportRequest
 from feedd.store.postgres import export as pg_export
 from feedd.store.postgres import exportcopy, postgres_backend
 from feedd.store.postgres.reader import PgReader
-from feedd.store.sqlite import SqliteBackend
 
 if TYPE_CHECKING:
     from pgserver import PgServer
@@ -243,30 +239,3 @@ async def test_http_download_fails_visibly_when_the_server_goes(
         pg_server.start()
         after = await client.get(URL, params={"format": "csv"})
         assert after.content.count(b"\n") == ROWS + 1
-
-
-async def test_migrate_leaves_the_candles_analyzed(
-    pg_dsn: str, pg_server: PgServer, tmp_path: Path
-) -> None:
-    """Without statistics the planner takes a fresh table for nearly empty and plans each
-    export page as a bitmap scan and a sort (2.5 times slower): ``feedd migrate`` analyzes
-    what it copied."""
-    source = SqliteBackend(tmp_path / "source.db")
-    source.prepare()
-    writer = source.open_writer(busy_timeout_ms=2000)
-    try:
-        writer.write(
-            [
-                Candle(EX, SYMBOL, "1m", T0 + n * 60_000, "1", "2", "0.5", "1.5", "3", "4", n,
-                       True, Source.REST)
-                for n in range(2_000)
-            ]
-        )  # fmt: skip
-    finally:
-        writer.close()
-    summary = await pipeline.migrate(source, postgres_backend(pg_dsn), 500, io.StringIO())
-    assert summary.rows_copied == 2_000
-    dbname = pg_dsn.rsplit("/", 1)[1]
-    assert pg_server.admin(
-        "SELECT reltuples FROM pg_class WHERE relname = 'candles'", dbname=dbname
-    ) == [(2_000.0,)]

@@ -14,7 +14,6 @@ from feedd.errors import StoreError
 from feedd.migrate.copy import BUSY_TIMEOUT_MS, Copier, in_thread, load_jobs, progress_id
 from feedd.migrate.verify import Mismatch, verify
 from feedd.store.backend import Backend, ReadStore, WriteConnection
-from feedd.store.postgres.backend import PostgresBackend
 from feedd.store.reader import SeriesInfo
 
 
@@ -75,10 +74,6 @@ async def migrate(source: Backend, target: Backend, batch: int, err: TextIO) -> 
         bar.update(copier.copied, 1.0 if found else None, force=True)
         bar.finish()
         jobs = await copier.copy_jobs(source_jobs)
-        if isinstance(target, PostgresBackend):
-            from feedd.store.postgres.exportcopy import analyze  # pyarrow: only for PostgreSQL
-
-            await in_thread(analyze, target.dsn, limiter=None)
         copied_at = time.monotonic()
         target_reader = target.open_reader()
         mismatches = await verify(reader, target_reader, found, err)

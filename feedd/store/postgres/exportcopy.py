@@ -20,7 +20,7 @@ import pyarrow.csv as pa_csv
 from psycopg import pq
 
 from feedd.store.export import VALUES
-from feedd.store.postgres.connection import Connection, connect, store_error
+from feedd.store.postgres.connection import Connection
 
 _PAGE = (
     "SELECT * FROM candles WHERE series = %s AND open_time >= %s AND open_time <= %s"
@@ -128,16 +128,3 @@ def _error(pgconn: pq.abc.PGconn, result: pq.abc.PGresult | None) -> psycopg.Err
     # no SQLSTATE: the connection broke (libpq's own message says how)
     message = result.get_error_message() if result is not None else ""
     return psycopg.OperationalError(message or pgconn.get_error_message() or "connection lost")
-
-
-def analyze(dsn: str) -> None:
-    """Planner statistics for candles loaded in bulk (``feedd migrate``). Until autovacuum
-    gets to a fresh table the planner thinks it nearly empty: a page of an export is then a
-    bitmap scan and a sort spilled to disk (~490 ms a 50,000-row page instead of ~190)."""
-    conn = connect(dsn, application_name="feedd-analyze")
-    try:
-        conn.execute("ANALYZE candles")
-    except psycopg.Error as exc:
-        raise store_error(exc, "cannot analyze", dsn) from None
-    finally:
-        conn.close()
