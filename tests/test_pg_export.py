@@ -4,6 +4,7 @@ the download in an error, never in a shorter file that looks whole."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any
