@@ -37,6 +37,8 @@ WIDE = (
     "399183817784037.855",
     "66653432721532.755",
     "1798646312.30428349",
+    "-4538580746048198.8",
+    "150232843.47020000",  # wide too, an exchange's kind of quote volume; no ulp off itself
 )
 READERS = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s"
 
