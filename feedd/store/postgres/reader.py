@@ -1,6 +1,8 @@
-"""Reads for the API from PostgreSQL: the same answers as SQLite's ``Reader``, off the event loop.
+"""Reads for the API from PostgreSQL: the same answers as SQLite's ``Reader``, never blocking
+the event loop.
 
-A few pooled autocommit connections, each query run in a worker thread under a limiter. Values
+A few pooled autocommit connections, each query run in a worker thread under a limiter (a page
+of candles on the loop itself, over libpq's non-blocking calls, when a connection is idle). Values
 are ``numeric``; they leave as the nearest float (``::float8`` rounds correctly), so a page's
 JSON is byte for byte SQLite's for the same candles. A store whose schema does not exist yet
 reads as empty; a connection that broke (a restarted server, a terminated backend) is dropped
