@@ -18,7 +18,7 @@ import trio
 from feedd.errors import StoreError
 from feedd.store import nodes as node_rows
 from feedd.store import resample as rs
-from feedd.store.codec import sql_decode
+from feedd.store.codec import decode_float, sql_decode
 from feedd.store.database import FileIdentity, file_identity
 from feedd.store.exportpool import ExportPool
 from feedd.store.exportrequest import ExportRequest
@@ -38,8 +38,25 @@ from feedd.store.sqlreader import (
 T = TypeVar("T")
 __all__ = ["CandleRow", "JsonPage", "Reader", "SeriesInfo", "database_bytes"]
 
+#: decodes a value in Python: a mantissa beyond 2**53 is no exact double, so SQL's division
+#: would round it twice (a float 1 ulp off PostgreSQL's); int / int in Python rounds once.
+#: Exchanges do send such values (a quote volume of 150232843.47020000 has a 17-digit mantissa).
+_WIDE_DECODE = "feedd_decode_float"
+#: the packed values whose mantissa (value >> 4) is within +-2**53; compared as they are, since a
+#: shift first measured slower (this check costs ~0.2 ms of a 1,000-row page's ~3.3 ms)
+_EXACT = (-(1 << 57), (1 << 57) + 15)
+
+
+def _decode(column: str) -> str:
+    """``column`` as its nearest float: in SQL while the mantissa is exact, else in Python."""
+    return (
+        f"CASE WHEN {column} BETWEEN {_EXACT[0]} AND {_EXACT[1]} THEN {sql_decode(column)}"
+        f" ELSE {_WIDE_DECODE}({column}) END"
+    )
+
+
 _CANDLES_SQL = f"""
-SELECT open_time, {", ".join(sql_decode(c) for c in FIELDS[1:7])}, trades, flags
+SELECT open_time, {", ".join(_decode(c) for c in FIELDS[1:7])}, trades, flags
 FROM candles WHERE series = {SERIES_ID} AND open_time >= ? AND open_time <= ?
 ORDER BY open_time {{order}} LIMIT ?
 """
@@ -129,6 +146,7 @@ class Reader(SqlReader[sqlite3.Connection]):
         try:
             if conn is None:
                 conn = connect_reader(self.path)
+                conn.create_function(_WIDE_DECODE, 1, decode_float, deterministic=True)
             return fn(conn)
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):

@@ -1,6 +1,8 @@
-"""Reads for the API from PostgreSQL: the same answers as SQLite's ``Reader``, off the event loop.
+"""Reads for the API from PostgreSQL: the same answers as SQLite's ``Reader``, never blocking
+the event loop.
 
-A few pooled autocommit connections, each query run in a worker thread under a limiter. Values
+A few pooled autocommit connections, each query run in a worker thread under a limiter (a page
+of candles on the loop itself, over libpq's non-blocking calls, when a connection is idle). Values
 are ``numeric``; they leave as the nearest float (``::float8`` rounds correctly), so a page's
 JSON is byte for byte SQLite's for the same candles. A store whose schema does not exist yet
 reads as empty; a connection that broke (a restarted server, a terminated backend) is dropped
@@ -20,13 +22,23 @@ import psycopg
 import trio
 
 from feedd.errors import StoreError
+from feedd.store import pagejson
 from feedd.store.exportrequest import ExportRequest
 from feedd.store.nodes import NodeRecord
-from feedd.store.postgres import nodes
+from feedd.store.postgres import loopread, nodes
 from feedd.store.postgres import resample as pg_rs
 from feedd.store.postgres.connection import Connection as Conn
 from feedd.store.postgres.connection import connect, location, store_error
-from feedd.store.sqlreader import FIELDS, MAX_T, MIN_T, SERIES_ID, Row, SqlReader
+from feedd.store.sqlreader import (
+    FIELDS,
+    MAX_T,
+    MIN_T,
+    SERIES_ID,
+    JsonPage,
+    Row,
+    SqlReader,
+)
+from feedd.store.sqlreader import page as rows_page
 
 T = TypeVar("T")
 log = logging.getLogger("feedd.store")
@@ -38,6 +50,11 @@ SELECT open_time, {", ".join(f"{c}::float8" for c in FIELDS[1:7])}, trades, flag
 FROM candles WHERE series = {SERIES_ID.replace("?", "%s")} AND open_time >= %s
 AND open_time <= %s ORDER BY open_time {{order}} LIMIT %s
 """
+#: the same, run on the event loop
+_LOOP_CANDLES = {
+    order: loopread.Statement(f"feedd_candles_{order.lower()}", _CANDLES_SQL.format(order=order))
+    for order in ("ASC", "DESC")
+}
 #: text sorts byte-wise, as in SQLite, whatever the database's collation
 _BY_NAME = 'series.exchange COLLATE "C", series.symbol COLLATE "C", series.interval COLLATE "C"'
 
@@ -85,16 +102,54 @@ class PgReader(SqlReader[Conn]):
         until: int | None,
         limit: int,
     ) -> list[Row]:
-        lo = MIN_T if since is None else since
-        hi = MAX_T if until is None else until
-        most = limit if limit >= 0 else None  # SQLite's LIMIT -1: no limit
-        order = "ASC" if since is not None else "DESC"
         # Binary results: floats and ints arrive as machine values, ~25 % faster than text.
-        sql = _CANDLES_SQL.format(order=order)
-        rows = conn.execute(sql, (*key, lo, hi, most), binary=True).fetchall()
+        order, params = _candles_query(key, since, until, limit)
+        rows = conn.execute(_CANDLES_SQL.format(order=order), params, binary=True).fetchall()
         if since is None:
             rows.reverse()
         return rows
+
+    async def candles_json(
+        self,
+        exchange: str,
+        symbol: str,
+        interval: str,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 1000,
+    ) -> JsonPage:
+        """``SqlReader.candles_json``, its query run on the event loop over an idle pooled
+        connection (``loopread``): no worker thread to wake. In a worker thread when no
+        connection is idle, or when the loop got no rows (its errors and retries are the
+        worker's)."""
+        key = (exchange, symbol, interval)
+        async with self._limiter:  # a slot, as a worker's query takes: connections stay bounded
+            conn = self._idle_connection()
+            if conn is not None:
+                order, params = _candles_query(key, since, until, limit)
+                try:
+                    rows = await _LOOP_CANDLES[order].rows(conn, params)
+                except loopread.NotFetched as exc:
+                    if exc.idle:
+                        self._release(conn)
+                    else:
+                        conn.close()
+                except BaseException:
+                    conn.close()  # mid-query (cancelled): of no use to anyone else
+                    raise
+                else:
+                    self._release(conn)
+                    if since is None:
+                        rows.reverse()
+                    return rows_page(pagejson.stored(rows), rows)
+        return await super().candles_json(exchange, symbol, interval, since, until, limit)
+
+    def _idle_connection(self) -> Conn | None:
+        """An idle pooled connection, taken from the pool, if there is one and a slot."""
+        with self._lock:
+            if self._closed or not self._idle:
+                return None
+            return self._idle.pop()
 
     def _resampled(
         self,
@@ -191,6 +246,16 @@ class PgReader(SqlReader[Conn]):
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         return store_error(exc, "cannot read", self._dsn)
+
+
+def _candles_query(
+    key: tuple[str, str, str], since: int | None, until: int | None, limit: int
+) -> tuple[str, tuple[int | str | None, ...]]:
+    """The order of ``_CANDLES_SQL`` and its parameters for a page."""
+    lo = MIN_T if since is None else since
+    hi = MAX_T if until is None else until
+    most = limit if limit >= 0 else None  # SQLite's LIMIT -1: no limit
+    return ("ASC" if since is not None else "DESC"), (*key, lo, hi, most)
 
 
 def _disconnected(exc: psycopg.Error) -> bool:
