@@ -20,13 +20,12 @@ from typing import Any
 
 import attrs
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from feedd.config import NatsConfig
-from feedd.publish import wire
 from feedd.publish.backlog import Backlog
 from feedd.publish.connect import NATS_ERRORS, connect, ensure_stream, where
+from feedd.publish.fastpath import Acks, Frames, send, take_acks
 
 log = logging.getLogger("feedd.publish")
 
@@ -36,36 +35,6 @@ ACK_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 5
 RETRY_INITIAL_S = 0.25
 RETRY_MAX_S = 10.0
-
-
-class Acks:
-    """JetStream's acks of the window in flight, counted on one reply subject.
-
-    nats-py's publish_async makes a future, a token and a parsed PubAck per message (~70 us of
-    CPU, under the GIL the event loop needs); a window only needs to know that every candle
-    was stored (or stored before: a duplicate ack) and that none was refused."""
-
-    def __init__(self, inbox: str) -> None:
-        self.inbox = inbox
-        self.expected = 0
-        self.received = 0
-        self.error: str | None = None
-        self.all_in = asyncio.Event()
-
-    def expect(self, count: int) -> None:
-        self.expected, self.received, self.error = count, 0, None
-        self.all_in.clear()
-
-    async def on_reply(self, msg: Msg) -> None:
-        # A PubAck is {"stream":..,"seq":..}; a refusal carries "error"; no stream on the
-        # subject is an empty 503 status message.
-        if not msg.data or b'"error"' in msg.data:
-            self.error = msg.data.decode(errors="replace") or f"no stream ({msg.header})"
-            self.all_in.set()
-            return
-        self.received += 1
-        if self.received >= self.expected:
-            self.all_in.set()
 
 
 class BrokerLost(Exception):
@@ -170,10 +139,10 @@ class Sender:
     ) -> int:
         """Publish until drained (returns) or the broker fails (raises)."""
         assert self._wake is not None
-        prefix = self.settings.subject_prefix
-        acks = Acks(nc.new_inbox())
-        await nc.subscribe(acks.inbox, cb=acks.on_reply)
-        forming_headers = {wire.TTL: wire.FORMING_TTL} if self.state.forming_ttl else None
+        frames = Frames(self.settings.subject_prefix)
+        acks = Acks()
+        reply = await take_acks(nc, acks)
+        ttl = self.state.forming_ttl
         while True:
             window, forming = self.backlog.peek(WINDOW)
             if not window and not forming:
@@ -188,24 +157,15 @@ class Sender:
                 continue
             if window:
                 acks.expect(len(window))
-                for candle in window:
-                    headers = {wire.MSG_ID: wire.msg_id(candle)}
-                    await nc.publish(
-                        wire.subject(prefix, candle),
-                        wire.payload(candle),
-                        reply=acks.inbox,
-                        headers=headers,
-                    )
-            try:
-                for candle in forming:
+                await send(nc, frames.closed(window, reply))
+            if forming:
+                try:
                     # No ack wanted: a forming update is superseded within a second and may
                     # be lost; waiting for acks would double the round trips under load.
-                    await nc.publish(
-                        wire.subject(prefix, candle), wire.payload(candle), headers=forming_headers
-                    )
-            except NATS_ERRORS:
-                self.backlog.drop_forming(len(forming))
-                raise
+                    await send(nc, frames.forming(forming, ttl=ttl))
+                except NATS_ERRORS:
+                    self.backlog.drop_forming(len(forming))
+                    raise
             if window:
                 done = await _first(acks.all_in.wait(), lost.wait(), timeout=ACK_TIMEOUT_S)
                 if acks.error is not None:
