@@ -9,8 +9,16 @@ message arrived; the simulator's send log says when each frame left (CLOCK_MONOT
 The ceiling: N closed candles put in the backlog at once, timed until JetStream acked them all
 (and the same for forming updates, published without acks).
 
+``--outage N`` adds a run per rate where the broker is stopped ``--seconds`` into the
+measurement and started again N s later (same port and store): frame -> commit p50/p99 of the
+frames sent before, during and after the outage, and when the publisher was connected and
+caught up again. ``--forming`` measures with forming updates (each frame a new close of its
+candle, the common case) instead of every update a new closed candle.
+
     python scripts/bench_nats.py                  # 1,000 and 10,000 updates/s, 8 s each
     python scripts/bench_nats.py --rates 2000 --seconds 15 --ceiling 200000
+    python scripts/bench_nats.py --rates 10000 --outage 5 --ceiling 0
+    python scripts/bench_nats.py --rates 10000 --forming
 """
 
 from __future__ import annotations
@@ -37,10 +45,14 @@ import bench_ingest as bi
 from feedd import config as config_module
 from feedd.candle import Candle, Source
 from feedd.publish.backlog import Backlog
+from feedd.publish.publisher import Publisher
 from feedd.publish.sender import Sender
 from feedd.service import Service, run_service
 
 VENUE = "binance_futures"
+#: after an outage, caught up once no more than a window of closed candles waits (under load
+#: the backlog is never quite empty)
+CAUGHT_UP_CLOSED = 1000
 
 
 def nats_server_binary() -> str:
@@ -48,22 +60,46 @@ def nats_server_binary() -> str:
     return str(here) if here.exists() else "nats-server"
 
 
+class Broker:
+    """A nats-server with JetStream; ``stop`` and ``start`` again keep its port and store."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.port = -1
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
+        process = subprocess.Popen([nats_server_binary(), *args], stderr=subprocess.PIPE)
+        assert process.stderr is not None
+        ready = False
+        for line in process.stderr:
+            if b"Listening for client connections on" in line:
+                self.port = int(line.rsplit(b":", 1)[1])
+            if b"Server is ready" in line:
+                ready = True
+                break
+        threading.Thread(target=process.stderr.read, daemon=True).start()
+        if not ready:
+            raise SystemExit("nats-server did not start")
+        self.process = process
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            process.terminate()
+            process.wait()
+
+
 def start_nats(store: Path) -> tuple[subprocess.Popen[bytes], str]:
-    process = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(store)],
-        stderr=subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    port = None
-    for line in process.stderr:
-        if b"Listening for client connections on" in line:
-            port = int(line.rsplit(b":", 1)[1])
-        if b"Server is ready" in line:
-            break
-    threading.Thread(target=lambda: process.stderr and process.stderr.read(), daemon=True).start()
-    if port is None:
-        raise SystemExit("nats-server did not start")
-    return process, f"nats://127.0.0.1:{port}"
+    broker = Broker(store)
+    broker.start()
+    assert broker.process is not None
+    return broker.process, broker.url
 
 
 def run_consumer(url: str) -> None:
@@ -105,8 +141,29 @@ async def start_consumer(url: str) -> trio.Process:
     return process
 
 
-async def measure(rate: float, count: int, seconds: float, nats_url: str | None) -> dict[str, Any]:
-    sim, urls = await bi.start_sim((VENUE,), rate)
+@attrs.frozen
+class Outage:
+    broker: Broker
+    seconds: float
+
+
+@attrs.frozen
+class Run:
+    rate: float
+    count: int
+    seconds: float
+    nats_url: str | None
+    #: forming updates (each frame a new close) rather than a new closed candle each
+    forming: bool = False
+    outage: Outage | None = None
+
+
+async def measure(run: Run) -> dict[str, Any]:
+    rate, count, seconds, nats_url, outage = (
+        run.rate, run.count, run.seconds, run.nats_url, run.outage
+    )  # fmt: skip
+    sim, urls = await bi.start_sim((VENUE,), rate, closed=not run.forming)
+    phases: dict[str, float] = {}
     consumer: trio.Process | None = None
     me = psutil.Process()
     try:
@@ -133,22 +190,25 @@ async def measure(rate: float, count: int, seconds: float, nats_url: str | None)
 
                 # recorded with publishing off too, so that both runs pay for it
                 nursery.start_soon(record_commits)
-                if nats_url:
+                if nats_url and outage is None:
                     consumer = await start_consumer(nats_url)
                 await trio.sleep(bi.WARM_UP_S)
                 cpu0, received0 = bi.cpu_seconds(me), writer.stats.received
                 t0 = time.monotonic()
-                await trio.sleep(seconds)
+                if outage is not None and service.state.publisher is not None:
+                    phases = await broker_outage(service.state.publisher, outage, seconds)
+                else:
+                    await trio.sleep(seconds)
                 elapsed = time.monotonic() - t0
                 cpu_s = bi.cpu_seconds(me) - cpu0
                 received = writer.stats.received - received0
                 arrivals: list[list[Any]] = []
-                stats = None
+                publisher = service.state.publisher
+                stats = publisher.stats if nats_url and publisher else None
                 if consumer is not None:
-                    stats = service.state.publisher.stats if service.state.publisher else None
                     arrivals = json.loads((await bi.stop_child(consumer)).decode() or "[]")
                     consumer = None
-                sent = await bi._send_log(urls, t0, t0 + seconds)
+                sent = await bi._send_log(urls, t0, t0 + elapsed)
                 recording.cancel()
                 service.stop.set()
     finally:
@@ -159,6 +219,7 @@ async def measure(rate: float, count: int, seconds: float, nats_url: str | None)
             await consumer.wait()
     result: dict[str, Any] = {
         "rate": rate,
+        "updates": "forming" if run.forming else "closed",
         "publishing": bool(nats_url),
         "updates_per_s": round(received / elapsed),
         "cpu_percent": round(cpu_s / elapsed * 100, 1),
@@ -166,18 +227,62 @@ async def measure(rate: float, count: int, seconds: float, nats_url: str | None)
     }
     to_commit = [commits[k] - t for k, t in sent.items() if commits.get(k, -1.0) >= t]
     result["frame_to_commit_ms"] = bi._percentiles(to_commit, len(sent))
-    if nats_url:
+    if outage is not None:
+        result["outage_s"] = outage.seconds
+        result.update(outage_report(sent, commits, phases))
+    if nats_url and outage is None:
         by_float = {(v, s, o, float(c)): t for (v, s, o, c), t in sent.items()}
         lat = [
             now - by_float[(v, s, o, c)] for v, s, o, c, now in arrivals if (v, s, o, c) in by_float
         ]
         result["frame_to_nats_consumer_ms"] = bi._percentiles(lat, len(sent))
         result["consumer_received"] = len(arrivals)
-        if stats is not None:
-            result["published"] = stats.published
-            result["dropped_forming"] = stats.dropped_forming
-            result["backlog_at_end"] = stats.backlog
+    if stats is not None:
+        result["published"] = stats.published
+        result["dropped_forming"] = stats.dropped_forming
+        result["backlog_at_end"] = stats.backlog
     return result
+
+
+async def broker_outage(publisher: Publisher, outage: Outage, seconds: float) -> dict[str, float]:
+    """``seconds`` with the broker up, ``outage.seconds`` down, then up until the backlog of
+    closed candles is back to a window and ``seconds`` more; returns when each phase began."""
+    await trio.sleep(seconds)
+    phases = {"stopped": time.monotonic()}
+    await trio.to_thread.run_sync(outage.broker.stop)
+    await trio.sleep(outage.seconds)
+    await trio.to_thread.run_sync(outage.broker.start)
+    phases["started"] = time.monotonic()
+    # the publisher's state is set by its thread, with no event to wait on: polled (10 ms)
+    while not publisher.stats.connected:  # noqa: ASYNC110
+        await trio.sleep(0.01)
+    phases["reconnected"] = time.monotonic()
+    while publisher.stats.backlog_closed > CAUGHT_UP_CLOSED:  # noqa: ASYNC110
+        await trio.sleep(0.01)
+    phases["caught_up"] = time.monotonic()
+    await trio.sleep(seconds)
+    return phases
+
+
+def outage_report(
+    sent: dict[tuple[str, str, int, str], float],
+    commits: dict[tuple[str, str, int, str], float],
+    phases: dict[str, float],
+) -> dict[str, Any]:
+    """frame -> commit of the frames sent before, during and after the outage."""
+    stopped, started = phases["stopped"], phases["started"]
+    out: dict[str, Any] = {}
+    for name, lo, hi in (
+        ("before", 0.0, stopped),
+        ("during", stopped, started),
+        ("after", started, float("inf")),
+    ):
+        mine = {k: t for k, t in sent.items() if lo <= t < hi}
+        lat = [commits[k] - t for k, t in mine.items() if commits.get(k, -1.0) >= t]
+        out[f"frame_to_commit_ms_{name}"] = bi._percentiles(lat, len(mine))
+    out["reconnected_after_s"] = round(phases["reconnected"] - started, 2)
+    out["caught_up_after_s"] = round(phases["caught_up"] - started, 2)
+    return out
 
 
 def ceiling(url: str, count: int, closed: bool) -> dict[str, Any]:
@@ -224,22 +329,26 @@ def ceiling(url: str, count: int, closed: bool) -> dict[str, Any]:
 async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        server, url = start_nats(Path(tmp))
+        broker = Broker(Path(tmp))
+        broker.start()
         try:
             for rate in args.rates:
-                for publishing in (False, True):
-                    row = await measure(
-                        rate, args.symbols, args.seconds, url if publishing else None
-                    )
+                runs = [
+                    Run(rate, args.symbols, args.seconds, url, forming=args.forming)
+                    for url in (None, broker.url)
+                ]
+                if args.outage:
+                    runs.append(attrs.evolve(runs[-1], outage=Outage(broker, args.outage)))
+                for run in runs:
+                    row = await measure(run)
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-            for closed in (True, False):
-                row = await trio.to_thread.run_sync(ceiling, url, args.ceiling, closed)
+            for closed in (True, False) if args.ceiling else ():
+                row = await trio.to_thread.run_sync(ceiling, broker.url, args.ceiling, closed)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         finally:
-            server.terminate()
-            server.wait()
+            broker.stop()
     return rows
 
 
@@ -248,7 +357,15 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[1000.0, 10000.0])
     parser.add_argument("--symbols", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--ceiling", type=int, default=100_000, help="candles for the ceiling")
+    parser.add_argument(
+        "--ceiling", type=int, default=100_000, help="candles for the ceiling (0: none)"
+    )
+    parser.add_argument(
+        "--outage", type=float, default=0.0, help="also a run with the broker down this long"
+    )
+    parser.add_argument(
+        "--forming", action="store_true", help="forming updates instead of new closed candles"
+    )
     parser.add_argument("--consumer-process", nargs=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.consumer_process:

@@ -67,3 +67,26 @@ async def test_broker_cut_mid_window_loses_and_doubles_nothing(tmp_path: Path) -
     for subject, times in by_subject.items():
         assert times == [60_000 * t for t in range(PER_SERIES)], subject
     assert backlog.closed == 0 and backlog.dropped_closed == 0
+
+
+async def test_an_idle_thread_is_woken_by_an_offer_and_ends_on_drain(tmp_path: Path) -> None:
+    async with running_nats(tmp_path) as server:
+        settings = config.parse({"publish": {"nats": {"url": server.url}}}).config.publish
+        assert settings is not None and settings.nats is not None
+        backlog = WatchedBacklog(100)
+        sender = Sender(settings.nats, backlog)
+        thread = threading.Thread(target=sender.run, daemon=True)
+        thread.start()
+        try:
+            with trio.fail_after(30):
+                await trio.to_thread.run_sync(sender.wait_ready, abandon_on_cancel=True)
+                for batch in (candles()[:10], candles()[10:20]):
+                    backlog.first_ack.clear()
+                    backlog.add(batch)  # as Publisher.offer does: add, then wake
+                    sender.wake()
+                    await trio.to_thread.run_sync(backlog.first_ack.wait, abandon_on_cancel=True)
+                sender.drain()  # the thread is idle: drain must wake it to end
+                await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+        finally:
+            sender.abort()
+    assert sender.state.published_closed == 20 and backlog.closed == 0

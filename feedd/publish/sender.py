@@ -20,52 +20,24 @@ from typing import Any
 
 import attrs
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from feedd.config import NatsConfig
-from feedd.publish import wire
 from feedd.publish.backlog import Backlog
 from feedd.publish.connect import NATS_ERRORS, connect, ensure_stream, where
+from feedd.publish.fastpath import Acks, Frames, send, take_acks
 
 log = logging.getLogger("feedd.publish")
 
 #: closed candles in flight before their acks are awaited
 WINDOW = 1000
+#: candles framed and written at a go (~1-2 ms of CPU), then the thread gives way
+CHUNK = 200
+GIVE_WAY_S = 0.0005
 ACK_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 5
 RETRY_INITIAL_S = 0.25
 RETRY_MAX_S = 10.0
-
-
-class Acks:
-    """JetStream's acks of the window in flight, counted on one reply subject.
-
-    nats-py's publish_async makes a future, a token and a parsed PubAck per message (~70 us of
-    CPU, under the GIL the event loop needs); a window only needs to know that every candle
-    was stored (or stored before: a duplicate ack) and that none was refused."""
-
-    def __init__(self, inbox: str) -> None:
-        self.inbox = inbox
-        self.expected = 0
-        self.received = 0
-        self.error: str | None = None
-        self.all_in = asyncio.Event()
-
-    def expect(self, count: int) -> None:
-        self.expected, self.received, self.error = count, 0, None
-        self.all_in.clear()
-
-    async def on_reply(self, msg: Msg) -> None:
-        # A PubAck is {"stream":..,"seq":..}; a refusal carries "error"; no stream on the
-        # subject is an empty 503 status message.
-        if not msg.data or b'"error"' in msg.data:
-            self.error = msg.data.decode(errors="replace") or f"no stream ({msg.header})"
-            self.all_in.set()
-            return
-        self.received += 1
-        if self.received >= self.expected:
-            self.all_in.set()
 
 
 class BrokerLost(Exception):
@@ -93,6 +65,8 @@ class Sender:
         self.state = SenderState()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        #: the thread waits for ``wake`` (set before it looks at the backlog a last time)
+        self._idle = False
         self._draining = False
         self._main: asyncio.Task[None] | None = None
         self._ready = threading.Event()
@@ -101,8 +75,10 @@ class Sender:
     # -- called from the event loop's thread ---------------------------------------------
 
     def wake(self) -> None:
+        # A busy thread looks at the backlog again by itself: waking it would cost the event
+        # loop a write to the asyncio loop's socket per committed batch, for nothing.
         loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
+        if loop is not None and wake is not None and self._idle:
             loop.call_soon_threadsafe(wake.set)
 
     def drain(self) -> None:
@@ -170,10 +146,10 @@ class Sender:
     ) -> int:
         """Publish until drained (returns) or the broker fails (raises)."""
         assert self._wake is not None
-        prefix = self.settings.subject_prefix
-        acks = Acks(nc.new_inbox())
-        await nc.subscribe(acks.inbox, cb=acks.on_reply)
-        forming_headers = {wire.TTL: wire.FORMING_TTL} if self.state.forming_ttl else None
+        frames = Frames(self.settings.subject_prefix)
+        acks = Acks()
+        reply = await take_acks(nc, acks)
+        ttl = self.state.forming_ttl
         while True:
             window, forming = self.backlog.peek(WINDOW)
             if not window and not forming:
@@ -181,31 +157,32 @@ class Sender:
                     await nc.flush(timeout=FLUSH_TIMEOUT_S)
                     return attempt
                 self._wake.clear()
-                if not len(self.backlog):
-                    await _first(self._wake.wait(), lost.wait())
+                self._idle = True
+                try:
+                    # looked at after _idle is set: an offer or drain before it is seen here,
+                    # one after it wakes the thread
+                    if not len(self.backlog) and not self._draining:
+                        await _first(self._wake.wait(), lost.wait())
+                finally:
+                    self._idle = False
                 if lost.is_set():
                     raise BrokerLost("connection closed")
                 continue
             if window:
                 acks.expect(len(window))
-                for candle in window:
-                    headers = {wire.MSG_ID: wire.msg_id(candle)}
-                    await nc.publish(
-                        wire.subject(prefix, candle),
-                        wire.payload(candle),
-                        reply=acks.inbox,
-                        headers=headers,
-                    )
-            try:
-                for candle in forming:
+                for at in range(0, len(window), CHUNK):
+                    await send(nc, frames.closed(window[at : at + CHUNK], reply))
+                    await _give_way()
+            if forming:
+                try:
                     # No ack wanted: a forming update is superseded within a second and may
                     # be lost; waiting for acks would double the round trips under load.
-                    await nc.publish(
-                        wire.subject(prefix, candle), wire.payload(candle), headers=forming_headers
-                    )
-            except NATS_ERRORS:
-                self.backlog.drop_forming(len(forming))
-                raise
+                    for at in range(0, len(forming), CHUNK):
+                        await send(nc, frames.forming(forming[at : at + CHUNK], ttl=ttl))
+                        await _give_way()
+                except NATS_ERRORS:
+                    self.backlog.drop_forming(len(forming))
+                    raise
             if window:
                 done = await _first(acks.all_in.wait(), lost.wait(), timeout=ACK_TIMEOUT_S)
                 if acks.error is not None:
@@ -237,9 +214,20 @@ class Sender:
         # Woken early only to leave when draining with nothing to publish.
         while (left := deadline - time.monotonic()) > 0:
             self._wake.clear()
-            await _first(self._wake.wait(), timeout=left)
-            if self._draining and not self.backlog.closed:
-                return
+            self._idle = True
+            try:
+                if self._draining and not self.backlog.closed:
+                    return
+                await _first(self._wake.wait(), timeout=left)
+            finally:
+                self._idle = False
+
+
+async def _give_way() -> None:
+    """Block in the loop's poll for a moment: the GIL goes to the event loop's thread if it
+    waits for it. Without a real wait the GIL is dropped and taken straight back, and the
+    waiting thread gets it only when the interpreter forces a switch (5 ms)."""
+    await asyncio.sleep(GIVE_WAY_S)
 
 
 async def _first(*aws: Awaitable[Any], timeout: float | None = None) -> object:  # noqa: ASYNC109
