@@ -138,6 +138,18 @@ def cpu_s(process: psutil.Process | None) -> float:
     return bench_ingest.cpu_seconds(process) if process is not None else 0.0
 
 
+def counts(writer: Any) -> dict[str, int]:
+    stats = writer.stats
+    return {
+        "commits": stats.batches,
+        # live commit durations (the writer keeps the latest ones), ms
+        "commit_p50_ms": round(stats.latency_p50_ms or 0),
+        "commit_p99_ms": round(stats.latency_p99_ms or 0),
+        "ticks": getattr(writer, "ticks", 0),
+        "job_turns": getattr(writer, "job_turns", 0),
+    }
+
+
 def p99(values: list[float]) -> float | None:
     return round(sorted(values)[int(len(values) * 0.99)] * 1000, 1) if values else None
 
@@ -196,6 +208,8 @@ async def ingest_latency(
                 await trio.sleep(3)
                 rows0 = sum(jobs.rows.values()) if jobs else 0
                 cpu0 = [cpu_s(p) for p in (me, sim_ps, rest_ps)]
+                writer = service.state.writer
+                counts0 = counts(writer)
                 probe = trio.CancelScope()
 
                 async def run_probe() -> None:
@@ -209,6 +223,8 @@ async def ingest_latency(
                 probe.cancel()
                 took = zip((me, sim_ps, rest_ps), cpu0, strict=True)
                 cpu = [(cpu_s(p) - c0) / (end - t0) for p, c0 in took]
+                after = counts(writer)
+                turns = {k: v if k.endswith("_ms") else v - counts0[k] for k, v in after.items()}
                 fetched = (sum(jobs.rows.values()) if jobs else 0) - rows0
                 still_running = bool(jobs and jobs.active())
                 limited = sum(s.rest_rate_limited for s in service.state.supervisor.stats.values())
@@ -241,6 +257,8 @@ async def ingest_latency(
         "loop_lag_p99_ms": p99(lags),
         # cores used over the window: feedd (this process), the live and the REST simulator
         "cpu": {"feedd": round(cpu[0], 2), "sim": round(cpu[1], 2), "rest_sim": round(cpu[2], 2)},
+        # commits (live, non-empty), ticks of the commit loop, turns a job asked for at once
+        "writer": turns,
     }
 
 
