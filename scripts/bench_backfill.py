@@ -12,8 +12,13 @@ machine drifts: compare within a pair). The job fetches ``--job-symbols`` symbol
 so that it runs for the whole window; its rows per second inside the window are reported.
 Its REST comes from a second simulator process (``--rest-sim``): see ``ingest_latency``.
 
+Each latency run also reports the event loop's lag, the cores used by feedd and both
+simulators, and the writer's counts (live commits, ticks, job turns); ``--noise`` runs pairs
+with no job in either, the ratio a shared box gives with no change.
+
     python scripts/bench_backfill.py --days 28 --symbols 200 --seconds 10
     python scripts/bench_backfill.py --skip-rate --pairs 3        # latency pairs only
+    python scripts/bench_backfill.py --skip-rate --pairs 8 --noise  # the noise floor
 """
 
 from __future__ import annotations
