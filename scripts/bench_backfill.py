@@ -12,8 +12,13 @@ machine drifts: compare within a pair). The job fetches ``--job-symbols`` symbol
 so that it runs for the whole window; its rows per second inside the window are reported.
 Its REST comes from a second simulator process (``--rest-sim``): see ``ingest_latency``.
 
+Each latency run also reports the event loop's lag, the cores used by feedd and both
+simulators, and the writer's counts (live commits, ticks, job turns); ``--noise`` runs pairs
+with no job in either, the ratio a shared box gives with no change.
+
     python scripts/bench_backfill.py --days 28 --symbols 200 --seconds 10
     python scripts/bench_backfill.py --skip-rate --pairs 3        # latency pairs only
+    python scripts/bench_backfill.py --skip-rate --pairs 8 --noise  # the noise floor
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -124,6 +130,35 @@ async def job_rate(venue: str, days: int) -> dict[str, Any]:
     }
 
 
+async def probe_lag(lags: list[float]) -> None:
+    """How late the event loop wakes a task sleeping 1 ms: the wait for the GIL (a thread
+    parsing or binding) and for a core (the box)."""
+    while True:
+        t = trio.current_time()
+        await trio.sleep(0.001)
+        lags.append(trio.current_time() - t - 0.001)
+
+
+def cpu_s(process: psutil.Process | None) -> float:
+    return bench_ingest.cpu_seconds(process) if process is not None else 0.0
+
+
+def counts(writer: Any) -> dict[str, int]:
+    stats = writer.stats
+    return {
+        "commits": stats.batches,
+        # live commit durations (the writer keeps the latest ones), ms
+        "commit_p50_ms": round(stats.latency_p50_ms or 0),
+        "commit_p99_ms": round(stats.latency_p99_ms or 0),
+        "ticks": getattr(writer, "ticks", 0),
+        "job_turns": getattr(writer, "job_turns", 0),
+    }
+
+
+def p99(values: list[float]) -> float | None:
+    return round(sorted(values)[int(len(values) * 0.99)] * 1000, 1) if values else None
+
+
 async def ingest_latency(
     symbols: int,
     seconds: float,
@@ -131,6 +166,7 @@ async def ingest_latency(
     with_job: bool,
     job_symbols: int = 4,
     rest_sim: bool = True,
+    rest_nice: int = 0,
 ) -> dict[str, Any]:
     venue = "binance_futures"
     sim, urls = await bench_ingest.start_sim([venue], rate)
@@ -139,6 +175,13 @@ async def ingest_latency(
     # it queued meanwhile would count as feedd's latency. REST from a second simulator
     # process (same seed, same data) keeps that out; both runs of a pair have it.
     rest, rest_urls = await bench_ingest.start_sim([venue], 0) if rest_sim else (None, urls)
+    # The venue's CPU is not on our box: ``rest_nice`` lowers the REST simulator's priority so
+    # that building pages for the job takes less from feedd and the live simulator.
+    rest_ps = psutil.Process(rest.pid) if rest is not None else None
+    if rest_ps is not None and rest_nice:
+        rest_ps.nice(rest_nice)
+    me, sim_ps = psutil.Process(), psutil.Process(sim.pid)
+    lags: list[float] = []
     commits: dict[tuple[str, str, int, str], float] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -165,13 +208,31 @@ async def ingest_latency(
                 if with_job:
                     # Past the bucket's initial burst, into the job's steady pace.
                     await start_job(service, venue, 25, tuple(bench_ingest.symbols(job_symbols)))
-                    await trio.sleep(3)
+                # Both runs of a pair measure the same span of the service's life (a run
+                # without a job measured from 3 s, with one from 6 s, nearer the start's work).
+                await trio.sleep(3)
                 rows0 = sum(jobs.rows.values()) if jobs else 0
+                cpu0 = [cpu_s(p) for p in (me, sim_ps, rest_ps)]
+                writer = service.state.writer
+                counts0 = counts(writer)
+                probe = trio.CancelScope()
+
+                async def run_probe() -> None:
+                    with probe:
+                        await probe_lag(lags)
+
+                nursery.start_soon(run_probe)
                 t0 = time.monotonic()
                 await trio.sleep(seconds)
                 end = time.monotonic()
+                probe.cancel()
+                took = zip((me, sim_ps, rest_ps), cpu0, strict=True)
+                cpu = [(cpu_s(p) - c0) / (end - t0) for p, c0 in took]
+                after = counts(writer)
+                turns = {k: v if k.endswith("_ms") else v - counts0[k] for k, v in after.items()}
                 fetched = (sum(jobs.rows.values()) if jobs else 0) - rows0
                 still_running = bool(jobs and jobs.active())
+                limited = sum(s.rest_rate_limited for s in service.state.supervisor.stats.values())
                 await trio.sleep(1)  # frames sent at the window's end commit too
                 # frame left the simulator -> row committed (bench_ingest's measure)
                 sent = await bench_ingest._send_log(urls, t0, end)
@@ -193,9 +254,16 @@ async def ingest_latency(
         "job_rows_fetched": fetched,
         "job_rows_per_s": round(fetched / (end - t0)),
         "job_ran_throughout": still_running,
+        "rate_limited": limited,
         "samples": len(latencies),
         "p50_ms": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,
-        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 1) if latencies else None,
+        "p99_ms": p99(latencies),
+        # the event loop's lateness waking a 1 ms sleep (GIL and CPU waits)
+        "loop_lag_p99_ms": p99(lags),
+        # cores used over the window: feedd (this process), the live and the REST simulator
+        "cpu": {"feedd": round(cpu[0], 2), "sim": round(cpu[1], 2), "rest_sim": round(cpu[2], 2)},
+        # commits (live, non-empty), ticks of the commit loop, turns a job asked for at once
+        "writer": turns,
     }
 
 
@@ -217,16 +285,25 @@ def main() -> None:
         default="separate",
         help="latency runs: the job's REST from a second simulator process, or the live one",
     )
+    parser.add_argument(
+        "--rest-nice", type=int, default=0, help="niceness of the REST simulator (0: as ours)"
+    )
+    parser.add_argument(
+        "--noise",
+        action="store_true",
+        help="both runs of a pair without a job: the ratio a shared box gives with no change",
+    )
     args = parser.parse_args()
     for venue in [] if args.skip_rate else args.venues.split(","):
         days = args.okx_days if venue == "okx_futures" else args.days
         print(json.dumps(trio.run(job_rate, venue, days)), flush=True)
     if args.skip_latency:
         return
-    ratios, job_rates, loads = [], [], []
+    ratios, lag_ratios, job_rates, loads, limited = [], [], [], [], 0
+    second_run = (False, False) if args.noise else (False, True)
     for _ in range(args.pairs):
         pair = []
-        for with_job in (False, True):
+        for with_job in second_run:
             result = trio.run(
                 ingest_latency,
                 args.symbols,
@@ -235,20 +312,29 @@ def main() -> None:
                 with_job,
                 args.job_symbols,
                 args.rest_sim == "separate",
+                args.rest_nice,
             )
             print(json.dumps(result), flush=True)
-            pair.append(result["p99_ms"])
+            pair.append(result)
             loads.append(result["load"])
+            limited += result["rate_limited"]
             if with_job:
                 job_rates.append(result["job_rows_per_s"])
-        if None not in pair:
-            ratios.append(pair[1] / pair[0])
+        if None not in (pair[0]["p99_ms"], pair[1]["p99_ms"]):
+            ratios.append(pair[1]["p99_ms"] / pair[0]["p99_ms"])
+        if pair[0]["loop_lag_p99_ms"] and pair[1]["loop_lag_p99_ms"]:
+            lag_ratios.append(pair[1]["loop_lag_p99_ms"] / pair[0]["loop_lag_p99_ms"])
     if ratios:
         summary = {
-            "p99_with_over_without": [round(r, 2) for r in ratios],
+            "second_run": "without a job (noise floor)" if args.noise else "with a job",
+            "p99_second_over_first": [round(r, 2) for r in ratios],
             "median": round(statistics.median(ratios), 2),
+            "loop_lag_p99_ratio_median": round(statistics.median(lag_ratios), 2)
+            if lag_ratios
+            else None,
             # the job's own rate: a change that buys latency by starving the job shows here
-            "job_rows_per_s_median": round(statistics.median(job_rates)),
+            "job_rows_per_s_median": round(statistics.median(job_rates)) if job_rates else None,
+            "rate_limited": limited,
             "load": [min(loads), max(loads)],
         }
         print(json.dumps(summary), flush=True)

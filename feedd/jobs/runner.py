@@ -34,6 +34,9 @@ MAX_FAILURES = 5
 RETRY_S = 5.0
 #: wait for the venue's clock to close the last candle wanted
 CLOSE_WAIT_S = 5.0
+#: bytes of a page's body per row, at least, on every venue (a kline in JSON): the rows a
+#: page's parse is counted as in the store's job turns, before it is parsed
+ROW_BYTES = 100
 
 Save = Callable[[Job, Sequence[Candle], str], Awaitable[None]]
 
@@ -42,6 +45,8 @@ class Runs(Protocol):
     async def closed_runs(
         self, exchange: str, symbol: str, interval: str, start: int, end: int
     ) -> list[tuple[int, int]]: ...
+
+    async def job_turn(self, rows: int) -> None: ...
 
 
 def holes(
@@ -236,10 +241,16 @@ class JobRunner:
         job, module = self.job, self.module
         requests = module.kline_requests(stream, first, last, server_now)
         got = 0
+
+        def parse(status: int, body: bytes) -> list[Candle]:
+            # A page is parsed in a worker thread (a background REST client): it waits there
+            # for a job turn, so that it does not hold the GIL while a live commit is due.
+            if not trio.lowlevel.in_trio_run():
+                trio.from_thread.run(self.store.job_turn, len(body) // ROW_BYTES)
+            return module.parse_klines(stream, status, body, server_now)
+
         for index, request in enumerate(requests):
-            candles = await self.rest().call(
-                request, lambda status, body: module.parse_klines(stream, status, body, server_now)
-            )
+            candles = await self.rest().call(request, parse)
             closed = {c.open_time: c for c in candles if c.closed and first <= c.open_time <= last}
             got += len(closed)
             if index == len(requests) - 1:
