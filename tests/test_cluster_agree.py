@@ -12,9 +12,10 @@ import psycopg
 import pytest
 import trio
 from e2e import feedd_config, truth_rows
-from test_job_lease_pg import EX, KlineLog, job_doc, node, node_id, until
+from test_job_lease_pg import CLOSED_PORT, EX, KlineLog, job_doc, node, node_id, until
 from test_pg_service import differences
 
+from feedd import config
 from feedd.intervals import MINUTE_MS, floor_open
 from feedd.jobs import lease
 from feedd.jobs.manager import JobManager
@@ -116,10 +117,17 @@ async def test_a_cancel_on_one_node_stops_the_job_where_the_other_runs_it(
             assert len(klines.starts) == stopped_at  # nobody took the job up again
 
 
-async def test_a_wipe_on_one_node_makes_the_other_bootstrap_again(pg_dsn: str) -> None:
-    async with open_simulator(SimSettings(venues=(EX,))) as sim:
+async def test_a_wipe_on_one_node_makes_the_other_bootstrap_again(
+    pg_dsn: str, quick_leases: None
+) -> None:
+    """Both nodes collect the same series; b also runs a backfill job. a wipes the store: b
+    fetches its bootstrap window again and stops and forgets its job (which would otherwise
+    refill what the operator deleted, and resume from progress that is gone)."""
+    async with open_simulator(SimSettings(venues=(EX,), history_days=32)) as sim:
         storage = {"backend": "postgresql", "dsn": pg_dsn}
-        cfg = feedd_config(sim, {EX: ["BTCUSDT"]}, storage=storage)
+        doc = feedd_config(sim, {EX: ["BTCUSDT"]}, storage=storage).to_json()
+        doc["exchanges"][EX]["archive_url"] = CLOSED_PORT  # the job goes over REST: slowly
+        cfg = config.parse(doc).config
         async with trio.open_nursery() as nursery:
             a: Service = await nursery.start(run_service, cfg, postgres_backend(pg_dsn))
             b: Service = await nursery.start(run_service, cfg, postgres_backend(pg_dsn))
@@ -128,9 +136,16 @@ async def test_a_wipe_on_one_node_makes_the_other_bootstrap_again(pg_dsn: str) -
                 with trio.fail_after(60):
                     await sim.sleep_until_ms(begun + 2 * MINUTE_MS + 500)
                     await equal_to_truth(b, sim, pg_dsn, begun - 10 * MINUTE_MS, begun)
+                async with httpx.AsyncClient(base_url=b.url, timeout=30) as client:
+                    job = await post_job(client, begun - 30 * DAY_MS, begun - DAY_MS)
+                await until(b, job["id"], lambda d: d["node"] == node_id(b) and d["rows_done"])
                 async with httpx.AsyncClient(base_url=a.url, timeout=30) as client:
                     wiped = await client.post("/deleteDatabase", json={"confirm": "DELETE"})
                 assert wiped.status_code == 200, wiped.text
+                jobs = manager(b)
+                with trio.fail_after(60):
+                    await jobs.wait_for(lambda: job["id"] not in jobs.jobs)
+                assert saved_jobs(pg_dsn) == {}
                 at = sim.now_ms() // MINUTE_MS * MINUTE_MS
                 # a asked for the wipe and starts afresh; b collected the same series and
                 # fetches again the history it bootstrapped, as the truth has it.

@@ -221,10 +221,10 @@ class JobManager:
             self._end(job, CANCELLED)
             job.scope.cancel()
             await job.ended.wait()
-            if self.jobs.get(job.id) is job:
-                del self.jobs[job.id]
             with trio.CancelScope(shield=True):
                 await self._delete_quietly(job.id)
+            if self.jobs.get(job.id) is job:
+                del self.jobs[job.id]
         finally:
             self._unsaved.discard(job.id)
         self._notify()
