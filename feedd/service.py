@@ -197,11 +197,11 @@ async def run_service(
 
             async def run_jobs(*, task_status: trio.TaskStatus[None]) -> None:
                 with jobs_scope:
-                    await jobs.run(task_status=task_status)
+                    # An API node runs no job, saved ones included (they fetch from the
+                    # venues): it lists them, and cancels them through the store.
+                    await jobs.run(execute=config.role != "api", task_status=task_status)
 
-            if config.role != "api":
-                # An API node runs no job, saved ones included: they fetch from the venues.
-                await root.start(run_jobs)
+            await root.start(run_jobs)
             # Changes run in the controller's task, not a request's (see feedd/changes.py);
             # started once ingest runs, so a change sent earlier waits in the queue for it.
             await root.start(controller.run, stop)

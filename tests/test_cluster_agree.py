@@ -5,13 +5,15 @@ simulator's truth)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 import trio
-from e2e import feedd_config, truth_rows
+from e2e import feedd_config, truth_rows, venue_urls
 from test_job_lease_pg import CLOSED_PORT, EX, KlineLog, job_doc, node, node_id, until
 from test_pg_service import differences
 
@@ -115,6 +117,40 @@ async def test_a_cancel_on_one_node_stops_the_job_where_the_other_runs_it(
             with trio.fail_after(30):
                 await jobs.wait_for(lambda: job["id"] not in jobs.jobs)
             assert len(klines.starts) == stopped_at  # nobody took the job up again
+
+
+@asynccontextmanager
+async def api_node(sim: Any, dsn: str) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    venue = {**venue_urls(sim, EX), "symbols": [], "enabled": False}
+    cfg = config.parse(
+        {"exchanges": {EX: venue}, "port": 0, "role": "api",
+         "storage": {"backend": "postgresql", "dsn": dsn}}
+    ).config  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        service: Service = await nursery.start(run_service, cfg, postgres_backend(dsn))
+        try:
+            async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+                yield service, client
+        finally:
+            service.stop.set()
+
+
+async def test_an_api_node_lists_the_jobs_and_cancels_one_a_collector_runs(
+    pg_dsn: str, quick_leases: None
+) -> None:
+    async with open_simulator(SimSettings(venues=(EX,), history_days=32)) as sim:
+        end = floor_open("1m", sim.now_ms()) - MINUTE_MS
+        async with node(sim, pg_dsn) as (a, a_client), api_node(sim, pg_dsn) as (c, c_client):
+            job = await post_job(a_client, end - 30 * DAY_MS, end)
+            await until(c, job["id"], lambda d: d["rows_done"] > 0 and d["state"] == "running")
+            listed = (await c_client.get("/backfill")).json()["jobs"]
+            assert [j["id"] for j in listed] == [job["id"]]
+            with trio.fail_after(30):
+                cancelled = await c_client.delete(f"/backfill/{job['id']}", headers=JSON)
+            assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+            with trio.fail_after(30):
+                await manager(a).get(job["id"]).ended.wait()
+            assert job_doc(a, job["id"])["state"] == "cancelled"
 
 
 async def test_a_wipe_on_one_node_makes_the_other_bootstrap_again(

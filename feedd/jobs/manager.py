@@ -117,9 +117,15 @@ class JobManager:
         self._changed = trio.Event()
         #: jobs stopped because the store lost them (wiped): their end is not saved
         self._unsaved: set[str] = set()
+        #: False on a node that runs no job (role "api"): it lists them
+        self._execute = True
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run new jobs until cancelled; the saved ones are loaded and resumed meanwhile."""
+    async def run(
+        self, *, execute: bool = True, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run new jobs until cancelled; the saved ones are loaded and resumed meanwhile.
+        ``execute`` False (an API node): only list the saved jobs, as the store has them."""
+        self._execute = execute
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._resume_saved)
@@ -179,14 +185,15 @@ class JobManager:
             if known is not None:
                 # Run by another node: show its progress. (Otherwise ours, or a new job that
                 # drew the same id meanwhile.)
-                if self.leases.elsewhere(job.id) and known.state in ACTIVE:
+                elsewhere = not self._execute or self.leases.elsewhere(job.id)
+                if elsewhere and known.state in ACTIVE:
                     lease.adopt(known, record)
                     self._notify()
                 continue
             if job.id in self._unsaved:
                 continue  # being stopped as lost: its last save is deleted once it ends
             self.jobs[job.id] = job
-            if job.state in ACTIVE:
+            if job.state in ACTIVE and self._execute:
                 log.info("resuming backfill job %s (%s)", job.id, job.exchange)
                 job.state = QUEUED
                 self._nursery.start_soon(self._run, job)
