@@ -5,6 +5,7 @@ simulator's truth)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -117,6 +118,34 @@ async def test_a_cancel_on_one_node_stops_the_job_where_the_other_runs_it(
             with trio.fail_after(30):
                 await jobs.wait_for(lambda: job["id"] not in jobs.jobs)
             assert len(klines.starts) == stopped_at  # nobody took the job up again
+
+
+async def test_a_cancel_asked_while_no_node_runs_the_job_is_applied_by_the_next_holder(
+    pg_dsn: str, quick_leases: None
+) -> None:
+    """The node running a job stopped (or died) before it saw the cancel asked elsewhere: the
+    node that takes the job up applies the request before fetching anything."""
+    async with open_simulator(SimSettings(venues=(EX,), history_days=32)) as sim:
+        klines = KlineLog(sim)
+        end = floor_open("1m", sim.now_ms()) - MINUTE_MS
+        async with node(sim, pg_dsn) as (a, a_client):
+            job = await post_job(a_client, end - 30 * DAY_MS, end)
+            await until(a, job["id"], lambda d: d["rows_done"] > 0)
+        # What DELETE on a node that does not run the job saves.
+        request = {"kind": "backfill-cancel", "id": f"cancel-{job['id']}", "job": job["id"]}
+        with psycopg.connect(pg_dsn) as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, created_at, doc) VALUES (%s, %s, %s)",
+                (request["id"], job["created_at"], json.dumps(request)),
+            )
+        stopped_at = len(klines.starts)
+        async with node(sim, pg_dsn) as (b, _):
+            await until(b, job["id"], lambda d: d["state"] == "cancelled")
+            with trio.fail_after(30):
+                await manager(b).get(job["id"]).ended.wait()
+        assert len(klines.starts) == stopped_at
+        saved = saved_jobs(pg_dsn)
+        assert list(saved) == [job["id"]] and '"state":"cancelled"' in saved[job["id"]]
 
 
 @asynccontextmanager

@@ -393,7 +393,7 @@ class JobManager:
                 record = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and record.get("id") == job_id and "state" in record:
+            if isinstance(record, dict) and record.get("id") == job_id:
                 return record
         return None
 
