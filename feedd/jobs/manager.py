@@ -25,7 +25,7 @@ from feedd.engine.rest import RestClient
 from feedd.engine.stats import ExchangeStats
 from feedd.engine.supervisor import Supervisor
 from feedd.errors import FeeddError, StoreError
-from feedd.jobs import lease
+from feedd.jobs import cancel, lease
 from feedd.jobs.lease import JobLeases
 from feedd.jobs.model import (
     ACTIVE,
@@ -66,18 +66,6 @@ VENUE_TIME_TIMEOUT_S = 5.0
 #: wait before asking a store that could not be written for the saved jobs again (doubling)
 RELOAD_FIRST_S = 1.0
 RELOAD_MAX_S = 60.0
-#: the ``kind`` of a saved request to cancel a job another node runs (its id: CANCEL_PREFIX +
-#: the job's); the holder applies it at its next look at the saved jobs
-CANCEL_KIND = "backfill-cancel"
-CANCEL_PREFIX = "cancel-"
-#: how often a node that asked for a cancel looks whether the holder applied it
-CANCEL_POLL_S = 0.5
-
-
-def cancel_wait_s() -> float:
-    """How long DELETE /backfill/<id> waits for the node running the job to stop it: its next
-    look at the saved jobs, or the lease's expiry if it died."""
-    return lease.LEASE_S + lease.POLL_S
 
 
 class StoreWipes(Protocol):
@@ -173,7 +161,7 @@ class JobManager:
                 kind = record.get("kind") if isinstance(record, dict) else None
                 if kind == MIGRATION_KIND:
                     continue  # ``feedd migrate``'s progress row shares the table
-                if kind == CANCEL_KIND:
+                if kind == cancel.KIND:
                     requests.add(str(record["job"]))
                     continue
                 job = Job.from_record(record)
@@ -205,7 +193,7 @@ class JobManager:
             asked = self.jobs.get(job_id)
             if saved.get(job_id) not in ACTIVE:
                 # Applied (or the job ended or went meanwhile): the request has done its work.
-                self._nursery.start_soon(self._delete_quietly, CANCEL_PREFIX + job_id)
+                self._nursery.start_soon(self._delete_quietly, cancel.request_id(job_id))
             elif asked is not None and asked.state in ACTIVE and self._holds(job_id):
                 log.info("backfill job %s: cancelled on another node", job_id)
                 self._nursery.start_soon(self._stop, asked)
@@ -327,7 +315,7 @@ class JobManager:
         """Cancel an active job (kept, as cancelled) or forget a finished one (removed: the
         second value). A job this node does not run is cancelled through the store: a request
         the node running it applies at its next look at the saved jobs (or the node taking it
-        over, if that one died), waited for up to ``cancel_wait_s()``; the third value is True
+        over, if that one died), waited for up to ``cancel.wait_s()``; the third value is True
         when it was not applied yet by then (it still will be). ``anywhere``: stopped here
         only, the store is about to be wiped."""
         job = self.get(job_id)
@@ -339,7 +327,9 @@ class JobManager:
         if anywhere or self._holds(job_id):
             await self._stop(job, request=False)
             return job, False, False
-        return job, False, not await self._cancel_through_store(job)
+        stopped = await cancel.through_store(self.writer, job, self.leases.node_id)
+        self._notify()
+        return job, False, not stopped
 
     def _end(self, job: Job, state: str) -> None:
         job.state = state
@@ -354,9 +344,16 @@ class JobManager:
         self._end(job, CANCELLED)
         job.scope.cancel()
         await job.ended.wait()
-        if request:
-            with trio.CancelScope(shield=True):
-                await self._delete_quietly(CANCEL_PREFIX + job.id)
+        with trio.CancelScope(shield=True):
+            # Stopped while still taking its lease, the task saved nothing: without this save
+            # the store would still say the job runs (and another node would run it).
+            try:
+                await self._save(job)
+            except StoreError as exc:
+                log.warning("backfill job %s: cannot save its end: %s", job.id, exc)
+                return  # the request stays, for the next holder to apply
+            if request:
+                await self._delete_quietly(cancel.request_id(job.id))
 
     async def _delete_quietly(self, job_id: str) -> None:
         """Delete a saved document in the background: a store failing now leaves it for the
@@ -365,49 +362,6 @@ class JobManager:
             await self.writer.delete_job(job_id)
         except StoreError as exc:
             log.warning("saved document %s not deleted yet: %s", job_id, exc)
-
-    async def _cancel_through_store(self, job: Job) -> bool:
-        """Save a cancel request for ``job`` and wait until its saved state shows it ended
-        (taken into this node's copy); False if that did not happen in time."""
-        doc = {"kind": CANCEL_KIND, "id": CANCEL_PREFIX + job.id, "job": job.id,
-               "by": self.leases.node_id, "at": now_ms()}  # fmt: skip
-        await self.writer.write_job(
-            [], CANCEL_PREFIX + job.id, job.created_at, orjson.dumps(doc).decode()
-        )
-        log.info("backfill job %s: cancel asked of the node running it", job.id)
-        with trio.move_on_after(cancel_wait_s()):
-            while True:
-                record = await self._saved_record(job.id)
-                if record is not None and record.get("state") not in ACTIVE:
-                    lease.adopt(job, record)
-                    self._notify()
-                    return True
-                if record is None:
-                    return False  # deleted meanwhile: the next look drops it
-                await trio.sleep(CANCEL_POLL_S)
-        return False
-
-    async def _saved_record(self, job_id: str) -> dict[str, Any] | None:
-        for raw in await self.writer.load_jobs():
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("id") == job_id:
-                return record
-        return None
-
-    async def _requested_safe(self, job_id: str) -> bool:
-        try:
-            return await self._requested(job_id)
-        except StoreError as exc:
-            # The next look at the saved jobs applies it instead.
-            log.warning("backfill job %s: cancel requests not read: %s", job_id, exc)
-            return False
-
-    async def _requested(self, job_id: str) -> bool:
-        """Whether a cancel of ``job_id`` waits in the store (asked for on any node)."""
-        return await self._saved_record(CANCEL_PREFIX + job_id) is not None
 
     async def forget_all(self) -> None:
         """Cancel every active job, wait for each to end, and forget them all (the database
@@ -457,7 +411,7 @@ class JobManager:
     async def _run_held(self, job: Job) -> None:
         """The job, this node holding its lease; its end is saved before the lease goes."""
         try:
-            if await self._requested_safe(job.id):
+            if await cancel.requested(self.writer, job.id):
                 # Cancelled while no node ran it (its holder died, say): applied by the taker.
                 log.info("backfill job %s: cancelled on another node", job.id)
                 self._end(job, CANCELLED)
@@ -489,7 +443,7 @@ class JobManager:
                     try:
                         await self._save(job)
                         if job.state == CANCELLED:
-                            await self.writer.delete_job(CANCEL_PREFIX + job.id)
+                            await self.writer.delete_job(cancel.request_id(job.id))
                     except StoreError as exc:
                         log.warning("backfill job %s: cannot save its end: %s", job.id, exc)
 
