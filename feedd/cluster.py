@@ -1,5 +1,6 @@
 """Heartbeats: every node saves its status in the store every few seconds and reads back
-every node's, which /status and the dashboard show as the cluster (stale ones marked).
+every node's, which /status and the dashboard show as the cluster (stale ones marked), and
+learns from them of wipes of the shared store by other nodes (``StoreEpochs``).
 
 The list is read once per heartbeat, not per request: /status stays free of queries. Ages
 are measured on the store's clock (a heartbeat's stamp, and the store's time at this node's
@@ -24,7 +25,7 @@ import trio
 from feedd import __version__
 from feedd.errors import StoreError
 from feedd.store.backend import ReadStore
-from feedd.store.nodes import NodeRecord
+from feedd.store.nodes import WIPE_ID, NodeRecord
 
 log = logging.getLogger("feedd.cluster")
 
@@ -36,6 +37,60 @@ STALE_BEATS = 3
 
 class NodeWriter(Protocol):
     async def record_node(self, node_id: str, doc: str, at_ms: int) -> int: ...
+
+
+class Generations(Protocol):
+    """The writer's count of stores made anew (feedd/engine/backfill.py's StoreGenerations)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    async def wait_recreated(self, seen: int) -> int: ...
+
+
+class StoreEpochs:
+    """How often the store lost its history: made anew under the writer (its file deleted),
+    plus wiped by another node (POST /deleteDatabase there), as the heartbeats tell. The
+    engine bootstraps every stream again at each (its ``StoreGenerations``), the job manager
+    forgets its jobs at each wipe: nothing here goes on believing rows exist."""
+
+    def __init__(self, writer: Generations) -> None:
+        self._writer = writer
+        #: wipes by other nodes seen
+        self.wipes = 0
+        self._wiped = trio.Event()
+
+    @property
+    def generation(self) -> int:
+        return self._writer.generation + self.wipes
+
+    def wiped(self) -> None:
+        self.wipes += 1
+        wiped, self._wiped = self._wiped, trio.Event()
+        wiped.set()
+
+    async def wait_wiped(self, seen: int) -> int:
+        """Return the count of wipes once it is past ``seen``."""
+        while self.wipes <= seen:
+            await self._wiped.wait()
+        return self.wipes
+
+    async def wait_recreated(self, seen: int) -> int:
+        """Return the generation once it is past ``seen``."""
+        while self.generation <= seen:
+            async with trio.open_nursery() as nursery:
+
+                async def recreated() -> None:
+                    await self._writer.wait_recreated(self._writer.generation)
+                    nursery.cancel_scope.cancel()
+
+                async def wiped() -> None:
+                    await self.wait_wiped(self.wipes)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(recreated)
+                nursery.start_soon(wiped)
+        return self.generation
 
 
 def wall_ms() -> int:
@@ -78,6 +133,7 @@ class Cluster:
         interval_s: float = HEARTBEAT_S,
         clock: Callable[[], int] = wall_ms,
         monotonic: Callable[[], float] = trio.current_time,
+        epochs: StoreEpochs | None = None,
     ) -> None:
         self.identity = identity
         self.interval_s = interval_s
@@ -96,6 +152,14 @@ class Cluster:
         self.last_error: str | None = None
         #: set (and replaced) after every heartbeat attempt
         self._beaten = trio.Event()
+        #: told of wipes by other nodes
+        self._epochs = epochs
+        #: the wipe token last seen in the store (None: none there; unset before the first read)
+        self._wipe: str | None = None
+        self._wipe_read = False
+        #: tokens of wipes made here, and one not saved yet (saved at the next heartbeat)
+        self._own_wipes: set[str] = set()
+        self._unsaved_wipe: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Beat until cancelled; the first heartbeat is attempted before reporting started."""
@@ -112,11 +176,13 @@ class Cluster:
         doc = {**attrs.asdict(self.identity), "state": state, **self._status()}
         del doc["node_id"]
         try:
+            if self._unsaved_wipe is not None:
+                await self._save_wipe(self._unsaved_wipe)
             stamp = await self._writer.record_node(
                 self.identity.node_id, orjson.dumps(doc).decode(), self._clock()
             )
             self._stamp = (stamp, self._monotonic())
-            self.nodes = await self._reader.nodes()
+            self._take_nodes(await self._reader.nodes())
         except StoreError as exc:
             if str(exc) != self.last_error:
                 log.warning("heartbeat not saved: %s", exc)
@@ -127,6 +193,42 @@ class Cluster:
             self.last_error = None
         beaten, self._beaten = self._beaten, trio.Event()
         beaten.set()
+
+    def _take_nodes(self, records: list[NodeRecord]) -> None:
+        """Keep the nodes; a new wipe token (one this node did not write) is a wipe by
+        another node. A token gone (rows silent for a day are deleted) is no news."""
+        self.nodes = [r for r in records if r.node_id != WIPE_ID]
+        token = next((_wipe_token(r.doc) for r in records if r.node_id == WIPE_ID), None)
+        if not self._wipe_read:
+            self._wipe_read = True
+            self._wipe = token
+            return
+        if token is None or token == self._wipe:
+            return
+        self._wipe = token
+        if token in self._own_wipes:
+            return
+        log.warning("the store was wiped by another node: bootstrapping again, jobs forgotten")
+        if self._epochs is not None:
+            self._epochs.wiped()
+
+    async def announce_wipe(self) -> None:
+        """Tell the other nodes that this one just wiped the store (through a new wipe
+        token); if the store fails now, the next heartbeats try again."""
+        token = uuid.uuid4().hex
+        self._own_wipes.add(token)
+        self._unsaved_wipe = token
+        try:
+            await self._save_wipe(token)
+        except StoreError as exc:
+            log.warning("wipe not announced to the other nodes yet: %s", exc)
+
+    async def _save_wipe(self, token: str) -> None:
+        await self._writer.record_node(
+            WIPE_ID, orjson.dumps({"wipe": token}).decode(), self._clock()
+        )
+        if self._unsaved_wipe == token:
+            self._unsaved_wipe = None
 
     async def wait_beat(self) -> None:
         """Return after the next heartbeat attempt."""
@@ -168,3 +270,11 @@ class Cluster:
                 }
             )
         return out
+
+
+def _wipe_token(doc: str) -> str | None:
+    try:
+        token = orjson.loads(doc).get("wipe")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return token if isinstance(token, str) else None

@@ -21,7 +21,7 @@ import httpx
 import trio
 
 from feedd.candle import Candle
-from feedd.cluster import Cluster, NodeIdentity
+from feedd.cluster import Cluster, NodeIdentity, StoreEpochs
 from feedd.config import Config, check_exposure
 from feedd.control import Controller
 from feedd.engine.supervisor import Supervisor
@@ -130,17 +130,21 @@ async def run_service(
                     writer_done.set()
 
             await root.start(run_writer)
+            # The store's losses of history: its file made anew, or a wipe by another node.
+            epochs = StoreEpochs(writer)
             supervisor = Supervisor(
-                candles_send, reader, http, cpu, store=writer, collect=config.role != "api"
+                candles_send, reader, http, cpu, store=epochs, collect=config.role != "api"
             )
             controller = Controller(config, config_path, supervisor, writer, http)
             started_at = time.time()
             node = NodeIdentity.of_this_process(config.role, started_at)
-            jobs = JobManager(writer, supervisor, http, lambda: controller.config, node.node_id)
+            jobs = JobManager(
+                writer, supervisor, http, lambda: controller.config, node.node_id, epochs
+            )
             controller.jobs = jobs
             monitor = Monitor(backend, lambda: supervisor.stats, cpu, started_at)
             hub = LiveHub(writer, logs, lambda: status_document(state))
-            cluster = Cluster(node, writer, reader, lambda: node_status(state))
+            cluster = Cluster(node, writer, reader, lambda: node_status(state), epochs=epochs)
             state = AppState(
                 controller=controller,
                 reader=reader,
@@ -200,11 +204,11 @@ async def run_service(
 
             async def run_jobs(*, task_status: trio.TaskStatus[None]) -> None:
                 with jobs_scope:
-                    await jobs.run(task_status=task_status)
+                    # An API node runs no job, saved ones included (they fetch from the
+                    # venues): it lists them, and cancels them through the store.
+                    await jobs.run(execute=config.role != "api", task_status=task_status)
 
-            if config.role != "api":
-                # An API node runs no job, saved ones included: they fetch from the venues.
-                await root.start(run_jobs)
+            await root.start(run_jobs)
             # Changes run in the controller's task, not a request's (see feedd/changes.py);
             # started once ingest runs, so a change sent earlier waits in the queue for it.
             await root.start(controller.run, stop)

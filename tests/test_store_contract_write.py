@@ -228,6 +228,15 @@ def test_wipe_empties_and_writes_go_on(backend: Backend, db: WriteConnection) ->
     assert db.closed_runs(EX, "BTCUSDT", "1m", 0, 2**62) == [(T0, T0)]
 
 
+def test_analyze_after_a_bulk_load_changes_no_row(backend: Backend, db: WriteConnection) -> None:
+    db.write([candle("BTCUSDT", T0 + i * MIN) for i in range(50)])
+    before = stored(backend)
+    db.analyze()
+    assert stored(backend) == before
+    db.write([candle("BTCUSDT", T0 + 50 * MIN)])
+    assert len(stored(backend)) == 51
+
+
 def test_jobs_saved_with_their_candles(backend: Backend, db: WriteConnection) -> None:
     assert db.write_job([candle("BTCUSDT", T0)], "b", 20, '{"v": 1}') == 1
     db.write_job([], "a", 10, '{"a": 1}')

@@ -78,13 +78,17 @@ class JobLeases:
             unread = False
             try:
                 try:
-                    await self._load(job)
+                    found = await self._load(job)
                 except StoreError as exc:
                     log.warning("backfill job %s: saved state not read: %s", job.id, exc)
                     unread = lost = True
                 else:
                     if job.state not in ACTIVE:
                         return False  # it ended on the node that held it before
+                    if not found:
+                        # Deleted (the store wiped) since this node saw it: running it would
+                        # bring back what the operator removed. The manager drops it.
+                        return False
                     job.state = QUEUED
                     lost = await self._run_renewed(job, body)
             finally:
@@ -97,16 +101,18 @@ class JobLeases:
             else:
                 log.warning("backfill job %s: lease lost, waiting to take it again", job.id)
 
-    async def _load(self, job: Job) -> None:
-        """Take the job's saved state, if the store has a readable one."""
+    async def _load(self, job: Job) -> bool:
+        """Take the job's saved state, if the store has a readable one; False if the store
+        has no document of the job at all."""
         for raw in await self.store.load_jobs():
             try:
                 record = orjson.loads(raw)
                 if isinstance(record, dict) and record.get("id") == job.id:
                     adopt(job, record)
-                    return
+                    return True
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue  # the manager logs saved jobs that do not read back
+        return False
 
     async def _acquire(self, job: Job) -> bool:
         """Wait until this node holds the lease; False if the job ends meanwhile (seen by the

@@ -12,7 +12,7 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -25,7 +25,7 @@ from feedd.engine.rest import RestClient
 from feedd.engine.stats import ExchangeStats
 from feedd.engine.supervisor import Supervisor
 from feedd.errors import FeeddError, StoreError
-from feedd.jobs import lease
+from feedd.jobs import cancel, lease
 from feedd.jobs.lease import JobLeases
 from feedd.jobs.model import (
     ACTIVE,
@@ -68,6 +68,15 @@ RELOAD_FIRST_S = 1.0
 RELOAD_MAX_S = 60.0
 
 
+class StoreWipes(Protocol):
+    """Wipes of the store by other nodes, as this node learns of them (feedd/cluster.py)."""
+
+    @property
+    def wipes(self) -> int: ...
+
+    async def wait_wiped(self, seen: int) -> int: ...
+
+
 class JobManager:
     def __init__(
         self,
@@ -76,6 +85,7 @@ class JobManager:
         http: httpx.AsyncClient,
         config: Callable[[], Config],
         node_id: str | None = None,
+        epochs: StoreWipes | None = None,
     ) -> None:
         self.writer = writer
         #: who runs which job among the nodes sharing the store (feedd/jobs/lease.py)
@@ -83,6 +93,8 @@ class JobManager:
         self.supervisor = supervisor
         self.http = http
         self.config = config
+        #: wipes of the store by other nodes (feedd/cluster.py), on which the jobs are forgotten
+        self.epochs = epochs
         self.jobs: dict[str, Job] = {}
         #: rows fetched by jobs, per (exchange, source), for /metrics
         self.rows: Counter[tuple[str, str]] = Counter()
@@ -91,12 +103,22 @@ class JobManager:
         self._stats: dict[str, ExchangeStats] = {}
         #: set (and replaced) at every save of any job
         self._changed = trio.Event()
+        #: jobs stopped because the store lost them (wiped): their end is not saved
+        self._unsaved: set[str] = set()
+        #: False on a node that runs no job (role "api"): it lists them
+        self._execute = True
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run new jobs until cancelled; the saved ones are loaded and resumed meanwhile."""
+    async def run(
+        self, *, execute: bool = True, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run new jobs until cancelled; the saved ones are loaded and resumed meanwhile.
+        ``execute`` False (an API node): only list the saved jobs, as the store has them."""
+        self._execute = execute
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._resume_saved)
+            if self.epochs is not None:
+                nursery.start_soon(self._forget_when_wiped, self.epochs)
             task_status.started()
             await trio.sleep_forever()
 
@@ -108,7 +130,7 @@ class JobManager:
         delay = RELOAD_FIRST_S
         while True:
             try:
-                records = await self.writer.load_jobs()
+                records, known = await self._load()
             except StoreError as exc:
                 log.warning(
                     "saved backfill jobs not loaded yet (%s); asking again in %g s", exc, delay
@@ -117,34 +139,90 @@ class JobManager:
                 delay = min(delay * 2, RELOAD_MAX_S)
                 continue
             delay = RELOAD_FIRST_S
-            self._take_saved(records)
+            self._take_saved(records, known)
             await trio.sleep(lease.POLL_S)
 
-    def _take_saved(self, records: list[str]) -> None:
+    async def _load(self) -> tuple[list[str], set[str]]:
+        """The saved jobs, and the ids of the jobs known here before they were read: each of
+        those was saved before, so one missing from the store was deleted since."""
+        known = set(self.jobs)
+        return await self.writer.load_jobs(), known
+
+    def _take_saved(self, records: list[str], known_before: set[str]) -> None:
+        """Make the list follow the store: jobs made elsewhere join it, jobs run elsewhere
+        show their progress, jobs deleted elsewhere leave it, and cancels asked for elsewhere
+        of the jobs this node runs are applied."""
         assert self._nursery is not None
+        saved: dict[str, str] = {}
+        requests: set[str] = set()
         for raw in records:
             try:
                 record = orjson.loads(raw)
-                if isinstance(record, dict) and record.get("kind") == MIGRATION_KIND:
+                kind = record.get("kind") if isinstance(record, dict) else None
+                if kind == MIGRATION_KIND:
                     continue  # ``feedd migrate``'s progress row shares the table
+                if kind == cancel.KIND:
+                    requests.add(str(record["job"]))
+                    continue
                 job = Job.from_record(record)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.error("skipping a saved job that does not read back: %r", exc)
                 continue
+            saved[job.id] = job.state
             known = self.jobs.get(job.id)
             if known is not None:
                 # Run by another node: show its progress. (Otherwise ours, or a new job that
                 # drew the same id meanwhile.)
-                if self.leases.elsewhere(job.id) and known.state in ACTIVE:
+                elsewhere = not self._execute or self.leases.elsewhere(job.id)
+                if elsewhere and known.state in ACTIVE:
                     lease.adopt(known, record)
-                    self._changed.set()
-                    self._changed = trio.Event()
+                    self._notify()
                 continue
+            if job.id in self._unsaved:
+                continue  # being stopped as lost: its last save is deleted once it ends
             self.jobs[job.id] = job
-            if job.state in ACTIVE:
+            if job.state in ACTIVE and self._execute:
                 log.info("resuming backfill job %s (%s)", job.id, job.exchange)
                 job.state = QUEUED
                 self._nursery.start_soon(self._run, job)
+        for job_id in known_before - saved.keys():
+            gone = self.jobs.get(job_id)
+            if gone is not None:
+                self._nursery.start_soon(self._drop, gone)
+        for job_id in requests:
+            asked = self.jobs.get(job_id)
+            if saved.get(job_id) not in ACTIVE:
+                # Applied (or the job ended or went meanwhile): the request has done its work.
+                self._nursery.start_soon(self._delete_quietly, cancel.request_id(job_id))
+            elif asked is not None and asked.state in ACTIVE and self._holds(job_id):
+                log.info("backfill job %s: cancelled on another node", job_id)
+                self._nursery.start_soon(self._stop, asked)
+
+    def _holds(self, job_id: str) -> bool:
+        return self.leases.holder(job_id) == self.leases.node_id
+
+    async def _drop(self, job: Job) -> None:
+        """Forget a job the store no longer has (another node deleted it, or wiped the
+        store): stopped here without saving it again, and whatever it saved meanwhile
+        deleted, so that no node takes up a job the operator removed."""
+        if job.state not in ACTIVE:
+            if self.jobs.get(job.id) is job:
+                del self.jobs[job.id]
+                self._notify()
+            return
+        log.warning("backfill job %s is gone from the store (deleted elsewhere): stopped", job.id)
+        self._unsaved.add(job.id)
+        try:
+            self._end(job, CANCELLED)
+            job.scope.cancel()
+            await job.ended.wait()
+            with trio.CancelScope(shield=True):
+                await self._delete_quietly(job.id)
+            if self.jobs.get(job.id) is job:
+                del self.jobs[job.id]
+        finally:
+            self._unsaved.discard(job.id)
+        self._notify()
 
     async def venue_now(self, exchange: str) -> int:
         """The venue's clock (its time endpoint, through its budget), as the runner and heals
@@ -233,25 +311,57 @@ class JobManager:
             raise JobError(404, f"no backfill job {job_id[:40]!r}", "id")
         return job
 
-    async def cancel(self, job_id: str, *, anywhere: bool = False) -> tuple[Job, bool]:
-        """Cancel an active job (kept, as cancelled) or forget a finished one (True). A job
-        another node runs is cancelled there (unless ``anywhere``: the store is wiped)."""
+    async def cancel(self, job_id: str, *, anywhere: bool = False) -> tuple[Job, bool, bool]:
+        """Cancel an active job (kept, as cancelled) or forget a finished one (removed: the
+        second value). A job this node does not run is cancelled through the store: a request
+        the node running it applies at its next look at the saved jobs (or the node taking it
+        over, if that one died), waited for up to ``cancel.wait_s()``; the third value is True
+        when it was not applied yet by then (it still will be). ``anywhere``: stopped here
+        only, the store is about to be wiped."""
         job = self.get(job_id)
-        if job.state in ACTIVE and (node := self.leases.elsewhere(job_id)) and not anywhere:
-            raise JobError(409, f"backfill job {job_id} runs on node {node}: cancel it there")
-        if job.state in ACTIVE:
-            job.state = CANCELLED
-            job.finished_at = now_ms()
-            for sym in job.symbols:
-                if sym.state in ACTIVE:
-                    sym.state = CANCELLED
-            # The job's task saves the final state once its last write is behind it.
-            job.scope.cancel()
-            await job.ended.wait()
-            return job, False
-        del self.jobs[job_id]
-        await self.writer.delete_job(job_id)
-        return job, True
+        if job.state not in ACTIVE:
+            del self.jobs[job_id]
+            await self.writer.delete_job(job_id)
+            self._notify()
+            return job, True, False
+        if anywhere or self._holds(job_id):
+            await self._stop(job, request=False)
+            return job, False, False
+        stopped = await cancel.through_store(self.writer, job, self.leases.node_id)
+        self._notify()
+        return job, False, not stopped
+
+    def _end(self, job: Job, state: str) -> None:
+        job.state = state
+        job.finished_at = now_ms()
+        for sym in job.symbols:
+            if sym.state in ACTIVE:
+                sym.state = state
+
+    async def _stop(self, job: Job, *, request: bool = True) -> None:
+        """Cancel a job this node runs; its task saves the end once its last write is behind
+        it. ``request``: a saved cancel request is then deleted (it has done its work)."""
+        self._end(job, CANCELLED)
+        job.scope.cancel()
+        await job.ended.wait()
+        with trio.CancelScope(shield=True):
+            # Stopped while still taking its lease, the task saved nothing: without this save
+            # the store would still say the job runs (and another node would run it).
+            try:
+                await self._save(job)
+            except StoreError as exc:
+                log.warning("backfill job %s: cannot save its end: %s", job.id, exc)
+                return  # the request stays, for the next holder to apply
+            if request:
+                await self._delete_quietly(cancel.request_id(job.id))
+
+    async def _delete_quietly(self, job_id: str) -> None:
+        """Delete a saved document in the background: a store failing now leaves it for the
+        next look at the saved jobs."""
+        try:
+            await self.writer.delete_job(job_id)
+        except StoreError as exc:
+            log.warning("saved document %s not deleted yet: %s", job_id, exc)
 
     async def forget_all(self) -> None:
         """Cancel every active job, wait for each to end, and forget them all (the database
@@ -261,6 +371,21 @@ class JobManager:
             await self.cancel(job.id, anywhere=True)
         log.warning("backfill jobs forgotten: %d (%d were active)", len(self.jobs), len(active))
         self.jobs.clear()
+
+    async def forget_wiped(self) -> None:
+        """Another node wiped the store, the saved jobs with it: every job here goes too,
+        the active ones stopped without being saved again."""
+        gone = list(self.jobs.values())
+        for job in gone:
+            await self._drop(job)
+        if gone:
+            log.warning("backfill jobs forgotten: %d (the store was wiped elsewhere)", len(gone))
+
+    async def _forget_when_wiped(self, epochs: StoreWipes) -> None:
+        seen = epochs.wipes
+        while True:
+            seen = await epochs.wait_wiped(seen)
+            await self.forget_wiped()
 
     def active(self) -> dict[str, list[dict[str, Any]]]:
         """Queued and running jobs per exchange, briefly (for /status)."""
@@ -286,6 +411,11 @@ class JobManager:
     async def _run_held(self, job: Job) -> None:
         """The job, this node holding its lease; its end is saved before the lease goes."""
         try:
+            if await cancel.requested(self.writer, job.id):
+                # Cancelled while no node ran it (its holder died, say): applied by the taker.
+                log.info("backfill job %s: cancelled on another node", job.id)
+                self._end(job, CANCELLED)
+                return
             async with self._venues.setdefault(job.exchange, trio.Lock()):
                 job.state = RUNNING
                 settings = self.config().exchanges.get(job.exchange)
@@ -307,11 +437,13 @@ class JobManager:
                     job.state = FAILED
             job.finished_at = now_ms()
         finally:
-            if job.state in (DONE, FAILED, CANCELLED):
+            if job.state in (DONE, FAILED, CANCELLED) and job.id not in self._unsaved:
                 log.info("backfill job %s %s", job.id, job.state)
                 with trio.CancelScope(shield=True):
                     try:
                         await self._save(job)
+                        if job.state == CANCELLED:
+                            await self.writer.delete_job(cancel.request_id(job.id))
                     except StoreError as exc:
                         log.warning("backfill job %s: cannot save its end: %s", job.id, exc)
 
@@ -340,6 +472,9 @@ class JobManager:
         await self.writer.write_job(candles, job.id, job.created_at, doc)
         if candles:
             self.rows[(job.exchange, source)] += len(candles)
+        self._notify()
+
+    def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 

@@ -74,6 +74,10 @@ async def migrate(source: Backend, target: Backend, batch: int, err: TextIO) -> 
         bar.update(copier.copied, 1.0 if found else None, force=True)
         bar.finish()
         jobs = await copier.copy_jobs(source_jobs)
+        # A bulk load leaves the planner no statistics until autovacuum comes by: range reads
+        # were planned as a sequential scan and a sort per page meanwhile.
+        print("analyzing the target's tables", file=err, flush=True)
+        await in_thread(writer.analyze, limiter=limiter)
         copied_at = time.monotonic()
         target_reader = target.open_reader()
         mismatches = await verify(reader, target_reader, found, err)

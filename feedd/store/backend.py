@@ -100,6 +100,12 @@ class WriteConnection(Protocol):
         """Delete every candle, series, coverage run and saved job (node heartbeats stay)."""
         ...
 
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics of the candle tables, after a bulk load
+        (``feedd migrate``): without them PostgreSQL plans range reads as if the tables were
+        empty (a sequential scan and a sort per page)."""
+        ...
+
     def close(self, *, checkpoint: bool = True) -> None:
         """Close; ``checkpoint`` False after a failure, where tidying would only fail again."""
         ...

@@ -360,6 +360,15 @@ class Database:
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot checkpoint", self.path) from exc
 
+    def analyze(self) -> None:
+        """Gather the planner's statistics (sampled: ``analysis_limit`` keeps it quick on a
+        file of millions of rows)."""
+        try:
+            self._conn.execute("PRAGMA analysis_limit = 1000")
+            self._conn.execute("ANALYZE")
+        except sqlite3.Error as exc:
+            raise store_error(exc, "cannot analyze", self.path) from exc
+
     def close(self, *, checkpoint: bool = True) -> None:
         """Checkpoint the WAL into the main file and close (the connection closes even on error).
 

@@ -14,6 +14,9 @@ import attrs
 
 #: a node silent this long is forgotten (its row deleted)
 KEEP_MS = 86_400_000
+#: not a node: the row a wipe of the store leaves (doc ``{"wipe": TOKEN}``, a new token at each
+#: wipe), read by every node with the heartbeats to learn that the store lost its history
+WIPE_ID = "~wipe"
 
 DDL = """
 CREATE TABLE IF NOT EXISTS nodes (

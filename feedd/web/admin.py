@@ -128,5 +128,9 @@ async def delete_database() -> Response:
         raise ApiError(
             400, f'deleting every candle needs "confirm": "{DELETE_CONFIRMATION}"', "confirm"
         )
-    await state().controller.delete_database()
+    app_state = state()
+    await app_state.controller.delete_database()
+    # The other nodes sharing the store drop what they derived from it (feedd/cluster.py).
+    if app_state.cluster is not None:
+        await app_state.cluster.announce_wipe()
     return json_response({"ok": True})

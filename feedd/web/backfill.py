@@ -107,5 +107,11 @@ async def get_job(job_id: str) -> Response:
 @backfill.delete("/backfill/<job_id>")
 async def cancel_job(job_id: str) -> Response:
     jobs = _jobs()
-    job, removed = await jobs.cancel(job_id)
+    job, removed, pending = await jobs.cancel(job_id)
+    if pending:
+        # Another node runs it and has not stopped it yet: it will, at its next look at the
+        # saved jobs (or the node taking the job over, if it died).
+        return json_response(
+            {**jobs.document(job), "removed": False, "cancel_requested": True}, 202
+        )
     return json_response({**jobs.document(job), "removed": removed})
