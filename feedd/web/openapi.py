@@ -290,7 +290,7 @@ ERRORS = {
     "403": "cross-origin request or Host not allowed",
     "404": "unknown route, exchange or job",
     "408": "the body did not arrive within 10 s of the headers (the connection is closed)",
-    "409": "too many backfill jobs queued or running; a job another node runs (cancel it there)",
+    "409": "too many backfill jobs queued or running",
     "413": "body over 1 MiB",
     "415": "body is not Content-Type: application/json",
     "429": "too many requests in progress from this address; retry after Retry-After seconds",
@@ -327,6 +327,15 @@ def operation(
         op["requestBody"] = {"required": True, "content": json_content(body)}
         for code in ("408", "413", "415"):
             responses[code] = {"description": ERRORS[code], "content": json_content(ref("Error"))}
+    return op
+
+
+def accepted(op: Schema, description: str) -> Schema:
+    """``op`` that may also answer 202 Accepted with its usual body (``description``: when)."""
+    op["responses"]["202"] = {
+        "description": description,
+        "content": op["responses"]["200"]["content"],
+    }
     return op
 
 
@@ -645,13 +654,18 @@ def document() -> Schema:
                     parameters=[path_param("job_id", STRING)],
                     errors=("401", "403", "404"),
                 ),
-                "delete": operation(
-                    "Cancel a queued or running job (kept, as cancelled); forget a finished "
-                    "one (removed: true). Needs Content-Type: application/json like every "
-                    "change.",
-                    ref("BackfillJob"),
-                    parameters=[path_param("job_id", STRING)],
-                    errors=("401", "403", "404", "409", "415"),
+                "delete": accepted(
+                    operation(
+                        "Cancel a queued or running job (kept, as cancelled), on whichever "
+                        "node runs it; forget a finished one (removed: true). Needs "
+                        "Content-Type: application/json like every change.",
+                        ref("BackfillJob"),
+                        parameters=[path_param("job_id", STRING)],
+                        errors=("401", "403", "404", "415", "503"),
+                    ),
+                    "another node runs the job and has not stopped it within 40 s: the job as "
+                    "last seen, with cancel_requested: true; the request stays in the store "
+                    "and that node (or the one taking the job over) applies it",
                 ),
             },
             "/openapi.json": {
