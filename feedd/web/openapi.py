@@ -290,7 +290,10 @@ ERRORS = {
     "403": "cross-origin request or Host not allowed",
     "404": "unknown route, exchange or job",
     "408": "the body did not arrive within 10 s of the headers (the connection is closed)",
-    "409": "too many backfill jobs queued or running",
+    "409": (
+        "too many backfill jobs queued or running; or a node with role api refusing what "
+        "would change collection or the shared data (its answer names the role)"
+    ),
     "413": "body over 1 MiB",
     "415": "body is not Content-Type: application/json",
     "429": "too many requests in progress from this address; retry after Retry-After seconds",
@@ -544,7 +547,7 @@ def document() -> Schema:
                     "Validate, save atomically and apply a whole configuration",
                     ref("Applied"),
                     body=ref("Config"),
-                    errors=("400", "401", "403", "503"),
+                    errors=("400", "401", "403", "409", "503"),
                 ),
             },
             "/exchanges": {
@@ -580,7 +583,7 @@ def document() -> Schema:
                         fetched_at=INTEGER,
                     ),
                     parameters=[path_param("exchange", EXCHANGE)],
-                    errors=("401", "403", "404", "503"),
+                    errors=("401", "403", "404", "409", "503"),
                 )
             },
             "/exchangeSymbols": {
@@ -593,7 +596,7 @@ def document() -> Schema:
                         ]
                     },
                     body=symbols_body,
-                    errors=("400", "401", "403", "404", "503"),
+                    errors=("400", "401", "403", "404", "409", "503"),
                 )
             },
             "/toggleExchange": {
@@ -606,7 +609,7 @@ def document() -> Schema:
                         ]
                     },
                     body=obj(["exchange"], exchange=EXCHANGE, enabled=BOOLEAN),
-                    errors=("400", "401", "403", "404", "503"),
+                    errors=("400", "401", "403", "404", "409", "503"),
                 )
             },
             "/restart": {
@@ -622,7 +625,7 @@ def document() -> Schema:
                     "Delete every stored candle while ingest runs",
                     obj(["ok"], ok={"const": True}),
                     body=obj(["confirm"], confirm={"const": "DELETE"}),
-                    errors=("400", "401", "403", "503"),
+                    errors=("400", "401", "403", "409", "503"),
                 )
             },
             "/backfill": {
