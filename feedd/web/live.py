@@ -199,24 +199,28 @@ class LiveHub:
         ones went out when ingested, see ``publish_ingested``)."""
         # Only live stream updates: backfilled history is read from /ohlcv, and pushing a
         # bootstrap's hundreds of thousands of candles would drown every dashboard.
+        # One pass: the loop runs this for every committed batch (every row at full load).
         last_closed, closed_seen = self.last_closed, self._closed_seen
-        for candle in batch:
-            if candle.closed:
-                key = (candle.exchange, candle.symbol, candle.interval)
-                if last_closed.get(key, -1) < candle.open_time:
-                    last_closed[key] = candle.open_time
-                if closed_seen.get(key, -1) < candle.open_time:
-                    closed_seen[key] = candle.open_time
-        live = [c for c in batch if c.source == Source.WS]
         last, seen = self.last, self.last_seen
         now_ms = int(time.time() * 1000)
-        for candle in live:
+        ws = Source.WS
+        closed_live: list[Candle] = []
+        for candle in batch:
             key = (candle.exchange, candle.symbol, candle.interval)
-            known = last.get(key)
-            if known is None or known.open_time <= candle.open_time:
-                last[key] = candle
-                seen[key] = now_ms
-        self._fan_out([c for c in live if c.closed], committed=True)
+            open_time = candle.open_time
+            if candle.closed:
+                if last_closed.get(key, -1) < open_time:
+                    last_closed[key] = open_time
+                if closed_seen.get(key, -1) < open_time:
+                    closed_seen[key] = open_time
+            if candle.source is ws:
+                known = last.get(key)
+                if known is None or known.open_time <= open_time:
+                    last[key] = candle
+                    seen[key] = now_ms
+                if candle.closed:
+                    closed_live.append(candle)
+        self._fan_out(closed_live, committed=True)
 
     def publish_ingested(self, batch: Sequence[Candle]) -> None:
         """Candles as the writer took them in, oldest first: forming live updates go to
