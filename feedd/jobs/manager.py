@@ -403,6 +403,9 @@ class JobManager:
             await self._run_job(job)
         finally:
             job.ended.set()
+            # The lease may have found the job ended on another node (its saved state taken
+            # in, with no save here): whoever waits on this node's list must hear of it.
+            self._notify()
 
     async def _run_job(self, job: Job) -> None:
         with job.scope:
