@@ -181,6 +181,7 @@ class JobManager:
             if job.id in self._unsaved:
                 continue  # being stopped as lost: its last save is deleted once it ends
             self.jobs[job.id] = job
+            self._notify()  # a job made elsewhere joins this node's list (maybe already over)
             if job.state in ACTIVE and self._execute:
                 log.info("resuming backfill job %s (%s)", job.id, job.exchange)
                 job.state = QUEUED
