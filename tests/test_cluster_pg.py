@@ -46,7 +46,7 @@ def read_nodes(dsn: str) -> list[NodeRecord]:
 
 async def test_nodes_through_the_store_interface(backend: Backend) -> None:
     """Both backends: an uncreated store reads no node; heartbeats upsert, newest first, each
-    stamped with the store's clock (the stamp returned)."""
+    stamped with the store's clock (the stamp returned), ties in id order."""
     backend.prepare()
     reader = backend.open_reader()
     try:
@@ -60,10 +60,12 @@ async def test_nodes_through_the_store_interface(backend: Backend) -> None:
         finally:
             db.close()
         assert before <= a <= b <= db_now(backend) + 10  # SQLite stamps with the given clock
-        assert await reader.nodes() == [
+        # Newest first; the server's clock may stamp both in one millisecond: then by id.
+        expected = [
             NodeRecord("b", b, '{"role": "api", "n": 2}'),
             NodeRecord("a", a, '{"role": "collector"}'),
         ]
+        assert await reader.nodes() == sorted(expected, key=lambda n: (-n.at_ms, n.node_id))
     finally:
         reader.close()
 
