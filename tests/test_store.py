@@ -15,7 +15,7 @@ from feedd.candle import Candle, Source
 from feedd.errors import StoreError
 from feedd.store import codec
 from feedd.store.database import Database
-from feedd.store.schema import SCHEMA_VERSION
+from feedd.store.schema import SCHEMA_VERSION, WAL_AUTOCHECKPOINT_PAGES
 
 T0 = 1_700_000_040_000  # a minute boundary
 
@@ -236,6 +236,36 @@ def test_wipe_deletes_everything_and_writes_continue(db: Database) -> None:
     assert rows(db.path, "A") == [] and rows(db.path, "B") == []
     db.write([candle(symbol="A")])
     assert rows(db.path, "A") == [(T0, "100.5", 1)]
+
+
+def test_checkpoints_wait_for_many_wal_pages(tmp_path: Path) -> None:
+    """Commits that each rewrite the newest page of hundreds of series are not checkpointed
+    every 1,000 WAL pages (SQLite's default, which copied and fsynced those same pages after
+    nearly every commit), only past WAL_AUTOCHECKPOINT_PAGES."""
+    db = Database.open(tmp_path / "t.db")
+    try:
+        symbols = [f"S{i}USDT" for i in range(400)]
+        # 100 candles a series: each series' newest rows sit on a page of their own.
+        db.write([candle(T0 + m * 60_000, symbol=s) for s in symbols for m in range(100)])
+        resets = wal_resets(tmp_path / "t.db-wal")
+        for minute in range(100, 108):
+            db.write([candle(T0 + minute * 60_000, symbol=s) for s in symbols])
+        # The WAL restarts after each complete checkpoint: none in ~3,500 pages.
+        assert wal_resets(tmp_path / "t.db-wal") == resets
+        conn = sqlite3.connect(tmp_path / "t.db")
+        try:
+            _, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            conn.close()
+    finally:
+        db.close()
+    assert 3000 < wal_pages < WAL_AUTOCHECKPOINT_PAGES
+
+
+def wal_resets(wal: Path) -> int:
+    """The WAL header's checkpoint sequence number: one more at every restart of the log."""
+    with wal.open("rb") as f:
+        return int.from_bytes(f.read(16)[12:16], "big")
 
 
 def test_close_checkpoints_wal(tmp_path: Path) -> None:

@@ -28,6 +28,11 @@ FLAG_ARCHIVE = 4
 SOURCE_FLAGS = {Source.WS: 0, Source.REST: FLAG_REST, Source.ARCHIVE: FLAG_ARCHIVE}
 
 SQLITE_READONLY = 8
+#: WAL pages between automatic checkpoints (~40 MB; at 1,000 a row cost 27-32 us of CPU in
+#: 100-row commits over 600 series, at 10,000 21-22 us; 2,500-row commits 20-22 -> 15 us)
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+#: a WAL grown past this (readers held a checkpoint back) is cut back to it after a reset
+WAL_SIZE_LIMIT_BYTES = 64 << 20
 
 #: columns of ``candles`` after the key, in the order every statement uses
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "trades", "flags")
@@ -102,6 +107,11 @@ def connect_writer(path: Path, *, busy_timeout_ms: int = 2000) -> sqlite3.Connec
             raise sqlite3.OperationalError(f"cannot switch journal_mode to WAL (got {mode})")
         # NORMAL in WAL mode survives process crashes; only power loss may drop the last commits.
         conn.execute("PRAGMA synchronous = NORMAL")
+        # Each commit rewrites the newest page of every series it touches; checkpointing
+        # every 1,000 WAL pages (SQLite's default) copied and fsynced those pages after
+        # nearly every commit. At 10,000 the same hot pages are copied once per ~10 commits.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
         ensure_schema(conn)
     except BaseException:
         conn.close()
