@@ -1,9 +1,9 @@
 """The async writer: collects candle lists from a channel and commits them in batches.
 
 One collector task keeps receiving while the previous batch commits in the writer thread, so
-ingest waits on SQLite only when ``max_ahead`` candles wait besides the batch being committed
-(``max_held`` in all while commits fail): backpressure that bounds memory. A failed commit
-reopens the connection at its retry; at shutdown what cannot be committed in time is counted.
+ingest waits on SQLite only when ``max_ahead`` candles are held (``max_held`` while commits
+fail): backpressure that bounds memory. A failed commit reopens the connection at its retry;
+at shutdown what cannot be committed in time is counted.
 """
 
 from __future__ import annotations
@@ -127,9 +127,7 @@ class Writer:
     def _limit(self) -> int:
         """Candles held before ingest waits: few while commits succeed, many while they fail."""
         if self._counters.healthy:
-            # The batch being committed does not count: ingest fills the next one meanwhile,
-            # so the loop and the writer thread work at the same time.
-            return min(self.settings.max_ahead + len(self._inflight), self.settings.max_held)
+            return min(self.settings.max_ahead, self.settings.max_held)
         return self.settings.max_held
 
     async def run(
