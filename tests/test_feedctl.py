@@ -344,15 +344,19 @@ async def test_control_commands(
 ) -> None:
     async with running_feedd(tmp_path) as (sim, service):
         url = ["--url", service.url]
-        # Bootstrap history (20 candles before start, one REST page, one commit) is stored;
-        # nothing writes candles that old again unless ingest restarts, so delete first.
+        # Bootstrap history (20 candles before start) is stored. A heal can still be in
+        # flight then (a session's first candle asks for what is below it, and may look
+        # before the bootstrap's commit), and it may land after a delete: stop the exchange
+        # around the delete so that the old range is surely empty after it.
         start = sim.now_ms() // MINUTE_MS * MINUTE_MS
         with trio.fail_after(30):
             await wait_stored(service, "BTCUSDT", start - 19 * MINUTE_MS, start - 2 * MINUTE_MS)
         old = ["ohlcv", EX, "BTCUSDT", "1m", "--until", str(start - 5 * MINUTE_MS), "--json"]
         before_delete = await feedctl(capsys, *url, *old)
+        stopped = await feedctl(capsys, *url, "disable", EX)
         deleted = await feedctl(capsys, *url, "delete-db", "--yes")
         after_delete = await feedctl(capsys, *url, *old)
+        resumed = await feedctl(capsys, *url, "enable", EX)
 
         async def configured() -> dict[str, Any]:
             run = await feedctl(capsys, *url, "exchanges", "--json")
@@ -380,6 +384,7 @@ async def test_control_commands(
         after_set = (await feedctl(capsys, *url, "config", "get", "--json")).json()
 
     assert before_delete.code == 0 and len(before_delete.json()) >= 14
+    assert stopped.code == resumed.code == 0
     assert deleted == Run(0, "database deleted; ingest continues into a fresh one\n", "")
     assert after_delete == Run(0, "[]\n", "")
     assert added == Run(0, f"{EX} symbols: BTCUSDT ETHUSDT SOLUSDT XRPUSDT\nrestarted: {EX}\n", "")
