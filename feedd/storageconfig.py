@@ -3,6 +3,8 @@
 ``{"backend": "sqlite", "path": "./data/ohlcv.db"}`` is the default (the old top-level
 ``database_path`` still names the SQLite file); ``{"backend": "postgresql", "dsn":
 "postgresql://..."}`` a shared server, the DSN from the file or ``$FEEDD_DATABASE_URL``.
+Either takes ``"writer": "process"`` to commit from a child process instead of a thread
+(``feedd.store.writeprocess``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from feedd.errors import ConfigError
 BACKENDS = ("sqlite", "postgresql")
 DSN_ENV = "FEEDD_DATABASE_URL"
 DEFAULT_PATH = "./data/ohlcv.db"
-_KEYS = {"backend", "path", "dsn"}
+_KEYS = {"backend", "path", "dsn", "writer"}
+#: where the writer's connection runs: a thread of feedd's process, or a child process
+WRITERS = ("thread", "process")
 _DSN_SCHEMES = ("postgresql", "postgres")
 
 
@@ -32,6 +36,8 @@ class StorageConfig:
     dsn: str | None = None
     #: where ``dsn`` came from when not from the config file (never saved into it)
     dsn_source: str | None = None
+    #: one of ``WRITERS``
+    writer: str = "thread"
 
     def __repr__(self) -> str:
         return f"StorageConfig(backend={self.backend!r}, where={self.where!r})"
@@ -43,11 +49,13 @@ class StorageConfig:
 
     def to_json(self, *, redact: bool = False) -> dict[str, Any]:
         """The block as config.json keeps it: a DSN from outside the file stays out of it."""
-        if self.backend == "sqlite":
-            return {"backend": "sqlite", "path": self.path}
         out: dict[str, Any] = {"backend": self.backend}
-        if self.dsn is not None and self.dsn_source is None:
+        if self.backend == "sqlite":
+            out["path"] = self.path
+        elif self.dsn is not None and self.dsn_source is None:
             out["dsn"] = redacted_dsn(self.dsn) if redact else self.dsn
+        if self.writer != "thread":
+            out["writer"] = self.writer
         return out
 
 
@@ -95,12 +103,17 @@ def parse_storage(
         raise ConfigError(
             "storage.backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}"
         )
+    writer = block.get("writer", "thread")
+    if writer not in WRITERS:
+        raise ConfigError("storage.writer", f"expected one of {', '.join(WRITERS)}, got {writer!r}")
     if backend == "sqlite":
         if "dsn" in block:
             warnings.append("storage.dsn: only used with the postgresql backend, ignored")
         if env_dsn is not None:
             warnings.append(f"${DSN_ENV} is set but the storage backend is sqlite: ignored")
-        return StorageConfig(path=_path("storage.path", block.get("path", DEFAULT_PATH)))
+        return StorageConfig(
+            path=_path("storage.path", block.get("path", DEFAULT_PATH)), writer=writer
+        )
     if "path" in block:
         warnings.append("storage.path: only used with the sqlite backend, ignored")
     in_file = block.get("dsn")
@@ -113,7 +126,7 @@ def parse_storage(
     dsn, source = (in_file, None) if in_file is not None else (env_dsn, f"${DSN_ENV}")
     key = "storage.dsn" if source is None else DSN_ENV
     _check_dsn(key, dsn)
-    return StorageConfig(backend="postgresql", dsn=dsn, dsn_source=source)
+    return StorageConfig(backend="postgresql", dsn=dsn, dsn_source=source, writer=writer)
 
 
 def _path(key: str, value: object) -> str:

@@ -25,8 +25,13 @@ and the summary gives feedd as a ratio of the reader next to it (median over the
     python scripts/bench_ingest.py --only feedd --exchange all --ws-clients 200
     python scripts/bench_ingest.py --connector trio-websocket,websockets   # both, in turn
 
-``--connector`` names feedd's WebSocket client (feedd/engine/connector.py); with several, each
-pair becomes the reader followed by feedd once per connector, each a ratio of that reader.
+``--connector`` names feedd's WebSocket client (feedd/engine/connector.py) and ``--writer``
+where its store connection runs (``thread``, the default, or ``process``: a child process,
+whose CPU is counted with feedd's and whose memory is reported on its own); with several of
+either, each pair becomes the reader followed by feedd once per combination, each a ratio of
+that reader.
+
+    python scripts/bench_ingest.py --writer thread,process   # both writers, in turn
 
 ``--ws-clients N`` adds N /ws clients subscribed to every candle, in a process of their own
 (like real dashboards elsewhere), to show what fan-out costs ingest.
@@ -56,6 +61,7 @@ from feedd import config as config_module
 from feedd.engine import connector
 from feedd.service import Service, run_service
 from feedd.sim.symbols import universe
+from feedd.store.backend import open_backend
 
 VENUES = ("binance_futures", "bybit_futures", "okx_futures")
 WARM_UP_S = 3.0
@@ -116,7 +122,21 @@ async def start_sim(
     return process, urls
 
 
-def feedd_config(urls: dict[str, Any], count: int, db: Path) -> config_module.Config:
+def writer_processes(me: psutil.Process) -> list[psutil.Process]:
+    """feedd's store writer child processes (``"writer": "process"``), if any."""
+    found = []
+    for child in me.children():
+        try:
+            if "feedd.store.writeprocess" in child.cmdline():
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def feedd_config(
+    urls: dict[str, Any], count: int, db: Path, writer: str = "thread"
+) -> config_module.Config:
     doc = {
         "exchanges": {
             name: {
@@ -128,7 +148,7 @@ def feedd_config(urls: dict[str, Any], count: int, db: Path) -> config_module.Co
             for name, u in urls.items()
         },
         "intervals": ["1m"],
-        "database_path": str(db),
+        "storage": {"backend": "sqlite", "path": str(db), "writer": writer},
         "bootstrap_load": 0,
         "batch_interval": 50,
         "port": 0,
@@ -357,6 +377,7 @@ async def measure_feedd(
     rate: float,
     ws_clients: int = 0,
     client: str = connector.DEFAULT,
+    writer_kind: str = "thread",
 ) -> dict[str, Any]:
     connector.use(client)
     sim, urls = await start_sim(venues, rate)
@@ -364,14 +385,15 @@ async def measure_feedd(
     timer: trio.Process | None = None
     commits: dict[tuple[str, str, int, str], float] = {}
     arrivals: list[list[Any]] = []
-    peak_rss = 0
+    peak_rss = peak_writer_rss = 0
     me = psutil.Process()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "bench.db"
-            cfg = feedd_config(urls, count, db)
+            cfg = feedd_config(urls, count, db, writer_kind)
             async with trio.open_nursery() as nursery:
-                service: Service = await nursery.start(run_service, cfg, db)
+                store = open_backend(cfg.storage, db.parent)
+                service: Service = await nursery.start(run_service, cfg, store)
                 writer = service.state.writer
 
                 recording = trio.CancelScope()
@@ -391,15 +413,21 @@ async def measure_feedd(
                     clients = await start_child("--ws-client-process", service.url, str(ws_clients))
                 await trio.sleep(WARM_UP_S)  # connect, subscribe, first commits
                 sim_proc = psutil.Process(sim.pid)
-                sim0, cpu0 = cpu_seconds(sim_proc), cpu_seconds(me)
+                children = writer_processes(me)
+                sim0 = cpu_seconds(sim_proc)
+                child0 = sum(cpu_seconds(c) for c in children)
+                cpu0 = cpu_seconds(me) + child0
                 received0, committed0 = writer.stats.received, writer.stats.committed
                 t0 = time.monotonic()
                 end = t0 + seconds
                 while time.monotonic() < end:
                     await trio.sleep(0.5)
                     peak_rss = max(peak_rss, me.memory_info().rss)
+                    writer_rss = sum(c.memory_info().rss for c in children)
+                    peak_writer_rss = max(peak_writer_rss, writer_rss)
                 elapsed = time.monotonic() - t0
-                cpu_s = cpu_seconds(me) - cpu0
+                child_cpu = sum(cpu_seconds(c) for c in children)
+                cpu_s = cpu_seconds(me) + child_cpu - cpu0
                 sim_cpu = cpu_seconds(sim_proc) - sim0
                 received = writer.stats.received - received0
                 committed = writer.stats.committed - committed0
@@ -423,6 +451,7 @@ async def measure_feedd(
     result: dict[str, Any] = {
         "who": "feedd",
         "connector": client,
+        "writer": writer_kind,
         "venues": list(venues),
         "symbols": count,
         "rate": rate or "unpaced",
@@ -433,6 +462,8 @@ async def measure_feedd(
         "cpu_percent": round(cpu_s / elapsed * 100, 1),
         "simulator_cpu_s": round(sim_cpu, 1),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
+        "writer_process_rss_mb": round(peak_writer_rss / 2**20, 1),
+        "writer_process_cpu_s": round(child_cpu - child0, 1),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     if ws_clients:
@@ -492,22 +523,22 @@ async def _send_log(
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """feedd over the reader next to it, per load: the median of the pairs' ratios."""
     out: dict[str, Any] = {}
-    clients = sorted({r.get("connector", connector.DEFAULT) for r in rows if r["who"] == "feedd"})
-    for rate, client in [(r, c) for r in sorted({str(r["rate"]) for r in rows}) for c in clients]:
+    variants = sorted({_variant(r) for r in rows if r["who"] == "feedd"})
+    for rate, variant in [(r, v) for r in sorted({str(r["rate"]) for r in rows}) for v in variants]:
         readers = [r for r in rows if str(r["rate"]) == rate and r["who"] == "reader"]
         feedds = [
             r
             for r in rows
-            if str(r["rate"]) == rate
-            and r["who"] == "feedd"
-            and r.get("connector", connector.DEFAULT) == client
+            if str(r["rate"]) == rate and r["who"] == "feedd" and _variant(r) == variant
         ]
         pairs = list(zip(readers, feedds, strict=False))
         if not pairs:
             continue
-        key = rate if len(clients) == 1 else f"{rate} {client}"
+        client, writer = variant
+        key = rate if len(variants) == 1 else f"{rate} {client} {writer}-writer"
         out[key] = {
             "connector": client,
+            "writer": writer,
             "pairs": len(pairs),
             # rows committed, not updates received: a writer behind holds what it received
             "rate_ratio": _median(
@@ -522,6 +553,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "feedd_rows_per_s": _median([f["rows_committed_per_s"] for _, f in pairs]),
             "feedd_cpu_us_per_row": _median([_cpu_per_row(f) for _, f in pairs]),
             "feedd_cpu_percent": _median([f["cpu_percent"] for _, f in pairs]),
+            "feedd_peak_rss_mb": _median([f["peak_rss_mb"] for _, f in pairs]),
+            "writer_process_rss_mb": _median([f.get("writer_process_rss_mb", 0) for _, f in pairs]),
             "loadavg_1m": _median([r["loadavg_1m"] for r in rows if str(r["rate"]) == rate]),
         }
         ws = [f["frame_to_ws_ms"] for _, f in pairs if f.get("frame_to_ws_ms", {}).get("samples")]
@@ -529,6 +562,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out[key]["frame_to_ws_p50_ms"] = _median([w["p50"] for w in ws])
             out[key]["frame_to_ws_p99_ms"] = _median([w["p99"] for w in ws])
     return out
+
+
+def _variant(feedd: dict[str, Any]) -> tuple[str, str]:
+    return (feedd.get("connector", connector.DEFAULT), feedd.get("writer", "thread"))
 
 
 def _rows(feedd: dict[str, Any]) -> float:
@@ -557,9 +594,14 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                 row = await measure_reader(venues[0], args.symbols, args.seconds, rate)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-            for client in args.connector.split(",") if args.only in (None, "feedd") else ():
+            variants = [
+                (client, writer)
+                for client in args.connector.split(",")
+                for writer in args.writer.split(",")
+            ]
+            for client, writer in variants if args.only in (None, "feedd") else ():
                 row = await measure_feedd(
-                    venues, args.symbols, args.seconds, rate, args.ws_clients, client
+                    venues, args.symbols, args.seconds, rate, args.ws_clients, client, writer
                 )
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -582,6 +624,11 @@ def main() -> None:
         default=connector.DEFAULT,
         help="feedd's WebSocket client(s), comma-separated: "
         + ", ".join(sorted(connector.CLIENTS)),
+    )
+    parser.add_argument(
+        "--writer",
+        default="thread",
+        help="where feedd's store writer runs, comma-separated: thread, process",
     )
     parser.add_argument("--ws-clients", type=int, default=0, help="/ws clients reading all candles")
     parser.add_argument("--summarise", metavar="FILE", help="summarise the rows of a past run")

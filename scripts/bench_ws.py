@@ -73,6 +73,7 @@ from bench_ingest import (
 import feedd.service
 import feedd.web.live
 from feedd.service import Service, run_service
+from feedd.store.backend import open_backend
 
 Key = tuple[str, str, int, float]
 
@@ -278,6 +279,7 @@ async def measure(
     probe: bool,
     hog_ms: float = 0.0,
     writer_rate: float = 0.0,
+    writer: str = "thread",
 ) -> dict[str, Any]:
     venue = "binance_futures"
     hog_stop = threading.Event()
@@ -303,8 +305,9 @@ async def measure(
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "bench.db"
             async with trio.open_nursery() as nursery:
+                cfg = feedd_config(urls, count, db, writer)
                 service: Service = await nursery.start(
-                    run_service, feedd_config(urls, count, db), db
+                    run_service, cfg, open_backend(cfg.storage, db.parent)
                 )
                 recording = trio.CancelScope()
                 lag_done = trio.Event()
@@ -457,11 +460,14 @@ async def run_all(args: argparse.Namespace) -> None:
     # Settings to compare run alternately, so that each sees the same drift of the machine.
     combos = list(
         itertools.product(
-            _floats(args.switch_interval), _floats(args.forming_every), _floats(args.hog_ms)
+            _floats(args.switch_interval),
+            _floats(args.forming_every),
+            _floats(args.hog_ms),
+            args.writer.split(","),
         )
     )
     for _ in range(args.runs):
-        for switch, forming, hog_ms in combos:
+        for switch, forming, hog_ms, writer in combos:
             if switch is not None:
                 feedd.service.SWITCH_INTERVAL_S = switch / 1e3
             if forming is not None:
@@ -476,8 +482,9 @@ async def run_all(args: argparse.Namespace) -> None:
                 args.probe,
                 hog_ms or 0.0,
                 args.writer_rate,
+                writer,
             )
-            print(json.dumps(row), flush=True)
+            print(json.dumps({"writer": writer, **row}), flush=True)
 
 
 def main() -> None:
@@ -509,6 +516,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="closed candles per second from a second simulator (Bybit): rows for the writer",
+    )
+    parser.add_argument(
+        "--writer",
+        default="thread",
+        help="where the store writer runs (storage.writer), comma-separated to compare:"
+        " thread, process",
     )
     parser.add_argument("--bare-process", nargs=1, help=argparse.SUPPRESS)
     parser.add_argument("--tws-process", nargs=1, help=argparse.SUPPRESS)

@@ -42,6 +42,8 @@ def test_storage_block_and_database_path_together_are_refused() -> None:
         ({"backend": "postgresql"}, "storage.dsn", DSN_ENV),
         ({"backend": "postgresql", "dsn": "mysql://u:pw@h/db"}, "storage.dsn", "postgresql://"),
         ({"backend": "postgresql", "dsn": "postgresql://h:port/db"}, "storage.dsn", "malformed"),
+        ({"backend": "sqlite", "writer": "fork"}, "storage.writer", "thread, process"),
+        ({"backend": "postgresql", "dsn": DSN, "writer": 1}, "storage.writer", "got 1"),
     ],
 )
 def test_bad_storage_names_its_key(block: object, path: str, words: str) -> None:
@@ -50,6 +52,25 @@ def test_bad_storage_names_its_key(block: object, path: str, words: str) -> None
     assert info.value.path == path
     assert words in str(info.value)
     assert "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [{"backend": "sqlite", "path": "x.db"}, {"backend": "postgresql", "dsn": DSN}],
+)
+def test_writer_process_round_trips_and_wraps_the_backend(
+    block: dict[str, str], tmp_path: Path
+) -> None:
+    plain = parse({"storage": block}).config
+    cfg = parse({"storage": {**block, "writer": "process"}}).config
+    assert (plain.storage.writer, cfg.storage.writer) == ("thread", "process")
+    assert cfg.to_json()["storage"] == {**block, "writer": "process"}
+    assert "writer" not in plain.to_json()["storage"]  # the default stays implicit
+    assert parse(json.loads(json.dumps(cfg.to_json()))).config == cfg
+    wrapped, inner = open_backend(cfg.storage, tmp_path), open_backend(plain.storage, tmp_path)
+    assert (wrapped.writer_apart, inner.writer_apart) == (True, False)
+    assert (wrapped.kind, wrapped.location) == (inner.kind, inner.location)
+    assert wrapped.same_store(inner) and wrapped.same_store(wrapped)
 
 
 def test_postgresql_dsn_from_file_round_trips() -> None:

@@ -49,8 +49,20 @@ def candle(
                   source)  # fmt: skip
 
 
+@pytest.fixture
+def backend(any_writer: Backend) -> Backend:
+    """Every backend, and each with its writer in a child process."""
+    return any_writer
+
+
+def plain(backend: Backend) -> Backend:
+    """The backend a writer process wraps (its tables are what the tests read)."""
+    return getattr(backend, "inner", backend)
+
+
 def stored(backend: Backend) -> Stored:
     """Every stored candle, values as decimal text, read from the tables themselves."""
+    backend = plain(backend)
     if backend.kind == "sqlite":
         with closing(sqlite3.connect(backend.location)) as conn:
             rows = conn.execute(
@@ -76,6 +88,7 @@ def _text(value: Decimal) -> str:
 
 
 def count_rows(backend: Backend, table: str) -> int:
+    backend = plain(backend)
     if backend.kind == "sqlite":
         with closing(sqlite3.connect(backend.location)) as conn:
             return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])

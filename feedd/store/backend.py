@@ -189,6 +189,9 @@ class Backend(Protocol):
     location: str
     #: the store as ``feedd migrate`` names it (``sqlite:PATH`` or a URL): never a password
     spec: str
+    #: the writer's work runs in another process (``feedd.store.writeprocess``), not under
+    #: this one's GIL: ingest can fill the next batch while one commits
+    writer_apart: bool
 
     def prepare(self) -> None:
         """Check at start what would make the store unusable for good (a folder in the way,
@@ -221,12 +224,20 @@ class Backend(Protocol):
 
 
 def open_backend(storage: StorageConfig, base: Path) -> Backend:
-    """The backend ``storage`` names; relative SQLite paths are taken from ``base``."""
+    """The backend ``storage`` names; relative SQLite paths are taken from ``base``; its
+    writer in a child process when ``storage.writer`` says so."""
+    backend: Backend
     if storage.backend == "postgresql":
         from feedd.store.postgres import postgres_backend  # psycopg only when asked for
 
-        return postgres_backend(storage.dsn or "")
-    from feedd.store.sqlite import SqliteBackend
+        backend = postgres_backend(storage.dsn or "")
+    else:
+        from feedd.store.sqlite import SqliteBackend
 
-    path = Path(storage.path)
-    return SqliteBackend(path if path.is_absolute() else base / path)
+        path = Path(storage.path)
+        backend = SqliteBackend(path if path.is_absolute() else base / path)
+    if storage.writer == "process":
+        from feedd.store.writeprocess import ProcessBackend
+
+        return ProcessBackend(backend)
+    return backend

@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING
 
 from feedd.errors import StoreError
 from feedd.store.database import Database
-from feedd.store.reader import Reader, database_bytes
 
 if TYPE_CHECKING:
     from feedd.store.backend import Backend
+    from feedd.store.reader import Reader
 
 
 class SqliteBackend:
     kind = "sqlite"
+    writer_apart = False
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -77,10 +78,16 @@ class SqliteBackend:
     def open_writer(self, *, busy_timeout_ms: int) -> Database:
         return Database.open(self.path, busy_timeout_ms=busy_timeout_ms)
 
+    # The readers' module (trio, the export pool) is imported only where they are used: a
+    # writer process (feedd.store.writeprocess) unpickles this backend and needs none of it.
     def open_reader(self) -> Reader:
+        from feedd.store.reader import Reader
+
         return Reader(self.path)
 
     def size_bytes(self) -> int | None:
+        from feedd.store.reader import database_bytes
+
         return database_bytes(self.path)
 
     def disk_folder(self) -> Path | None:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 class PostgresBackend:
     kind = "postgresql"
+    writer_apart = False
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
