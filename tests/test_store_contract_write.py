@@ -22,6 +22,7 @@ import trio
 from feedd.candle import Candle, Source
 from feedd.store.backend import Backend, WriteConnection
 from feedd.store.codec import decode_str
+from feedd.store.retention import WALKS_PER_ROUND
 from feedd.store.writer import Writer, WriterSettings
 
 if TYPE_CHECKING:
@@ -227,6 +228,34 @@ def test_prune_keeps_newest_of_series_written_since(backend: Backend, db: WriteC
     assert db.prune(4) == 2  # only BTCUSDT was written since
     assert db.prune(0) == 0
     assert db.closed_runs(EX, "BTCUSDT", "1m", 0, 2**62) == [(T0 + 8 * MIN, T0 + 11 * MIN)]
+
+
+def test_prune_trims_a_full_series_once_per_slack_of_new_candles(
+    backend: Backend, db: WriteConnection
+) -> None:
+    """At 200 kept the slack is 2 (feedd/store/retention.py): a series is walked and trimmed
+    back to 200 only once it may hold more than 202, not at every round."""
+    db.write([candle("BTCUSDT", T0 + i * MIN) for i in range(205)])
+    assert db.prune(200) == 5
+    db.write([candle("BTCUSDT", T0 + 205 * MIN)])
+    assert db.prune(200) == 0  # 201 rows: within the slack
+    db.write([candle("BTCUSDT", T0 + i * MIN) for i in range(206, 208)])
+    assert db.prune(200) == 3  # 203 may be stored: trimmed to 200
+    assert min(t for _, t in stored(backend)) == T0 + 8 * MIN
+    assert count_rows(backend, "candles") == 200
+
+
+def test_prune_walks_a_bounded_number_of_series_per_round(
+    backend: Backend, db: WriteConnection
+) -> None:
+    """A walk costs a scan of the kept rows: a round takes WALKS_PER_ROUND series, and the
+    others, still due, the next round without being written again."""
+    symbols = [f"S{n:02d}USDT" for n in range(WALKS_PER_ROUND + 5)]
+    db.write([candle(s, T0 + i * MIN) for s in symbols for i in range(4)])
+    assert db.prune(3) == WALKS_PER_ROUND
+    assert db.prune(3) == 5
+    assert db.prune(3) == 0
+    assert count_rows(backend, "candles") == 3 * len(symbols)
 
 
 def test_wipe_empties_and_writes_go_on(backend: Backend, db: WriteConnection) -> None:

@@ -93,7 +93,8 @@ class WriteConnection(Protocol):
 
     def prune(self, max_records: int) -> int:
         """Keep the newest ``max_records`` candles of every series written since the last
-        prune (0: keep everything); returns rows deleted."""
+        prune (0: keep everything), as feedd/store/retention.py decides which series to trim
+        this round (up to 1 % more may stay); returns rows deleted."""
         ...
 
     def wipe(self) -> None:

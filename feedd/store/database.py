@@ -17,6 +17,7 @@ from feedd.errors import StoreError
 from feedd.intervals import INTERVAL_MS, next_open
 from feedd.store import coverage, lease, nodes
 from feedd.store.codec import encode
+from feedd.store.retention import Retention, Verdict
 from feedd.store.schema import (
     FLAG_CLOSED,
     SOURCE_FLAGS,
@@ -76,6 +77,7 @@ class Database:
         self._intervals: dict[int, str] = {}
         #: series written since the last prune
         self._dirty: set[int] = set()
+        self._retention = Retention()
         #: candles refused by the codec (logged, never retried)
         self.rejected = 0
         #: the newest coverage run (start, end) of a series, as the open transaction sees it;
@@ -288,31 +290,44 @@ class Database:
             self._dirty.clear()
             return 0
         deleted = 0
+        later: set[int] = set()
+        self._retention.start_round()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 for sid in sorted(self._dirty):
-                    deleted += self._prune_series(sid, max_records)
+                    done = self._prune_series(sid, max_records)
+                    if done is None:
+                        later.add(sid)
+                    else:
+                        deleted += done
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
         except sqlite3.Error as exc:
             raise store_error(exc, "cannot prune", self.path) from exc
-        self._dirty.clear()
+        self._dirty = later
         return deleted
 
-    def _prune_series(self, sid: int, max_records: int) -> int:
+    def _prune_series(self, sid: int, max_records: int) -> int | None:
+        """Rows deleted from series ``sid``; None: left for the next round (retention.py)."""
+        # Two subqueries, not min() and max() in one SELECT: SQLite answers a lone min or max
+        # from the index's end, but both together walk the whole series (12.6 ms a prune
+        # at 100,000 rows, against 0.01: seconds per prune round with 600 full series).
         first, last = self._conn.execute(
-            "SELECT min(open_time), max(open_time) FROM candles WHERE series = ?", (sid,)
+            "SELECT (SELECT min(open_time) FROM candles WHERE series = ?1),"
+            " (SELECT max(open_time) FROM candles WHERE series = ?1)",
+            (sid,),
         ).fetchone()
         if first is None:
             return 0
+        # Months count as 28 days, which only overestimates the span's count.
         step = INTERVAL_MS.get(self._intervals.get(sid, ""), 0)
-        # Open times are aligned, so the span bounds the count from above (months count as
-        # 28 days, which only overestimates): the O(log n) check spares most OFFSET walks.
-        if step and (last - first) // step + 1 <= max_records:
-            return 0
+        verdict = self._retention.verdict(sid, first, last, step, max_records)
+        if verdict is not Verdict.WALK:
+            return None if verdict is Verdict.LATER else 0
+        self._retention.walked(sid, last)
         row = self._conn.execute(
             "SELECT open_time FROM candles WHERE series = ?"
             " ORDER BY open_time DESC LIMIT 1 OFFSET ?",
@@ -346,6 +361,7 @@ class Database:
         self._ids.clear()
         self._intervals.clear()
         self._dirty.clear()
+        self._retention.forget()
         self._newest.clear()
         try:
             # Cheap on an empty database; readers keep working through WAL meanwhile.

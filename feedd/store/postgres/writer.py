@@ -22,6 +22,7 @@ from feedd.store.lease import Lease
 from feedd.store.postgres import lease, nodes, rollup, runs
 from feedd.store.postgres.connection import Connection, connect, location, store_error
 from feedd.store.postgres.schema import is_read_only, migrate, read_store_id
+from feedd.store.retention import Retention, Verdict
 from feedd.store.schema import FLAG_CLOSED, SOURCE_FLAGS
 
 log = logging.getLogger("feedd.store")
@@ -116,6 +117,7 @@ class PgWriteConnection:
         self._intervals: dict[int, str] = {}
         #: series written since the last prune
         self._dirty: set[int] = set()
+        self._retention = Retention()
 
     @classmethod
     def open(cls, dsn: str, *, on_size: Callable[[int], None] | None = None) -> PgWriteConnection:
@@ -305,6 +307,8 @@ class PgWriteConnection:
             self._dirty.clear()
             return 0
         deleted = 0
+        later: set[int] = set()
+        self._retention.start_round()
         try:
             with self._conn.transaction():
                 # Locked like a write, so retention and another node's runs update take turns.
@@ -315,20 +319,26 @@ class PgWriteConnection:
                     (sorted(self._dirty),),
                 ).fetchall()
                 for sid, first, last in spans:
-                    deleted += self._prune_series(sid, first, last, max_records)
+                    done = self._prune_series(sid, first, last, max_records)
+                    if done is None:
+                        later.add(sid)
+                    else:
+                        deleted += done
         except psycopg.Error as exc:
             raise store_error(exc, "cannot prune", self._dsn) from None
-        self._dirty.clear()
+        self._dirty = later
         return deleted
 
-    def _prune_series(self, sid: int, first: int | None, last: int | None, keep: int) -> int:
+    def _prune_series(self, sid: int, first: int | None, last: int | None, keep: int) -> int | None:
+        """Rows deleted from series ``sid``; None: left for the next round (retention.py)."""
         if first is None or last is None:
             return 0
         interval = self._intervals.get(sid, "")
         step = INTERVAL_MS.get(interval, 0)
-        # Open times are aligned, so the span bounds the count from above (as on SQLite).
-        if step and (last - first) // step + 1 <= keep:
-            return 0
+        verdict = self._retention.verdict(sid, first, last, step, keep)
+        if verdict is not Verdict.WALK:
+            return None if verdict is Verdict.LATER else 0
+        self._retention.walked(sid, last)
         row = self._conn.execute(
             "SELECT open_time FROM candles WHERE series = %s"
             " ORDER BY open_time DESC LIMIT 1 OFFSET %s",
@@ -360,6 +370,7 @@ class PgWriteConnection:
         except psycopg.Error as exc:
             raise store_error(exc, "cannot wipe", self._dsn) from None
         self._known.clear()
+        self._retention.forget()
         self._intervals.clear()
         self._dirty.clear()
         self._size_at = -float("inf")
