@@ -40,10 +40,14 @@ class NodeWriter(Protocol):
 
 
 class Generations(Protocol):
-    """The writer's count of stores made anew (feedd/engine/backfill.py's StoreGenerations)."""
+    """The writer's count of stores made anew (feedd/engine/backfill.py's StoreGenerations),
+    and of its own wipes."""
 
     @property
     def generation(self) -> int: ...
+
+    @property
+    def wipes(self) -> int: ...
 
     async def wait_recreated(self, seen: int) -> int: ...
 
@@ -63,6 +67,11 @@ class StoreEpochs:
     @property
     def generation(self) -> int:
         return self._writer.generation + self.wipes
+
+    @property
+    def emptied(self) -> int:
+        """Times the store lost its rows: wiped here or elsewhere, or made anew."""
+        return self._writer.wipes + self.generation
 
     def wiped(self) -> None:
         self.wipes += 1

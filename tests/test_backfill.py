@@ -89,9 +89,15 @@ class MemoryHistory:
 
 @asynccontextmanager
 async def backfilling(
-    venue: RestVenue, history: MemoryHistory, streams: tuple[Stream, ...], load: int
+    venue: RestVenue,
+    history: MemoryHistory,
+    streams: tuple[Stream, ...],
+    load: int,
+    emptied: Callable[[], int] | None = None,
 ) -> AsyncIterator[tuple[ExchangeContext, trio.MemorySendChannel[HealRequest]]]:
     ctx, candles, _ = make_context(FakeVenue(Script()))
+    if emptied is not None:
+        ctx.store_emptied = emptied
     heal_send, heal_recv = trio.open_memory_channel[HealRequest](100)
     async with httpx.AsyncClient(transport=httpx.MockTransport(venue.handle)) as client:
         rest = RestClient(ctx.module, "http://venue", client, ctx.stats, ctx.log)
@@ -137,6 +143,38 @@ async def test_bootstrap_window_ends_at_the_first_live_candle(
         range(first_live - 10 * MINUTE_MS, first_live + 60 * MINUTE_MS, MINUTE_MS)
     )
     assert ctx.stats.rest_rate_limited == 1
+
+
+@attrs.define(eq=False)
+class WipedWhileAnswering(RestVenue):
+    """The store is emptied while the first klines page travels."""
+
+    wipes: int = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == KLINES and not self.kline_calls:
+            self.wipes += 1
+        return super().handle(request)
+
+
+async def test_a_heal_fetched_across_an_emptied_store_is_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """POST /deleteDatabase while a heal's page is on its way: that page is not stored (the
+    operator asked for an empty store, and only what is collected from then on)."""
+    venue = WipedWhileAnswering()
+    history = MemoryHistory()
+    now = venue_ms() // MINUTE_MS * MINUTE_MS
+    emptied = lambda: venue.wipes  # noqa: E731
+    async with backfilling(venue, history, (), load=10, emptied=emptied) as (ctx, heal_send):
+        await heal_send.send(HealRequest(BTC, None, seen_ms=now))
+        await settle(ctx)
+        assert len(venue.kline_calls) == 1 and history.closed == {}
+        # A heal that starts after the wipe stores as always.
+        await heal_send.send(HealRequest(ETH, None, seen_ms=now))
+        await settle(ctx)
+    assert history.closed == {"ETHUSDT": {now - m * MINUTE_MS for m in range(1, 11)}}
+    assert ctx.stats.rest_candles == 10
 
 
 async def test_session_heal_looks_below_the_first_candle_seen(

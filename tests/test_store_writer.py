@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from feedd.candle import Candle, Source
+from feedd.cluster import StoreEpochs
 from feedd.errors import StoreError
 from feedd.store import codec
 from feedd.store.database import Database
@@ -178,8 +179,13 @@ async def test_wipe_while_running(tmp_path: Path) -> None:
         await nursery.start(writer.run, recv)
         await send.send([candle(i) for i in range(10)])
         await until(writer, lambda: writer.stats.committed == 10)
+        epochs = StoreEpochs(writer)
+        assert epochs.emptied == 0
         await writer.wipe()
         assert stored(tmp_path / "w.db") == {}
+        # What the engine's heals compare (a heal fetched across a wipe is dropped); a wipe
+        # here is not a store made anew: nothing bootstraps again.
+        assert (epochs.emptied, epochs.generation) == (1, 0)
         await send.send([candle(20, symbol="ETHUSDT")])
         await send.aclose()
     assert stored(tmp_path / "w.db") == {("ETHUSDT", T0 + 20 * 60_000): ("1.5", 1)}

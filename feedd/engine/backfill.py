@@ -50,6 +50,12 @@ class StoreGenerations(Protocol):
     @property
     def generation(self) -> int: ...
 
+    @property
+    def emptied(self) -> int:
+        """Times the store lost its rows, wiped by an operator (on this node or another) or
+        made anew: a count that grows each time."""
+        ...
+
     async def wait_recreated(self, seen: int) -> int:
         """Return the generation once it is past ``seen``."""
         ...
@@ -236,6 +242,10 @@ class Backfill:
         end = floor_open(interval, floor_open(interval, server_now) - 1)
         if start > end:
             return
+        # Candles fetched for a store that has since been emptied (POST /deleteDatabase)
+        # are not sent: the operator asked for none of these, and a store made anew gets
+        # its bootstrap asked for again.
+        emptied = ctx.store_emptied()
         stored = set(
             await self.history.closed_open_times(module.NAME, stream.symbol, interval, start, end)
         )
@@ -253,6 +263,13 @@ class Backfill:
                         lambda status, body: module.parse_klines(stream, status, body, server_now),
                     )
                     closed = [c for c in candles if c.closed and first <= c.open_time <= last]
+                    if ctx.store_emptied() != emptied:
+                        ctx.log.info(
+                            "%s: store emptied during a heal of %s; its candles dropped",
+                            module.NAME,
+                            key,
+                        )
+                        return
                     for offset in range(0, len(closed), CHUNK):
                         await ctx.candles_send.send(closed[offset : offset + CHUNK])
                     healed += len(closed)

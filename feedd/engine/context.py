@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -31,6 +32,9 @@ class ExchangeContext:
     log: logging.Logger
     #: opens a WebSocket (the selected connector); tests substitute in-memory streams
     connect: Connector = open_connection
+    #: times the store lost its rows (``StoreGenerations.emptied``): a heal that fetched
+    #: across one drops what it fetched
+    store_emptied: Callable[[], int] = lambda: 0
 
     @property
     def stream_silence_timeout(self) -> float:

@@ -205,6 +205,9 @@ class Supervisor:
             connect_pacer=Pacer(module.LIMITS.connects_per_second),
             log=log,
         )
+        store = self._store
+        if store is not None:
+            ctx.store_emptied = lambda: store.emptied
         rest = RestClient(
             module, ctx.rest_base, self._http, stats, log, pacer=self.budget(module.NAME)
         )

@@ -72,6 +72,8 @@ class Writer:
         self._inflight: dict[Key, Candle] = {}
         self._db = DatabaseHandle(settings.backend, busy_timeout_ms=settings.busy_timeout_ms)
         self._apart = settings.backend.writer_apart
+        #: wipes asked for (POST /deleteDatabase on this node)
+        self.wipes = 0
         #: held around every use of the database so wipe() slots in between commits
         self._db_lock = trio.Lock()
         self._counters = WriterCounters()
@@ -406,6 +408,9 @@ class Writer:
         Runs in the writer thread between commits, so the app keeps running; readers see an
         empty store from their next query on.
         """
+        # Counted before the wait for the lock: a heal whose REST answer arrives meanwhile
+        # sees it and drops what it fetched for the store as it was.
+        self.wipes += 1
         async with self._db_lock:
             db = await self._db.get()
             dropped = self._pending.clear() + len(self._inflight)
