@@ -194,38 +194,25 @@ async def bench_postgres(
                 for count in connections:  # alternately, so that the load is the same
                     pg_export.CONNECTIONS = count
                     path = f"pg/{count}"
-                    served = _server_cpu(server)
+                    served = server.cpu_seconds()
                     with PeakRss() as rss:
                         seconds, own, size = await in_process(reader, request)
-                    served = _server_cpu(server) - served
+                    served = server.cpu_seconds() - served
                     print(
                         line("in-proc", path, "1m", fmt, minutes, size, seconds)
                         + f" CPU feedd {own:5.2f} s server {served:5.2f} s {rss}"
                         + f" load {os.getloadavg()[0]:.1f}"
                     )
-                    served = _server_cpu(server)
+                    served = server.cpu_seconds()
                     with PeakRss() as rss:
                         seconds, own, size = await over_http(f"{base}/1m?format={fmt}")
-                    served = _server_cpu(server) - served
+                    served = server.cpu_seconds() - served
                     print(
                         line("HTTP", path, "1m", fmt, minutes, size, seconds)
                         + f" CPU feedd {own:5.2f} s server {served:5.2f} s {rss}"
                         + f" load {os.getloadavg()[0]:.1f}"
                     )
     reader.close()
-
-
-def _server_cpu(server: PgServer) -> float:
-    """CPU seconds of this server's processes so far: its live backends, and those that have
-    ended (the export's own connections end with the export), which the postmaster reaped."""
-    pid = int((server.data / "postmaster.pid").read_text().split()[0])
-    postmaster = psutil.Process(pid)
-    total = postmaster.cpu_times().children_user + postmaster.cpu_times().children_system
-    for child in postmaster.children():
-        with contextlib.suppress(psutil.Error):
-            times = child.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 def main() -> None:

@@ -27,11 +27,14 @@ and the summary gives feedd as a ratio of the reader next to it (median over the
 
 ``--connector`` names feedd's WebSocket client (feedd/engine/connector.py) and ``--writer``
 where its store connection runs (``thread``, the default, or ``process``: a child process,
-whose CPU is counted with feedd's and whose memory is reported on its own); with several of
-either, each pair becomes the reader followed by feedd once per combination, each a ratio of
-that reader.
+whose CPU is counted with feedd's and whose memory is reported on its own), ``--storage`` its
+store (``sqlite``, the default, or ``postgresql``: a fresh database on a throwaway server
+started from tests/pgserver.py, whose processes' CPU per row is reported on its own as
+``server_cpu_us_per_row``); with several of any, each pair becomes the reader followed by
+feedd once per combination, each a ratio of that reader.
 
     python scripts/bench_ingest.py --writer thread,process   # both writers, in turn
+    python scripts/bench_ingest.py --storage sqlite,postgresql   # socket -> row on each store
 
 ``--ws-clients N`` adds N /ws clients subscribed to every candle, in a process of their own
 (like real dashboards elsewhere), to show what fan-out costs ingest.
@@ -62,6 +65,9 @@ from feedd.engine import connector
 from feedd.service import Service, run_service
 from feedd.sim.symbols import universe
 from feedd.store.backend import open_backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from pgserver import PgServer  # tests/ holds the throwaway server
 
 VENUES = ("binance_futures", "bybit_futures", "okx_futures")
 WARM_UP_S = 3.0
@@ -135,7 +141,11 @@ def writer_processes(me: psutil.Process) -> list[psutil.Process]:
 
 
 def feedd_config(
-    urls: dict[str, Any], count: int, db: Path, writer: str = "thread"
+    urls: dict[str, Any],
+    count: int,
+    db: Path,
+    writer: str = "thread",
+    storage: dict[str, str] | None = None,
 ) -> config_module.Config:
     doc = {
         "exchanges": {
@@ -148,7 +158,7 @@ def feedd_config(
             for name, u in urls.items()
         },
         "intervals": ["1m"],
-        "storage": {"backend": "sqlite", "path": str(db), "writer": writer},
+        "storage": {**(storage or {"backend": "sqlite", "path": str(db)}), "writer": writer},
         "bootstrap_load": 0,
         "batch_interval": 50,
         "port": 0,
@@ -378,7 +388,9 @@ async def measure_feedd(
     ws_clients: int = 0,
     client: str = connector.DEFAULT,
     writer_kind: str = "thread",
+    pg: PgServer | None = None,
 ) -> dict[str, Any]:
+    """One feedd run; on ``pg`` (a fresh database of it) instead of SQLite when given."""
     connector.use(client)
     sim, urls = await start_sim(venues, rate)
     clients: trio.Process | None = None
@@ -390,7 +402,10 @@ async def measure_feedd(
     try:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "bench.db"
-            cfg = feedd_config(urls, count, db, writer_kind)
+            storage = None
+            if pg is not None:
+                storage = {"backend": "postgresql", "dsn": pg.dsn(pg.create_database())}
+            cfg = feedd_config(urls, count, db, writer_kind, storage)
             async with trio.open_nursery() as nursery:
                 store = open_backend(cfg.storage, db.parent)
                 service: Service = await nursery.start(run_service, cfg, store)
@@ -417,6 +432,7 @@ async def measure_feedd(
                 sim0 = cpu_seconds(sim_proc)
                 child0 = sum(cpu_seconds(c) for c in children)
                 cpu0 = cpu_seconds(me) + child0
+                server0 = pg.cpu_seconds() if pg is not None else 0.0
                 received0, committed0 = writer.stats.received, writer.stats.committed
                 t0 = time.monotonic()
                 end = t0 + seconds
@@ -429,6 +445,7 @@ async def measure_feedd(
                 child_cpu = sum(cpu_seconds(c) for c in children)
                 cpu_s = cpu_seconds(me) + child_cpu - cpu0
                 sim_cpu = cpu_seconds(sim_proc) - sim0
+                server_cpu = pg.cpu_seconds() - server0 if pg is not None else 0.0
                 received = writer.stats.received - received0
                 committed = writer.stats.committed - committed0
                 if timer is not None:
@@ -452,6 +469,7 @@ async def measure_feedd(
         "who": "feedd",
         "connector": client,
         "writer": writer_kind,
+        "storage": "sqlite" if pg is None else "postgresql",
         "venues": list(venues),
         "symbols": count,
         "rate": rate or "unpaced",
@@ -464,6 +482,8 @@ async def measure_feedd(
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         "writer_process_rss_mb": round(peak_writer_rss / 2**20, 1),
         "writer_process_cpu_s": round(child_cpu - child0, 1),
+        # PostgreSQL's own processes (feedd's CPU above leaves them out; SQLite runs inside)
+        "server_cpu_us_per_row": round(server_cpu / max(committed, 1) * 1e6, 1),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     if ws_clients:
@@ -534,11 +554,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = list(zip(readers, feedds, strict=False))
         if not pairs:
             continue
-        client, writer = variant
-        key = rate if len(variants) == 1 else f"{rate} {client} {writer}-writer"
+        client, writer, storage = variant
+        key = rate if len(variants) == 1 else f"{rate} {client} {writer}-writer {storage}"
         out[key] = {
             "connector": client,
             "writer": writer,
+            "storage": storage,
             "pairs": len(pairs),
             # rows committed, not updates received: a writer behind holds what it received
             "rate_ratio": _median(
@@ -555,6 +576,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "feedd_cpu_percent": _median([f["cpu_percent"] for _, f in pairs]),
             "feedd_peak_rss_mb": _median([f["peak_rss_mb"] for _, f in pairs]),
             "writer_process_rss_mb": _median([f.get("writer_process_rss_mb", 0) for _, f in pairs]),
+            "server_cpu_us_per_row": _median([f.get("server_cpu_us_per_row", 0) for _, f in pairs]),
             "loadavg_1m": _median([r["loadavg_1m"] for r in rows if str(r["rate"]) == rate]),
         }
         ws = [f["frame_to_ws_ms"] for _, f in pairs if f.get("frame_to_ws_ms", {}).get("samples")]
@@ -564,8 +586,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _variant(feedd: dict[str, Any]) -> tuple[str, str]:
-    return (feedd.get("connector", connector.DEFAULT), feedd.get("writer", "thread"))
+def _variant(feedd: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        feedd.get("connector", connector.DEFAULT),
+        feedd.get("writer", "thread"),
+        feedd.get("storage", "sqlite"),
+    )
 
 
 def _rows(feedd: dict[str, Any]) -> float:
@@ -581,7 +607,7 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3 if max(values) < 10 else 1)
 
 
-async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+async def run_all(args: argparse.Namespace, pg: PgServer | None) -> list[dict[str, Any]]:
     venues = VENUES if args.exchange == "all" else (args.exchange,)
     rates = [0.0] if args.rate is None else []
     rates += [args.latency_rate] if args.latency_rate else []
@@ -595,14 +621,17 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             variants = [
-                (client, writer)
+                (client, writer, storage)
                 for client in args.connector.split(",")
                 for writer in args.writer.split(",")
+                for storage in args.storage.split(",")
             ]
-            for client, writer in variants if args.only in (None, "feedd") else ():
+            for client, writer, storage in variants if args.only in (None, "feedd") else ():
+                server = pg if storage == "postgresql" else None
                 row = await measure_feedd(
-                    venues, args.symbols, args.seconds, rate, args.ws_clients, client, writer
-                )
+                    venues, args.symbols, args.seconds, rate, args.ws_clients, client, writer,
+                    server,
+                )  # fmt: skip
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
@@ -630,6 +659,12 @@ def main() -> None:
         default="thread",
         help="where feedd's store writer runs, comma-separated: thread, process",
     )
+    parser.add_argument(
+        "--storage",
+        default="sqlite",
+        help="feedd's store, comma-separated: sqlite, postgresql (a throwaway server, fsync on,"
+        " synchronous_commit off: durable like SQLite's WAL with synchronous=NORMAL)",
+    )
     parser.add_argument("--ws-clients", type=int, default=0, help="/ws clients reading all candles")
     parser.add_argument("--summarise", metavar="FILE", help="summarise the rows of a past run")
     parser.add_argument("--ws-client-process", nargs=2, help=argparse.SUPPRESS)
@@ -651,8 +686,23 @@ def main() -> None:
         lines = Path(args.summarise).read_text().splitlines()
         rows = [json.loads(line) for line in lines if line.startswith('{"who"')]
     else:
-        rows = trio.run(run_all, args)
+        rows = _run_with_storage(args)
     print(json.dumps({"summary": summarise(rows)}, indent=1))
+
+
+def _run_with_storage(args: argparse.Namespace) -> list[dict[str, Any]]:
+    storages = args.storage.split(",")
+    unknown = set(storages) - {"sqlite", "postgresql"}
+    if unknown:
+        raise SystemExit(f"--storage: unknown {', '.join(sorted(unknown))}")
+    if "postgresql" not in storages:
+        return trio.run(run_all, args, None)
+    pg = PgServer({"fsync": "on", "full_page_writes": "on", "synchronous_commit": "off"})
+    try:
+        pg.start()
+        return trio.run(run_all, args, pg)
+    finally:
+        pg.destroy()
 
 
 if __name__ == "__main__":

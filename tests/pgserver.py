@@ -199,6 +199,21 @@ class PgServer:
         )
         return int(rows[0][0])
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds of this server's processes so far: its live backends, and those that
+        have ended (a benchmark's short connections), which the postmaster reaped."""
+        import psutil
+
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        postmaster = psutil.Process(pid)
+        times = postmaster.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in postmaster.children():
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+        return total
+
     def connections(self, dbname: str) -> int:
         rows = self.admin(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND datname = %s",
