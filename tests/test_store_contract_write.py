@@ -8,6 +8,7 @@ from the tables (SQLite through the codec, PostgreSQL as numeric text).
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -20,8 +21,10 @@ import pytest
 import trio
 
 from feedd.candle import Candle, Source
+from feedd.intervals import next_open
 from feedd.store.backend import Backend, WriteConnection
 from feedd.store.codec import decode_str
+from feedd.store.coverage import segments
 from feedd.store.retention import WALKS_PER_ROUND
 from feedd.store.writer import Writer, WriterSettings
 
@@ -215,6 +218,47 @@ def test_closed_runs_follow_closed_candles(db: WriteConnection) -> None:
     db.write([candle("BTCUSDT", T0 + i * MIN) for i in (3, 4, 7, 8)])  # fills every hole
     assert db.closed_runs(EX, "BTCUSDT", "1m", 0, 2**62) == [(T0, T0 + 9 * MIN)]
     assert db.closed_runs(EX, "ETHUSDT", "1m", 0, 2**62) == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_runs_follow_live_shaped_batches(db: WriteConnection, seed: int) -> None:
+    """Each batch closes the next candles of many series (the runs it continues are extended
+    in place), with gaps, re-stores, forming updates and old holes filled between: the runs
+    always equal the stretches of the closed candles written."""
+    rng = random.Random(seed)
+    series = [(f"S{i}USDT", interval) for i in range(6) for interval in ("1m", "1M")]
+    newest = dict.fromkeys(series, T0)
+    covered: dict[tuple[str, str], set[int]] = {key: set() for key in series}
+    for _ in range(40):
+        batch = []
+        for (symbol, interval), t in newest.items():
+            roll = rng.random()
+            if roll < 0.3:
+                continue
+            if roll < 0.8:
+                times = [after(interval, t, k) for k in range(1, rng.randrange(2, 5))]
+            elif roll < 0.87:
+                times = [after(interval, t, rng.randrange(2, 5))]  # leaves a hole
+            elif roll < 0.93:
+                times = [t]  # stored again
+            else:
+                times = [after(interval, T0, rng.randrange(0, 12))]  # maybe fills an old hole
+            newest[symbol, interval] = max(t, *times)
+            for x in times:
+                closed = rng.random() < 0.9
+                batch.append(candle(symbol, x, closed=closed, interval=interval))
+                if closed:
+                    covered[symbol, interval].add(x)
+        db.write(batch)
+        for (symbol, interval), times in covered.items():
+            expected = list(segments(interval, times))
+            assert db.closed_runs(EX, symbol, interval, 0, 2**62) == expected, (symbol, interval)
+
+
+def after(interval: str, t: int, n: int) -> int:
+    for _ in range(n):
+        t = next_open(interval, t)
+    return t
 
 
 def test_prune_keeps_newest_of_series_written_since(backend: Backend, db: WriteConnection) -> None:

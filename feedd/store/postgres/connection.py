@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
@@ -35,6 +36,13 @@ _HINTS = {
     "3D000": "the database does not exist",
     "42501": "permission denied",
 }
+
+
+def int_array(values: Iterable[int]) -> str:
+    """An integer array parameter as PostgreSQL's array text (``{1,2,3}``), for a query that
+    casts it (``%s::bigint[]``): psycopg's list dumper costs ~1 µs per element in Python, the
+    writer sends thousands per batch."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def parse(dsn: str) -> dict[str, Any]:

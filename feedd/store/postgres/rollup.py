@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from feedd.intervals import HOUR_MS, MINUTE_MS, next_open
 from feedd.store import resample as rs
-from feedd.store.postgres.connection import Connection
+from feedd.store.postgres.connection import Connection, int_array
 from feedd.store.schema import FLAG_ARCHIVE, FLAG_REST
 
 BASE_INTERVAL = rs.BASE_INTERVAL
@@ -97,7 +97,8 @@ def refresh(conn: Connection, touched: Iterable[tuple[int, int]]) -> None:
     what ``candles`` holds now (the caller holds the series' row locks)."""
     hours = sorted({(sid, t - t % HOUR_MS) for sid, t in touched})
     if hours:
-        conn.execute(_RECOMPUTE, {"series": [h[0] for h in hours], "hours": [h[1] for h in hours]})
+        series, starts = int_array(h[0] for h in hours), int_array(h[1] for h in hours)
+        conn.execute(_RECOMPUTE, {"series": series, "hours": starts})
 
 
 def prune(conn: Connection, series: int, cutoff: int) -> None:

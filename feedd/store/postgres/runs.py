@@ -1,7 +1,9 @@
-"""Coverage runs on PostgreSQL: the closed candles of a batch merged into ``runs`` with three
-round trips for the whole batch (read the touching runs, delete them, insert the merged ones),
-whatever the number of series. Same meaning as feedd/store/coverage.py; the caller holds the
-series' rows locked, so two writers never merge one series' runs at once."""
+"""Coverage runs on PostgreSQL: the closed candles of a batch merged into ``runs`` in a few
+round trips for the whole batch, whatever the number of series: one that extends the runs that
+live candles continue (nearly every series of a live batch), then, for the rest, three (read
+the touching runs, delete them, insert the merged ones). Same meaning as
+feedd/store/coverage.py; the caller holds the series' rows locked, so two writers never merge
+one series' runs at once."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from feedd.intervals import next_open
 from feedd.store.coverage import previous_open, segments
-from feedd.store.postgres.connection import Connection
+from feedd.store.postgres.connection import Connection, int_array
 
 Run = tuple[int, int]
 
@@ -26,6 +28,20 @@ def merge(interval: str, runs: Sequence[Run], new: Sequence[Run]) -> list[Run]:
     return out
 
 
+#: the common case of a live batch, in one round trip: a series' new closed candles are one
+#: stretch that continues the run ending just before it, with no run touching it on the right;
+#: that run is extended. Returns the series done; the others take the general path.
+_EXTEND = """
+UPDATE runs SET "end" = u.e
+FROM unnest(%s::integer[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
+    AS u(series, prev, s, e, hi)
+WHERE runs.series = u.series AND runs."end" = u.prev
+    AND NOT EXISTS (SELECT FROM runs r
+        WHERE r.series = u.series AND r."end" >= u.s AND r.start <= u.hi)
+RETURNING runs.series
+"""
+
+
 def add_closed(
     conn: Connection, closed: Mapping[int, Sequence[int]], intervals: Mapping[int, str]
 ) -> None:
@@ -34,10 +50,38 @@ def add_closed(
     if not closed:
         return
     new: dict[int, list[Run]] = {}
-    ids, lows, highs = [], [], []
     for sid in sorted(closed):
+        new[sid] = list(segments(intervals[sid], closed[sid]))
+    single = [sid for sid, runs in new.items() if len(runs) == 1]
+    if single:
+        done = _extend(conn, single, new, intervals)
+        new = {sid: runs for sid, runs in new.items() if sid not in done}
+    if new:
+        _merge_general(conn, new, intervals)
+
+
+def _extend(
+    conn: Connection, ids: list[int], new: Mapping[int, list[Run]], intervals: Mapping[int, str]
+) -> set[int]:
+    """Extend each series' run that ends right before its one new stretch; the series done."""
+    prev, starts, ends, highs = [], [], [], []
+    for sid in ids:
+        interval, (start, end) = intervals[sid], new[sid][0]
+        prev.append(previous_open(interval, start))
+        starts.append(start)
+        ends.append(end)
+        highs.append(next_open(interval, end))
+    arrays = tuple(map(int_array, (ids, prev, starts, ends, highs)))
+    return {row[0] for row in conn.execute(_EXTEND, arrays)}
+
+
+def _merge_general(
+    conn: Connection, new: Mapping[int, list[Run]], intervals: Mapping[int, str]
+) -> None:
+    """Any batch: read the runs touching the new stretches, delete them, insert the merged."""
+    ids, lows, highs = [], [], []
+    for sid in sorted(new):
         interval = intervals[sid]
-        new[sid] = list(segments(interval, closed[sid]))
         ids.append(sid)
         lows.append(previous_open(interval, new[sid][0][0]))
         highs.append(next_open(interval, new[sid][-1][1]))
@@ -48,7 +92,7 @@ def add_closed(
         'SELECT runs.series, runs.start, runs."end" FROM runs'
         " JOIN unnest(%s::integer[], %s::bigint[], %s::bigint[]) AS q(series, low, high)"
         ' ON runs.series = q.series AND runs."end" >= q.low AND runs.start <= q.high',
-        (ids, lows, highs),
+        (int_array(ids), int_array(lows), int_array(highs)),
     ):
         existing[sid].append((start, end))
     gone: list[tuple[int, int]] = []
@@ -64,13 +108,17 @@ def add_closed(
         conn.execute(
             "DELETE FROM runs USING unnest(%s::integer[], %s::bigint[]) AS d(series, e)"
             ' WHERE runs.series = d.series AND runs."end" = d.e',
-            ([s for s, _ in gone], [e for _, e in gone]),
+            (int_array(s for s, _ in gone), int_array(e for _, e in gone)),
         )
     if added:
         conn.execute(
             'INSERT INTO runs (series, start, "end")'
             " SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::bigint[])",
-            ([s for s, _, _ in added], [a for _, a, _ in added], [b for _, _, b in added]),
+            (
+                int_array(s for s, _, _ in added),
+                int_array(a for _, a, _ in added),
+                int_array(b for _, _, b in added),
+            ),
         )
 
 

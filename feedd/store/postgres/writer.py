@@ -20,7 +20,13 @@ from feedd.candle import Candle
 from feedd.intervals import INTERVAL_MS
 from feedd.store.lease import Lease
 from feedd.store.postgres import lease, nodes, rollup, runs
-from feedd.store.postgres.connection import Connection, connect, location, store_error
+from feedd.store.postgres.connection import (
+    Connection,
+    connect,
+    int_array,
+    location,
+    store_error,
+)
 from feedd.store.postgres.schema import is_read_only, migrate, read_store_id
 from feedd.store.retention import Retention, Verdict
 from feedd.store.schema import FLAG_CLOSED, SOURCE_FLAGS
@@ -114,6 +120,8 @@ class PgWriteConnection:
         self._size_at = -float("inf")
         #: series this connection has made sure exist (skips the mint statement)
         self._known: set[SeriesKey] = set()
+        #: ids of series seen: a batch of known series locks their rows by id
+        self._ids: dict[SeriesKey, int] = {}
         self._intervals: dict[int, str] = {}
         #: series written since the last prune
         self._dirty: set[int] = set()
@@ -218,6 +226,9 @@ class PgWriteConnection:
 
     def _lock_series(self, keys: list[SeriesKey]) -> dict[SeriesKey, int]:
         """The ids of ``keys`` (created where missing), their rows locked in id order."""
+        ids = self._lock_known(keys)
+        if ids is not None:
+            return ids
         if not self._known.issuperset(keys):
             self._mint(keys)
         ids = self._lock(keys)
@@ -229,6 +240,29 @@ class PgWriteConnection:
             ids.update(self._lock(missing))
         return ids
 
+    def _lock_known(self, keys: list[SeriesKey]) -> dict[SeriesKey, int] | None:
+        """Lock by id when every series of the batch was seen (nearly every batch): integers
+        instead of three text arrays joined on names. None when one is new, or gone (a wipe
+        on another node: ids are never reused, so a stale id matches nothing)."""
+        wanted: dict[int, SeriesKey] = {}
+        for key in keys:
+            sid = self._ids.get(key)
+            if sid is None:
+                return None
+            wanted[sid] = key
+        locked = {
+            row[0]
+            for row in self._conn.execute(
+                "SELECT id FROM series WHERE id = ANY(%s::integer[]) ORDER BY id FOR NO KEY UPDATE",
+                (int_array(sorted(wanted)),),
+            )
+        }
+        if len(locked) < len(wanted):
+            for sid in wanted.keys() - locked:
+                self._known.discard(self._ids.pop(wanted[sid]))
+            return None
+        return {key: sid for sid, key in wanted.items()}
+
     def _mint(self, keys: list[SeriesKey]) -> None:
         self._conn.execute(_MINT, _columns(keys))
 
@@ -237,6 +271,7 @@ class PgWriteConnection:
         for sid, exchange, symbol, interval in self._conn.execute(_LOCK, _columns(keys)):
             ids[(exchange, symbol, interval)] = sid
             self._intervals[sid] = interval
+        self._ids.update(ids)
         return ids
 
     def _copy_and_upsert(self, staged: list[Staged], ids: dict[SeriesKey, int]) -> int:
@@ -370,6 +405,7 @@ class PgWriteConnection:
         except psycopg.Error as exc:
             raise store_error(exc, "cannot wipe", self._dsn) from None
         self._known.clear()
+        self._ids.clear()
         self._retention.forget()
         self._intervals.clear()
         self._dirty.clear()
