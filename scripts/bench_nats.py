@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import signal
 import subprocess
@@ -52,6 +53,7 @@ from feedd.service import Service, run_service
 VENUE = "binance_futures"
 #: how long the consumer keeps reading after the window, for the window's last frames
 CONSUMER_TAIL_S = 2.0
+_RUN_NUMBERS = itertools.count(1)
 #: after an outage, caught up once no more than a window of closed candles waits (under load
 #: the backlog is never quite empty)
 CAUGHT_UP_CLOSED = 1000
@@ -104,14 +106,15 @@ def start_nats(store: Path) -> tuple[subprocess.Popen[bytes], str]:
     return broker.process, broker.url
 
 
-def run_consumer(url: str) -> None:
-    """Child-process mode: an ordered JetStream consumer (deliver-new) of every candle; at
-    SIGTERM prints (exchange, symbol, open_time, close, arrival) rows as one JSON line."""
+def run_consumer(nats_doc: str) -> None:
+    """Child-process mode: an ordered JetStream consumer of every candle of its run's stream,
+    those stored before it started included (a replay, then live); at SIGTERM prints
+    (exchange, symbol, open_time, close, arrival) rows as one JSON line."""
     import orjson
 
     from feedd.publish.consumer import consume
 
-    settings = config_module.parse({"publish": {"nats": {"url": url}}}).config.publish
+    settings = config_module.parse({"publish": {"nats": json.loads(nats_doc)}}).config.publish
     assert settings is not None and settings.nats is not None
     arrived: list[tuple[str, str, int, float, float]] = []
 
@@ -122,7 +125,12 @@ def run_consumer(url: str) -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         task = asyncio.ensure_future(
-            consume(settings.nats, on_candle, subscribed=lambda: print("connected", flush=True))
+            consume(
+                settings.nats,
+                on_candle,
+                since_ms=int(time.time() * 1000) - 60_000,
+                subscribed=lambda: print("connected", flush=True),
+            )
         )
         await stop.wait()
         task.cancel()
@@ -132,9 +140,10 @@ def run_consumer(url: str) -> None:
     sys.stdout.flush()
 
 
-async def start_consumer(url: str) -> trio.Process:
+async def start_consumer(nats_doc: dict[str, str]) -> trio.Process:
     process = await trio.lowlevel.open_process(
-        [sys.executable, __file__, "--consumer-process", url], stdout=subprocess.PIPE
+        [sys.executable, __file__, "--consumer-process", json.dumps(nats_doc)],
+        stdout=subprocess.PIPE,
     )
     assert process.stdout is not None
     with trio.fail_after(60):
@@ -172,8 +181,17 @@ async def measure(run: Run) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "bench.db"
             cfg = bi.feedd_config(urls, count, db)
+            # A stream of its own per run: the simulator starts every run's candles at the
+            # current minute, so a stream shared across runs dropped a later run's candles as
+            # duplicates of an earlier run's (same message id) within the duplicate window.
+            tag = next(_RUN_NUMBERS)
+            nats_doc = {
+                "url": nats_url or "",
+                "stream": f"BENCH_{tag}",
+                "subject_prefix": f"bench{tag}",
+            }
             if nats_url:
-                publish = config_module.parse({"publish": {"nats": {"url": nats_url}}}).config
+                publish = config_module.parse({"publish": {"nats": nats_doc}}).config
                 cfg = attrs.evolve(cfg, publish=publish.publish)
             async with trio.open_nursery() as nursery:
                 service: Service = await nursery.start(run_service, cfg, db)
@@ -193,7 +211,7 @@ async def measure(run: Run) -> dict[str, Any]:
                 # recorded with publishing off too, so that both runs pay for it
                 nursery.start_soon(record_commits)
                 if nats_url and outage is None:
-                    consumer = await start_consumer(nats_url)
+                    consumer = await start_consumer(nats_doc)
                 await trio.sleep(bi.WARM_UP_S)
                 cpu0, received0 = bi.cpu_seconds(me), writer.stats.received
                 t0 = time.monotonic()
@@ -242,6 +260,15 @@ async def measure(run: Run) -> dict[str, Any]:
         ]
         result["frame_to_nats_consumer_ms"] = bi._percentiles(lat, len(sent))
         result["consumer_received"] = len(arrivals)
+        seen = {(v, s, o, c) for v, s, o, c, _ in arrivals}
+        missing = sorted(t for key, t in by_float.items() if key not in seen)
+        if missing:
+            # when in the window the frames the consumer never got were sent (s from its start)
+            result["consumer_missing"] = {
+                "frames": len(missing),
+                "first_sent_s": round(missing[0] - min(by_float.values()), 3),
+                "last_sent_s": round(missing[-1] - min(by_float.values()), 3),
+            }
     if stats is not None:
         result["published"] = stats.published
         result["dropped_forming"] = stats.dropped_forming
