@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from feedd.candle import Candle, Source
 from feedd.errors import StoreError
-from feedd.store import codec
+from feedd.store import codec, database
 from feedd.store.database import Database
 from feedd.store.schema import SCHEMA_VERSION, WAL_AUTOCHECKPOINT_PAGES
 
@@ -162,6 +163,33 @@ def test_one_batch_applies_in_order(db: Database) -> None:
     batch = [candle(close="1", closed=False), candle(close="2"), candle(close="3", closed=False)]
     db.write(batch)
     assert rows(db.path) == [(T0, "2", 1)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_batch_of_many_statements_applies_in_order(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows go ROWS_PER_STATEMENT to a statement: updates of one candle, within a statement
+    and across two, land as they would one statement per row (the written count too)."""
+    rng = random.Random(seed)
+    times = [T0 + i * 60_000 for i in range(40)]
+    batch = [
+        candle(rng.choice(times), close=str(n), closed=rng.random() < 0.5,
+               symbol=rng.choice(("BTCUSDT", "ETHUSDT")))
+        for n in range(database.ROWS_PER_STATEMENT * 3 + 17)
+    ]  # fmt: skip
+    many = Database.open(tmp_path / "many.db")
+    one = Database.open(tmp_path / "one.db")
+    try:
+        counts = [many.write(batch), many.write(batch[::-1])]
+        monkeypatch.setattr(database, "ROWS_PER_STATEMENT", len(batch) * 2)  # one row each
+        assert [one.write(batch), one.write(batch[::-1])] == counts
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            assert rows(many.path, symbol) == rows(one.path, symbol)
+            assert len(rows(many.path, symbol)) > 10
+    finally:
+        many.close()
+        one.close()
 
 
 def test_codec_rejects_drop_only_the_bad_candle(db: Database) -> None:
