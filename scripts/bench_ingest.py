@@ -35,6 +35,12 @@ feedd once per combination, each a ratio of that reader.
 
     python scripts/bench_ingest.py --writer thread,process   # both writers, in turn
     python scripts/bench_ingest.py --storage sqlite,postgresql   # socket -> row on each store
+    python scripts/bench_ingest.py --cryptofeed .venv-cryptofeed/bin/python   # and cryptofeed
+
+``--cryptofeed PYTHON`` adds cryptofeed to every pair (scripts/cryptofeed_client.py, run under a
+Python that has cryptofeed installed; it is not a dependency of feedd): its Binance feed on
+the same simulator, each candle to an empty callback, storing nothing. The summary gives
+feedd's CPU per committed row over cryptofeed's CPU per frame, and the rates' ratio.
 
 ``--ws-clients N`` adds N /ws clients subscribed to every candle, in a process of their own
 (like real dashboards elsewhere), to show what fan-out costs ingest.
@@ -377,6 +383,35 @@ async def stop_child(process: trio.Process) -> bytes:
     return out
 
 
+async def measure_cryptofeed(
+    python: str, count: int, seconds: float, rate: float
+) -> dict[str, Any]:
+    """cryptofeed (scripts/cryptofeed_client.py under ``python``) on a fresh simulator:
+    Binance candles of ``count`` symbols to an empty callback, storing nothing."""
+    venue = "binance_futures"
+    sim, urls = await start_sim([venue], rate)
+    try:
+        out = await trio.run_process(
+            [python, str(Path(__file__).parent / "cryptofeed_client.py"), urls[venue]["rest_url"],
+             urls[venue]["ws_url"], str(seconds), str(WARM_UP_S), json.dumps(symbols(count))],
+            capture_stdout=True,
+        )  # fmt: skip
+    finally:
+        sim.kill()
+        await sim.wait()
+    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    frames, elapsed = result["frames"], result["s"]
+    return {
+        "who": "cryptofeed",
+        "rate": rate or "unpaced",
+        "symbols": result["symbols"],
+        "frames_per_s": round(frames / elapsed),
+        "cpu_us_per_frame": round(result["cpu_s"] / max(frames, 1) * 1e6, 1),
+        "cpu_percent": round(result["cpu_s"] / elapsed * 100, 1),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
 # ----------------------------------------------------------------------------- feedd
 
 
@@ -579,6 +614,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "server_cpu_us_per_row": _median([f.get("server_cpu_us_per_row", 0) for _, f in pairs]),
             "loadavg_1m": _median([r["loadavg_1m"] for r in rows if str(r["rate"]) == rate]),
         }
+        peers = [r for r in rows if str(r["rate"]) == rate and r["who"] == "cryptofeed"]
+        if peers:
+            with_peer = list(zip(peers, feedds, strict=False))
+            out[key]["cryptofeed_frames_per_s"] = _median([p["frames_per_s"] for p in peers])
+            out[key]["cryptofeed_cpu_us"] = _median([p["cpu_us_per_frame"] for p in peers])
+            # feedd stores and serves what cryptofeed only parses: CPU per row over per frame
+            out[key]["cpu_over_cryptofeed"] = _median(
+                [_cpu_per_row(f) / p["cpu_us_per_frame"] for p, f in with_peer]
+            )
+            out[key]["rate_over_cryptofeed"] = _median(
+                [f["rows_committed_per_s"] / p["frames_per_s"] for p, f in with_peer]
+            )
         ws = [f["frame_to_ws_ms"] for _, f in pairs if f.get("frame_to_ws_ms", {}).get("samples")]
         if ws:
             out[key]["frame_to_ws_p50_ms"] = _median([w["p50"] for w in ws])
@@ -618,6 +665,10 @@ async def run_all(args: argparse.Namespace, pg: PgServer | None) -> list[dict[st
         for _ in range(args.pairs):
             if args.only in (None, "reader"):
                 row = await measure_reader(venues[0], args.symbols, args.seconds, rate)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+            if args.cryptofeed:
+                row = await measure_cryptofeed(args.cryptofeed, args.symbols, args.seconds, rate)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             variants = [
@@ -664,6 +715,12 @@ def main() -> None:
         default="sqlite",
         help="feedd's store, comma-separated: sqlite, postgresql (a throwaway server, fsync on,"
         " synchronous_commit off: durable like SQLite's WAL with synchronous=NORMAL)",
+    )
+    parser.add_argument(
+        "--cryptofeed",
+        metavar="PYTHON",
+        help="also measure cryptofeed (scripts/cryptofeed_client.py) under this Python, which"
+        " has it installed, in every pair",
     )
     parser.add_argument("--ws-clients", type=int, default=0, help="/ws clients reading all candles")
     parser.add_argument("--summarise", metavar="FILE", help="summarise the rows of a past run")
