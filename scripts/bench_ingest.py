@@ -76,6 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pgserver import PgServer  # tests/ holds the throwaway server
 
 VENUES = ("binance_futures", "bybit_futures", "okx_futures")
+CRYPTOFEED_CLIENT = Path(__file__).resolve().parent / "cryptofeed_client.py"
 WARM_UP_S = 3.0
 SIM_SEED = 1
 #: instruments the simulator lists; feedd only subscribes to listed symbols
@@ -390,12 +391,16 @@ async def measure_cryptofeed(
     Binance candles of ``count`` symbols to an empty callback, storing nothing."""
     venue = "binance_futures"
     sim, urls = await start_sim([venue], rate)
+    client = CRYPTOFEED_CLIENT
     try:
-        out = await trio.run_process(
-            [python, str(Path(__file__).parent / "cryptofeed_client.py"), urls[venue]["rest_url"],
-             urls[venue]["ws_url"], str(seconds), str(WARM_UP_S), json.dumps(symbols(count))],
-            capture_stdout=True,
-        )  # fmt: skip
+        # in a folder of its own: cryptofeed writes feedhandler.log where it runs
+        with tempfile.TemporaryDirectory() as tmp:
+            out = await trio.run_process(
+                [python, str(client), urls[venue]["rest_url"], urls[venue]["ws_url"],
+                 str(seconds), str(WARM_UP_S), json.dumps(symbols(count))],
+                capture_stdout=True,
+                cwd=tmp,
+            )  # fmt: skip
     finally:
         sim.kill()
         await sim.wait()
