@@ -60,7 +60,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
@@ -72,8 +72,8 @@ from feedd.service import Service, run_service
 from feedd.sim.symbols import universe
 from feedd.store.backend import open_backend
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from pgserver import PgServer  # tests/ holds the throwaway server
+if TYPE_CHECKING:
+    from pgserver import PgServer
 
 VENUES = ("binance_futures", "bybit_futures", "okx_futures")
 CRYPTOFEED_CLIENT = Path(__file__).resolve().parent / "cryptofeed_client.py"
@@ -759,6 +759,10 @@ def _run_with_storage(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise SystemExit(f"--storage: unknown {', '.join(sorted(unknown))}")
     if "postgresql" not in storages:
         return trio.run(run_all, args, None)
+    # tests/ holds the throwaway server; only this mode needs it (and pytest, which it imports)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from pgserver import PgServer
+
     pg = PgServer({"fsync": "on", "full_page_writes": "on", "synchronous_commit": "off"})
     try:
         pg.start()
