@@ -118,9 +118,9 @@ class PgWriteConnection:
         self.rejected = 0
         self._on_size = on_size
         self._size_at = -float("inf")
-        #: series this connection has made sure exist (skips the mint statement)
-        self._known: set[SeriesKey] = set()
-        #: ids of series seen: a batch of known series locks their rows by id
+        #: ids of the series this connection has locked: a batch of only these skips the mint
+        #: statement and locks by id (an id whose mint was rolled back, or that another node
+        #: wiped, is found missing then and made again)
         self._ids: dict[SeriesKey, int] = {}
         self._intervals: dict[int, str] = {}
         #: series written since the last prune
@@ -186,7 +186,6 @@ class PgWriteConnection:
                     also()
         except psycopg.Error as exc:
             raise store_error(exc, "cannot write to", self._dsn) from None
-        self._known.update(keys)
         self._dirty.update(ids.values())
         self._refresh_size()
         return changed
@@ -217,7 +216,7 @@ class PgWriteConnection:
             if before is None or not before[9] & FLAG_CLOSED or flags & FLAG_CLOSED:
                 rows[key] = (key[:3], c.open_time, *values, c.trades, flags)
         out = list(rows.values())
-        for series in {row[0] for row in out} - self._known:
+        for series in {row[0] for row in out} - self._ids.keys():
             if "\x00" in "".join(series):  # text cannot hold NUL: it would fail the batch
                 self.rejected += sum(row[0] == series for row in out)
                 log.warning("dropping candles of %s: a NUL character in its name", series)
@@ -229,13 +228,15 @@ class PgWriteConnection:
         ids = self._lock_known(keys)
         if ids is not None:
             return ids
-        if not self._known.issuperset(keys):
-            self._mint(keys)
+        new = [key for key in keys if key not in self._ids]
+        if new:
+            self._mint(new)
         ids = self._lock(keys)
         if len(ids) < len(keys):
             # wiped by another node since we made them: make them again
             missing = [k for k in keys if k not in ids]
-            self._known.difference_update(missing)
+            for key in missing:
+                self._ids.pop(key, None)
             self._mint(missing)
             ids.update(self._lock(missing))
         return ids
@@ -259,7 +260,7 @@ class PgWriteConnection:
         }
         if len(locked) < len(wanted):
             for sid in wanted.keys() - locked:
-                self._known.discard(self._ids.pop(wanted[sid]))
+                del self._ids[wanted[sid]]
             return None
         return {key: sid for sid, key in wanted.items()}
 
@@ -404,7 +405,6 @@ class PgWriteConnection:
                 self._conn.execute("DELETE FROM series")
         except psycopg.Error as exc:
             raise store_error(exc, "cannot wipe", self._dsn) from None
-        self._known.clear()
         self._ids.clear()
         self._retention.forget()
         self._intervals.clear()
