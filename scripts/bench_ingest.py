@@ -58,7 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,30 +252,46 @@ def _frame_decoder(venue: str, msgspec: Any) -> Any:
 
 
 async def measure_reader(venue: str, count: int, seconds: float, rate: float) -> dict[str, Any]:
+    result, sim_cpu = await _run_client_on_sim(
+        venue, rate, lambda ws, _rest: [sys.executable, __file__, "--reader-process", venue, ws,
+                                        str(count), str(seconds)],
+    )  # fmt: skip
+    return {
+        "who": "reader",
+        "client": result["client"],
+        **_client_figures(result, rate),
+        # over warm-up and window: only to see whether the simulator was the bottleneck
+        "simulator_cpu_s": round(sim_cpu, 1),
+    }
+
+
+async def _run_client_on_sim(
+    venue: str, rate: float, argv: Callable[[str, str], list[str]], cwd: str | None = None
+) -> tuple[dict[str, Any], float]:
+    """Run a client child (``argv(ws_url, rest_url)``) against a fresh simulator: the last JSON
+    line it prints, and the simulator's CPU seconds meanwhile."""
     sim, urls = await start_sim([venue], rate)
     sim_proc = psutil.Process(sim.pid)
     try:
         sim0 = cpu_seconds(sim_proc)
         out = await trio.run_process(
-            [sys.executable, __file__, "--reader-process", venue, urls[venue]["ws_url"],
-             str(count), str(seconds)],
-            capture_stdout=True,
-        )  # fmt: skip
+            argv(urls[venue]["ws_url"], urls[venue]["rest_url"]), capture_stdout=True, cwd=cwd
+        )
         sim_cpu = cpu_seconds(sim_proc) - sim0
     finally:
         sim.kill()
         await sim.wait()
-    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return json.loads(out.stdout.decode().strip().splitlines()[-1]), sim_cpu
+
+
+def _client_figures(result: dict[str, Any], rate: float) -> dict[str, Any]:
+    """Rates and CPU of a client child's line (``frames`` counted in ``s``, ``cpu_s``)."""
     frames, elapsed = result["frames"], result["s"]
     return {
-        "who": "reader",
-        "client": result["client"],
         "rate": rate or "unpaced",
         "frames_per_s": round(frames / elapsed),
         "cpu_us_per_frame": round(result["cpu_s"] / max(frames, 1) * 1e6, 1),
         "cpu_percent": round(result["cpu_s"] / elapsed * 100, 1),
-        # over warm-up and window: only to see whether the simulator was the bottleneck
-        "simulator_cpu_s": round(sim_cpu, 1),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -389,32 +405,15 @@ async def measure_cryptofeed(
 ) -> dict[str, Any]:
     """cryptofeed (scripts/cryptofeed_client.py under ``python``) on a fresh simulator:
     Binance candles of ``count`` symbols to an empty callback, storing nothing."""
-    venue = "binance_futures"
-    sim, urls = await start_sim([venue], rate)
-    client = CRYPTOFEED_CLIENT
-    try:
-        # in a folder of its own: cryptofeed writes feedhandler.log where it runs
-        with tempfile.TemporaryDirectory() as tmp:
-            out = await trio.run_process(
-                [python, str(client), urls[venue]["rest_url"], urls[venue]["ws_url"],
-                 str(seconds), str(WARM_UP_S), json.dumps(symbols(count))],
-                capture_stdout=True,
-                cwd=tmp,
-            )  # fmt: skip
-    finally:
-        sim.kill()
-        await sim.wait()
-    result = json.loads(out.stdout.decode().strip().splitlines()[-1])
-    frames, elapsed = result["frames"], result["s"]
-    return {
-        "who": "cryptofeed",
-        "rate": rate or "unpaced",
-        "symbols": result["symbols"],
-        "frames_per_s": round(frames / elapsed),
-        "cpu_us_per_frame": round(result["cpu_s"] / max(frames, 1) * 1e6, 1),
-        "cpu_percent": round(result["cpu_s"] / elapsed * 100, 1),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-    }
+    # in a folder of its own: cryptofeed writes feedhandler.log where it runs
+    with tempfile.TemporaryDirectory() as tmp:
+        result, _ = await _run_client_on_sim(
+            "binance_futures", rate, lambda ws, rest: [python, str(CRYPTOFEED_CLIENT), rest, ws,
+                                                        str(seconds), str(WARM_UP_S),
+                                                        json.dumps(symbols(count))],
+            cwd=tmp,
+        )  # fmt: skip
+    return {"who": "cryptofeed", "symbols": result["symbols"], **_client_figures(result, rate)}
 
 
 # ----------------------------------------------------------------------------- feedd

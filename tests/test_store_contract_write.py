@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 import trio
+from test_store_runs_live import step
 
 from feedd.candle import Candle, Source
-from feedd.intervals import next_open
 from feedd.store.backend import Backend, WriteConnection
 from feedd.store.codec import decode_str
 from feedd.store.coverage import segments
@@ -236,13 +236,13 @@ def test_runs_follow_live_shaped_batches(db: WriteConnection, seed: int) -> None
             if roll < 0.3:
                 continue
             if roll < 0.8:
-                times = [after(interval, t, k) for k in range(1, rng.randrange(2, 5))]
+                times = [step(interval, t, k) for k in range(1, rng.randrange(2, 5))]
             elif roll < 0.87:
-                times = [after(interval, t, rng.randrange(2, 5))]  # leaves a hole
+                times = [step(interval, t, rng.randrange(2, 5))]  # leaves a hole
             elif roll < 0.93:
                 times = [t]  # stored again
             else:
-                times = [after(interval, T0, rng.randrange(0, 12))]  # maybe fills an old hole
+                times = [step(interval, T0, rng.randrange(0, 12))]  # maybe fills an old hole
             newest[symbol, interval] = max(t, *times)
             for x in times:
                 closed = rng.random() < 0.9
@@ -253,12 +253,6 @@ def test_runs_follow_live_shaped_batches(db: WriteConnection, seed: int) -> None
         for (symbol, interval), times in covered.items():
             expected = list(segments(interval, times))
             assert db.closed_runs(EX, symbol, interval, 0, 2**62) == expected, (symbol, interval)
-
-
-def after(interval: str, t: int, n: int) -> int:
-    for _ in range(n):
-        t = next_open(interval, t)
-    return t
 
 
 def test_prune_keeps_newest_of_series_written_since(backend: Backend, db: WriteConnection) -> None:
