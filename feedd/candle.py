@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-import attrs
+import msgspec
 
 
 class Source(enum.IntEnum):
@@ -16,13 +16,18 @@ class Source(enum.IntEnum):
     ARCHIVE = 2
 
 
-@attrs.frozen(slots=True)
-class Candle:
+class Candle(msgspec.Struct, frozen=True, gc=False):
     """One OHLCV candle as the exchange reported it.
 
     Prices and volumes stay the exchange's decimal strings until the store encodes them, so
     nothing is rounded on the way. ``volume`` is in the base asset, ``quote_volume`` in the
     quote asset; ``trades`` is None where the exchange does not report it.
+
+    A frozen msgspec Struct, not a frozen attrs class like feedd's other values: one is made
+    for every update received, and attrs' frozen constructor (one ``object.__setattr__`` per
+    field) took 1.1-1.5 us of the event loop's time per candle against 0.15 us (#17). It is
+    immutable, compares and hashes by value all the same; ``gc=False`` since it only ever
+    holds strings, numbers and an enum member, never a container that could close a cycle.
     """
 
     exchange: str

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 import pytest
 import trio
@@ -114,7 +114,7 @@ async def test_forming_update_after_a_committed_close_is_dropped() -> None:
 async def test_queued_forming_updates_of_one_candle_go_out_as_the_newest() -> None:
     hub = LiveHub(None, LogRing(), dict)  # type: ignore[arg-type]
     client = subscribed_client(hub)
-    other = attrs.evolve(update(T0, "5"), symbol="ETHUSDT")
+    other = msgspec.structs.replace(update(T0, "5"), symbol="ETHUSDT")
     hub.publish_ingested([update(T0, "1.5"), other, update(T0, "1.6"), update(T1, "1.7")])
     data = await next_candles(client)
     assert [(c["symbol"], c["open_time"], c["close"]) for c in data] == [

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 import pytest
 import trio
@@ -134,7 +134,7 @@ async def test_hub_overflow_marks_only_the_slow_client() -> None:
     assert [m["data"][0]["open_time"] for m in received] == [0, 60_000, 120_000]
     # backfilled candles are not pushed, but the freshness record sees closed ones; forming
     # updates went out when ingested, so a commit does not send them again
-    hub.publish([attrs.evolve(candle("ETHUSDT", 0, Source.REST), closed=True)])
+    hub.publish([msgspec.structs.replace(candle("ETHUSDT", 0, Source.REST), closed=True)])
     hub.publish([candle("BTCUSDT", 120_000)])
     assert (BINANCE, "ETHUSDT", "1m") in hub.last_closed
     with pytest.raises(trio.WouldBlock):

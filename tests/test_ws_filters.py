@@ -8,7 +8,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 import pytest
 import trio
@@ -31,7 +31,7 @@ EVERY_FILTER = [CandleFilter(*combo) for combo in itertools.product(*VALUES.valu
 
 
 def series_candle(exchange: str, symbol: str, interval: str, open_time: int = 0) -> Candle:
-    return attrs.evolve(candle(symbol, open_time), exchange=exchange, interval=interval)
+    return msgspec.structs.replace(candle(symbol, open_time), exchange=exchange, interval=interval)
 
 
 def brute_force(wanted: set[CandleFilter], c: Candle) -> bool:
