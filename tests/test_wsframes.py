@@ -74,8 +74,10 @@ def stream(rng: random.Random) -> bytes:
             server.send_binary(payload(rng)[:MAX_SIZE])
         elif kind < 0.7:
             server.send_ping(payload(rng)[:125])
-        elif kind < 0.75:
+        elif kind < 0.72:
             server.send_pong(b"pong")
+        elif kind < 0.75:
+            server.send_text(b"\xff\xfe not UTF-8")  # handed on as bytes: the session says so
         elif kind < 0.85:
             parts = rng.randrange(2, 5)
             server.send_text(b"a" * rng.randrange(0, 200), fin=False)
