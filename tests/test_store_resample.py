@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from unittest import mock
 
-import attrs
+import msgspec
 import orjson
 import pytest
 import trio
@@ -241,7 +241,7 @@ def test_agrees_with_a_decimal_reference(
 
 @pytest.mark.parametrize("interval", INTERVALS)
 def test_ranges_without_rows_read_empty(tmp_path: Path, interval: str) -> None:
-    store(tmp_path / "db", [one(BASE), attrs.evolve(one(BASE), symbol="ETHUSDT")])
+    store(tmp_path / "db", [one(BASE), msgspec.structs.replace(one(BASE), symbol="ETHUSDT")])
     assert resample(tmp_path / "db", interval, since=BASE + 40 * 86_400_000) == []
     assert resample(tmp_path / "db", interval, until=BASE - 40 * 86_400_000) == []
     assert len(resample(tmp_path / "db", interval)) == 1
