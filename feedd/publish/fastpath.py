@@ -14,12 +14,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import nats.errors
-import orjson
 from nats.aio.client import Client
 
 from feedd.candle import Candle
+from feedd.candlejson import encode_candle
 from feedd.publish import wire
-from feedd.web.live import candle_dict
 
 SeriesKey = tuple[str, str, str]
 _HDR = b"NATS/1.0\r\n"
@@ -47,11 +46,11 @@ class Frames:
 
     def closed(self, candles: Iterable[Candle], reply: bytes) -> bytes:
         """JetStream publishes with a message id, their acks sent to ``reply``."""
-        dumps, parts = orjson.dumps, []
+        encode, parts = encode_candle, []
         for candle in candles:
             subject, ident = self._of(candle)
             head = b"%s%s%d\r\n\r\n" % (_HDR, ident, candle.open_time)
-            body = dumps(candle_dict(candle))
+            body = encode(candle)
             parts.append(
                 b"HPUB %s %s %d %d\r\n%s%s\r\n"
                 % (subject, reply, len(head), len(head) + len(body), head, body)
@@ -60,11 +59,11 @@ class Frames:
 
     def forming(self, candles: Iterable[Candle], *, ttl: bool) -> bytes:
         """Plain publishes (no ack wanted), with the stream's short time to live if it has one."""
-        dumps, parts = orjson.dumps, []
+        encode, parts = encode_candle, []
         head = b"%s%s: %s\r\n\r\n" % (_HDR, wire.TTL.encode(), wire.FORMING_TTL.encode())
         for candle in candles:
             subject, _ = self._of(candle)
-            body = dumps(candle_dict(candle))
+            body = encode(candle)
             if ttl:
                 parts.append(
                     b"HPUB %s %d %d\r\n%s%s\r\n"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from feedd.candle import Candle, Source
-from feedd.web.live import candle_dict
+from feedd.candlejson import encode_candle
 
 #: the header JetStream deduplicates on, within the stream's duplicate window
 MSG_ID = "Nats-Msg-Id"
@@ -38,7 +36,7 @@ def msg_id(candle: Candle) -> str:
 
 
 def payload(candle: Candle) -> bytes:
-    return orjson.dumps(candle_dict(candle))
+    return encode_candle(candle)
 
 
 def candle_from_dict(doc: dict[str, Any]) -> Candle:

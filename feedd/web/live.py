@@ -19,6 +19,7 @@ import orjson
 import trio
 
 from feedd.candle import Candle, Source
+from feedd.candlejson import CandleJson, candle_json, candles_message, encode_json
 from feedd.monitor.logring import LogLine, LogRing
 from feedd.store.writer import Writer
 from feedd.web.filters import FilterIndex
@@ -46,27 +47,6 @@ BEHIND_LIMIT_S = 10.0
 STATUS_EVERY_S = 1.0
 LOGS_EVERY_S = 0.25
 SeriesKey = tuple[str, str, str]
-#: an enum's ``name`` is a property lookup: a dict is faster, once per candle per batch
-_SOURCE_NAMES = {source: source.name.lower() for source in Source}
-
-
-def candle_dict(candle: Candle, *, committed: bool = True) -> dict[str, Any]:
-    return {
-        "exchange": candle.exchange,
-        "symbol": candle.symbol,
-        "interval": candle.interval,
-        "open_time": candle.open_time,
-        "open": float(candle.open),
-        "high": float(candle.high),
-        "low": float(candle.low),
-        "close": float(candle.close),
-        "volume": float(candle.volume),
-        "quote_volume": float(candle.quote_volume),
-        "trades": candle.trades,
-        "closed": candle.closed,
-        "source": _SOURCE_NAMES[candle.source],
-        "committed": committed,
-    }
 
 
 def log_dict(line: LogLine) -> dict[str, Any]:
@@ -252,10 +232,10 @@ class LiveHub:
         # on its own only when a filtering client picks it.
         skippable = not committed
         everyone = self.filters.everyone()
-        dicts: list[dict[str, Any]] | None = None
+        wire: list[CandleJson] | None = None
         if everyone:
-            dicts = [candle_dict(candle, committed=committed) for candle in live]
-            shared = orjson.dumps({"type": "candles", "data": dicts}).decode()
+            wire = [candle_json(candle, committed=committed) for candle in live]
+            shared = candles_message(wire)
             for client in everyone:
                 client.offer(shared, skippable=skippable)
         encoded: dict[int, bytes] = {}
@@ -263,8 +243,8 @@ class LiveHub:
         def encode(n: int) -> bytes:
             text = encoded.get(n)
             if text is None:
-                fields = candle_dict(live[n], committed=committed) if dicts is None else dicts[n]
-                text = encoded[n] = orjson.dumps(fields)
+                fields = candle_json(live[n], committed=committed) if wire is None else wire[n]
+                text = encoded[n] = encode_json(fields)
             return text
 
         for client, picks in self.filters.route(live).items():
