@@ -93,6 +93,33 @@ def test_codec_rejects_out_of_range() -> None:
         codec.encode("9" * 30)
 
 
+_PRICE_POOL = ["94172.40", "94172.4", "94180.10", "94100.00", "0.00001234", "7", "007", "",
+               "1.2.3", "9" * 30]  # fmt: skip
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.lists(st.sampled_from(_PRICE_POOL),
+                                                       min_size=4, max_size=4)),
+                max_size=60))  # fmt: skip
+def test_encode_prices_is_encode_with_repeats_reused(
+    updates: list[tuple[int, list[str]]],
+) -> None:
+    """Series updates drawn from a small pool (so strings repeat in every position, close
+    equals high or low, and refused strings come and go): always ``encode`` of each, or its
+    ValueError, and a refused update changes nothing remembered."""
+    last: dict[int, codec.LastPrices] = {}
+    for series, prices in updates:
+        try:
+            expected = tuple(codec.encode(p) for p in prices)
+        except ValueError:
+            before = dict(last)
+            with pytest.raises(ValueError):
+                codec.encode_prices(last, series, *prices)
+            assert last == before
+            continue
+        assert codec.encode_prices(last, series, *prices) == expected
+        assert last[series] == tuple(x for pair in zip(prices, expected, strict=True) for x in pair)
+
+
 @given(st.integers(0, 10**17), st.integers(0, 15))
 def test_codec_property_round_trip(mantissa: int, decimals: int) -> None:
     digits = str(mantissa).rjust(decimals + 1, "0")

@@ -40,6 +40,35 @@ def encode(s: str) -> int:
     return _encode_slow(s)
 
 
+#: a series' last prices and their codes: (open, code, high, code, low, code, close, code)
+LastPrices = tuple[str, int, str, int, str, int, str, int]
+
+
+def encode_prices(
+    last: dict[int, LastPrices], series: int, o: str, h: str, low: str, c: str
+) -> tuple[int, int, int, int]:
+    """``encode`` of a live update's four prices, reusing the codes of the series' previous
+    update where a string repeats (``encode`` is a function of the string alone).
+
+    Updates of a forming candle mostly repeat them: in a captured Binance session, open, high
+    and low were unchanged in 86-94 % of updates, and close equalled its previous value, the
+    high or the low in 87 %. A hit costs a string comparison instead of ~0.5 us; a candle
+    whose four prices all change costs ~0.1 us more per row.
+    """
+    p = last.get(series)
+    if p is None:
+        eo, eh, el = encode(o), encode(h), encode(low)
+        ec = eh if c == h else el if c == low else encode(c)
+    else:
+        eo = p[1] if o == p[0] else encode(o)
+        eh = p[3] if h == p[2] else encode(h)
+        el = p[5] if low == p[4] else encode(low)
+        ec = p[7] if c == p[6] else eh if c == h else el if c == low else encode(c)
+    # Only once all four encoded: a refused string is never remembered.
+    last[series] = (o, eo, h, eh, low, el, c, ec)
+    return eo, eh, el, ec
+
+
 def _encode_slow(s: str) -> int:
     if not _PLAIN.fullmatch(s):
         raise ValueError(f"not a plain decimal string: {s!r}")

@@ -13,11 +13,11 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from feedd.candle import Candle
+from feedd.candle import Candle, Source
 from feedd.errors import StoreError
 from feedd.intervals import INTERVAL_MS, next_open
 from feedd.store import coverage, lease, nodes
-from feedd.store.codec import encode
+from feedd.store.codec import LastPrices, encode, encode_prices
 from feedd.store.retention import Retention, Verdict
 from feedd.store.schema import (
     FLAG_CLOSED,
@@ -95,6 +95,8 @@ class Database:
         #: the newest coverage run (start, end) of a series, as the open transaction sees it;
         #: dropped wherever runs change otherwise, emptied by a rollback
         self._newest: dict[int, tuple[int, int]] = {}
+        #: each live series' last prices, for ``encode_prices``
+        self._last_prices: dict[int, LastPrices] = {}
 
     @classmethod
     def open(cls, path: Path, *, busy_timeout_ms: int = 2000) -> Database:
@@ -173,16 +175,21 @@ class Database:
         return changed
 
     def _rows(self, candles: Sequence[Candle], new_ids: dict[SeriesKey, int]) -> list[Row]:
-        ids = self._ids
+        ids, last, ws = self._ids, self._last_prices, Source.WS
         rows = []
         for c in candles:
             key = (c.exchange, c.symbol, c.interval)
             sid = ids.get(key) or new_ids.get(key) or self._mint(key, new_ids)
             flags = (FLAG_CLOSED if c.closed else 0) | SOURCE_FLAGS[c.source]
             try:
-                row = (sid, c.open_time, encode(c.open), encode(c.high), encode(c.low),
-                       encode(c.close), encode(c.volume), encode(c.quote_volume), c.trades,
-                       flags)  # fmt: skip
+                # Live updates repeat their prices; a REST or archive row is another candle.
+                if c.source is ws:
+                    o, h, low, close = encode_prices(last, sid, c.open, c.high, c.low, c.close)
+                else:
+                    o, h, low = encode(c.open), encode(c.high), encode(c.low)
+                    close = encode(c.close)
+                row = (sid, c.open_time, o, h, low, close, encode(c.volume),
+                       encode(c.quote_volume), c.trades, flags)  # fmt: skip
             except ValueError as exc:
                 self.rejected += 1
                 log.warning("dropping candle %s: %s", c.key, exc)
