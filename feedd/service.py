@@ -20,6 +20,7 @@ import attrs
 import httpx
 import trio
 
+from feedd import gcsettings
 from feedd.candle import Candle
 from feedd.cluster import Cluster, NodeIdentity, StoreEpochs
 from feedd.config import Config, check_exposure
@@ -228,6 +229,7 @@ async def run_service(
             )
             # What starting made lives as long as the service: out of the collector's sight, a
             # full collection scans ~10k objects, not ~80k (60 ms of the loop, #17).
+            gcsettings.tune()
             gc.freeze()
             task_status.started(Service(url, state, stop))
 

@@ -32,6 +32,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from feedd import gcsettings
 from feedd.candle import Candle
 from feedd.errors import StoreError, StoreUnavailable
 
@@ -341,6 +342,7 @@ def serve(sock: socket.socket) -> None:
     """Open the writer the parent names, then run its calls until the socket closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    gcsettings.tune()  # the rows of a batch are made here
     collected = _Collected()
     root = logging.getLogger()
     root.addHandler(collected)
