@@ -17,7 +17,7 @@ from feedd.candle import Candle, Source
 _SOURCE_NAMES = {source: source.name.lower() for source in Source}
 
 
-class CandleJson(msgspec.Struct, gc=False):
+class CandleJson(msgspec.Struct, frozen=True, gc=False):
     """The fields in the order they go on the wire."""
 
     exchange: str
@@ -36,7 +36,7 @@ class CandleJson(msgspec.Struct, gc=False):
     committed: bool
 
 
-class CandlesMessage(msgspec.Struct, gc=False):
+class CandlesMessage(msgspec.Struct, frozen=True, gc=False):
     """``/ws``'s message of candles."""
 
     type: str
