@@ -32,9 +32,8 @@ def disk_config(tmp_path: Path) -> dict[str, object]:
 
 async def test_read_routes(tmp_path: Path) -> None:
     async with running_feedd(tmp_path, SYMBOLS) as (_sim, service, client):
-        await wait_on_commits(
-            service, lambda: ("binance_futures", "ETHUSDT", "1m") in service.state.hub.last
-        )
+        eth = ("binance_futures", "ETHUSDT", "1m")
+        await wait_on_commits(service, lambda: service.state.hub.last_price(eth) is not None)
         # /config: the running configuration, token never shown
         cfg = (await client.get("/config")).json()
         assert cfg["exchanges"][BINANCE]["symbols"] == ["BTCUSDT", "ETHUSDT"]
@@ -150,7 +149,8 @@ async def test_control_routes(tmp_path: Path) -> None:
         assert added.json()["symbols"] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
         assert disk_config(tmp_path)["exchanges"][BINANCE]["symbols"][-1] == "SOLUSDT"
         assert stats[BYBIT] is bybit_before  # untouched
-        await wait_on_commits(service, lambda: (BINANCE, "SOLUSDT", "1m") in service.state.hub.last)
+        sol = (BINANCE, "SOLUSDT", "1m")
+        await wait_on_commits(service, lambda: service.state.hub.last_price(sol) is not None)
 
         # refusals change nothing
         before = (tmp_path / "config.json").read_bytes()

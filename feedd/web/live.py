@@ -110,6 +110,22 @@ def message(kind: str, data: object) -> str:
     return orjson.dumps({"type": kind, "data": data}).decode()
 
 
+class SeriesNews:
+    """The newest of one series the hub has seen; changed in place, once per candle."""
+
+    __slots__ = ("closed_seen", "last", "last_closed", "last_seen")
+
+    def __init__(self) -> None:
+        #: newest live candle, for the last price in /status, and when it was committed (ms)
+        self.last: Candle | None = None
+        self.last_seen = 0
+        #: newest committed closed open time (live or backfilled), for freshness in /metrics
+        self.last_closed = -1
+        #: newest closed open time, committed or only ingested: forming updates at or before
+        #: it are stale
+        self.closed_seen = -1
+
+
 class LiveHub:
     def __init__(self, writer: Writer, logs: LogRing, status: Callable[[], dict[str, Any]]):
         self._writer = writer
@@ -118,15 +134,8 @@ class LiveHub:
         self.clients: set[Client] = set()
         #: which clients want which candles
         self.filters = FilterIndex[Client]()
-        #: newest live candle per series, for the last price in /status
-        self.last: dict[SeriesKey, Candle] = {}
-        #: when that candle was committed (ms), for the age of the last price
-        self.last_seen: dict[SeriesKey, int] = {}
-        #: newest closed candle per series (live or backfilled), for freshness in /metrics
-        self.last_closed: dict[SeriesKey, int] = {}
-        #: newest closed open time per series, committed or only ingested: forming updates
-        #: at or before it are stale
-        self._closed_seen: dict[SeriesKey, int] = {}
+        #: what the hub knows of each series: one look-up per candle, not four
+        self._series: dict[SeriesKey, SeriesNews] = {}
         #: clients closed because they did not keep up
         self.overflows = 0
 
@@ -180,24 +189,25 @@ class LiveHub:
         # Only live stream updates: backfilled history is read from /ohlcv, and pushing a
         # bootstrap's hundreds of thousands of candles would drown every dashboard.
         # One pass: the loop runs this for every committed batch (every row at full load).
-        last_closed, closed_seen = self.last_closed, self._closed_seen
-        last, seen = self.last, self.last_seen
+        series = self._series
         now_ms = int(time.time() * 1000)
         ws = Source.WS
         closed_live: list[Candle] = []
         for candle in batch:
             key = (candle.exchange, candle.symbol, candle.interval)
+            news = series.get(key)
+            if news is None:
+                news = series[key] = SeriesNews()
             open_time = candle.open_time
             if candle.closed:
-                if last_closed.get(key, -1) < open_time:
-                    last_closed[key] = open_time
-                if closed_seen.get(key, -1) < open_time:
-                    closed_seen[key] = open_time
+                if news.last_closed < open_time:
+                    news.last_closed = open_time
+                if news.closed_seen < open_time:
+                    news.closed_seen = open_time
             if candle.source is ws:
-                known = last.get(key)
+                known = news.last
                 if known is None or known.open_time <= open_time:
-                    last[key] = candle
-                    seen[key] = now_ms
+                    news.last, news.last_seen = candle, now_ms
                 if candle.closed:
                     closed_live.append(candle)
         self._fan_out(closed_live, committed=True)
@@ -213,16 +223,34 @@ class LiveHub:
             # Nobody to tell. The closes seen here are only a head start: the commit path
             # records each close before the client can have it.
             return
-        closed_seen = self._closed_seen
+        series = self._series
         forming: dict[tuple[str, str, str, int], Candle] = {}
         for candle in batch:
             key = (candle.exchange, candle.symbol, candle.interval)
+            news = series.get(key)
             if candle.closed:
-                if closed_seen.get(key, -1) < candle.open_time:
-                    closed_seen[key] = candle.open_time
-            elif candle.source == Source.WS and closed_seen.get(key, -1) < candle.open_time:
+                if news is None:
+                    news = series[key] = SeriesNews()
+                if news.closed_seen < candle.open_time:
+                    news.closed_seen = candle.open_time
+            elif candle.source == Source.WS and (
+                news is None or news.closed_seen < candle.open_time
+            ):
                 forming[candle.key] = candle
         self._fan_out(list(forming.values()), committed=False)
+
+    def last_price(self, key: SeriesKey) -> tuple[Candle, int] | None:
+        """The newest live candle of a series and when it was committed (ms), for /status."""
+        news = self._series.get(key)
+        if news is None or news.last is None:
+            return None
+        return news.last, news.last_seen
+
+    @property
+    def last_closed(self) -> dict[SeriesKey, int]:
+        """The newest committed closed open time per series (live or backfilled), for
+        freshness in /metrics."""
+        return {k: n.last_closed for k, n in self._series.items() if n.last_closed >= 0}
 
     def _fan_out(self, live: list[Candle], *, committed: bool) -> None:
         if not live or not self.filters:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from feedd import __version__, exchanges
+from feedd.candle import Candle
 from feedd.config import ExchangeConfig
 from feedd.engine.context import stream_key
 from feedd.engine.stats import ExchangeStats, StreamState
@@ -86,7 +87,6 @@ def symbol_rows(
                 if progress is not None and stream_state not in {"rejected", "unlisted"}:
                     stream_state = "backfilling"
             series = (settings.name, symbol, interval)
-            last = state.hub.last.get(series)
             rows.append(
                 {
                     "symbol": symbol,
@@ -94,15 +94,7 @@ def symbol_rows(
                     "state": stream_state,
                     "error": error,
                     "backfill_progress": progress,
-                    "last": None
-                    if last is None
-                    else {
-                        "open_time": last.open_time,
-                        "close": float(last.close),
-                        "volume": float(last.volume),
-                        "closed": last.closed,
-                        "time": state.hub.last_seen.get(series),
-                    },
+                    "last": _last_price(state.hub.last_price(series)),
                 }
             )
     return rows
@@ -191,3 +183,16 @@ def exchanges_document(state: AppState) -> dict[str, Any]:
             }
         )
     return {"exchanges": out}
+
+
+def _last_price(last: tuple[Candle, int] | None) -> dict[str, Any] | None:
+    if last is None:
+        return None
+    candle, committed_ms = last
+    return {
+        "open_time": candle.open_time,
+        "close": float(candle.close),
+        "volume": float(candle.volume),
+        "closed": candle.closed,
+        "time": committed_ms,
+    }
