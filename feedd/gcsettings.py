@@ -7,10 +7,11 @@ that lives until the commit, so at 700 the collector ran ~25 times a second at f
 row. From 4,000 up a batch comes and goes between collections (#17).
 
 The threshold also sets the longest pause: each collection scans what is young. With the
-writer at 2,000 rows/s and forming updates on /ws (``bench_ws.py --writer-rate 2000``) the
-longest collection took 1.9-2.5 ms at 700, 2.3-2.4 ms at 4,000, 4.2-5.5 ms at 10,000, and
-collections took 17-19, 10-12 and 9-12 ms in all. Peak RSS with 600 symbols did not move
-(68.4-68.6 MB).
+writer at 2,000 rows/s and forming updates on /ws (``bench_ws.py --writer-rate 2000``, 9-13
+runs each) the longest collection of a run took 1.2-2.5 ms at 700, 1.5-3.7 ms at 4,000 and
+3.1-8.6 ms at 10,000; all collections of a run 14-19, 9-13 and 8-18 ms. Frame -> /ws p99
+was the same at 700 and 4,000 (five runs each alternating: medians 4.67 and 4.66 ms). Peak
+RSS with 600 symbols did not move (68.4-68.6 MB).
 """
 
 from __future__ import annotations
