@@ -3,8 +3,8 @@
 Encoding and committing candles costs the writer ~15-20 µs of Python and SQLite work per
 row; in a thread that work holds the GIL the event loop needs, so at full load ingest runs at
 half the rate it reaches with a store that costs nothing. In a child process it runs on the
-other core: the loop's side of a commit is one tuple per candle, pickled in C and written to
-a socket.
+other core: the loop's side of a commit is one tuple per candle, encoded in C by msgspec and
+written to a socket.
 
 ``ProcessBackend`` wraps a backend and replaces only ``open_writer``: the child opens the
 inner backend's writer and runs every ``WriteConnection`` call the parent forwards, one at a
@@ -32,8 +32,10 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from feedd import gcsettings
-from feedd.candle import Candle
+from feedd.candle import Candle, Source
 from feedd.errors import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -42,9 +44,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("feedd.store")
 
-#: a candle on the wire: its fields in order
-_FIELDS = Candle.__struct_fields__
-_as_tuple = operator.attrgetter(*_FIELDS)
+#: a candle on the wire: its fields in order, as a MessagePack array
+_as_tuple = operator.attrgetter(*Candle.__struct_fields__)
+_CandleFields = tuple[str, str, str, int, str, str, str, str, str, str, int | None, bool, Source]
+_encode_rows = msgspec.msgpack.Encoder().encode
+_decode_rows = msgspec.msgpack.Decoder(list[_CandleFields]).decode
 #: seconds a child may take to open the store (creating or migrating the schema included)
 OPEN_TIMEOUT_S = 120.0
 #: seconds a closing child gets to finish before it is killed
@@ -124,10 +128,14 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(buffer)
 
 
-def _wire(candles: Sequence[Candle]) -> list[tuple[Any, ...]]:
-    # attrgetter builds each tuple in C; the enum member pickles as a reference to the class
-    # once, then by memo, so it is left as it is.
-    return list(map(_as_tuple, candles))
+def _wire(candles: Sequence[Candle]) -> bytes:
+    """``candles`` as one MessagePack document of arrays (the message around it is pickled).
+
+    The writer's thread runs this holding the event loop's GIL: attrgetter tuples encoded by
+    msgspec cost 0.33-0.37 us per candle against 0.74-1.0 us pickled, and the child decodes
+    them in 0.5-0.7 us against 0.7-0.8 (2,500-candle batches, #17).
+    """
+    return _encode_rows(list(map(_as_tuple, candles)))
 
 
 class ProcessWriteConnection:
@@ -334,8 +342,9 @@ class _Collected(logging.Handler):
         return records
 
 
-def _candles(rows: list[tuple[Any, ...]]) -> list[Candle]:
-    return list(itertools.starmap(Candle, rows))
+def _candles(data: bytes) -> list[Candle]:
+    """What ``_wire`` made; the decoder types every field (the source back to its enum)."""
+    return list(itertools.starmap(Candle, _decode_rows(data)))
 
 
 def serve(sock: socket.socket) -> None:
@@ -364,9 +373,9 @@ def serve(sock: socket.socket) -> None:
             name, args, kwargs = _receive(sock)
         except EOFError:
             break  # the parent is gone: whatever it had not committed was never begun here
-        if name in ("write", "write_job"):
-            args = (_candles(args[0]), *args[1:])
         try:
+            if name in ("write", "write_job"):
+                args = (_candles(args[0]), *args[1:])
             result = getattr(db, name)(*args, **kwargs)
             answer: tuple[Any, ...] = (True, result, db.rejected, collected.take())
         except StoreError as exc:
