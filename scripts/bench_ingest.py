@@ -6,15 +6,18 @@ frame is a new closed candle, so every update is a new row) and runs one of:
 - **reader**: the bare reference reader, in a process of its own: the fastest WebSocket client
   installed (websockets' trio client if importable, else trio-websocket) plus a typed msgspec
   decode of each frame, storing nothing. It counts kline frames decoded.
-- **feedd**: the service in this process: WebSocket, parse, writer thread, SQLite commit, /ws.
-  ``updates`` are candles the sessions handed to the writer (every kline frame accepted),
-  ``rows`` are rows committed (equal to updates here, since no two frames share a key).
+- **feedd**: the service in a process of its own, started for this run alone: WebSocket,
+  parse, writer thread, SQLite commit, /ws. ``updates`` are candles the sessions handed to the
+  writer (every kline frame accepted), ``rows`` are rows committed (equal to updates here,
+  since no two frames share a key). ``peak_rss_mb`` is that process's (feedd plus the
+  benchmark's bookkeeping): run after run in one process, the heap kept what earlier runs
+  left, and the figure climbed from 70 to 96 MB over six runs.
 
 at full load (simulator unpaced: it sends as fast as the client reads) and at a fixed rate
 (default 2,000 updates/s). CPU is the process's user + system time over the measured window
 (writer thread included), divided by the frames it took in. At the fixed rate a /ws client in
 its own process records when each candle arrived, and the simulator's send log gives when its
-frame left: frame -> /ws client latency (and frame -> commit, seen in this process). Send and
+frame left: frame -> /ws client latency (and frame -> commit, seen in feedd's process). Send and
 receive times are both CLOCK_MONOTONIC, so they compare across processes.
 
 Because a shared machine's speed drifts, runs alternate (reader, feedd, reader, feedd, ...)
@@ -60,7 +63,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 import psutil
@@ -421,6 +424,51 @@ async def measure_cryptofeed(
 # ----------------------------------------------------------------------------- feedd
 
 
+class PgDatabase(NamedTuple):
+    """A fresh database of the throwaway server, as a feedd run in its own process sees it."""
+
+    dsn: str
+    #: the server's data directory, for its processes' CPU time
+    data: str
+
+    def cpu_seconds(self) -> float:
+        from pgserver import server_cpu_seconds
+
+        return float(server_cpu_seconds(Path(self.data)))
+
+
+async def measure_feedd_apart(
+    venues: Sequence[str],
+    count: int,
+    seconds: float,
+    rate: float,
+    ws_clients: int,
+    client: str,
+    writer_kind: str,
+    pg: PgServer | None,
+) -> dict[str, Any]:
+    """``measure_feedd`` in a process started for this run alone (see the module's doc)."""
+    database = None if pg is None else PgDatabase(pg.dsn(pg.create_database()), str(pg.data))
+    params = [list(venues), count, seconds, rate, ws_clients, client, writer_kind, database]
+    done = await trio.run_process(
+        [sys.executable, __file__, "--feedd-process", json.dumps(params)], capture_stdout=True
+    )
+    lines = done.stdout.decode().splitlines()
+    return dict(json.loads(next(line for line in reversed(lines) if line.startswith('{"who"'))))
+
+
+def run_feedd_process(params: str) -> None:
+    """The child's side of ``measure_feedd_apart``: one run, its row on stdout."""
+    venues, count, seconds, rate, ws_clients, client, writer_kind, database = json.loads(params)
+    if database is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # pgserver
+        database = PgDatabase(*database)
+    row = trio.run(
+        measure_feedd, venues, count, seconds, rate, ws_clients, client, writer_kind, database
+    )
+    print(json.dumps(row), flush=True)
+
+
 async def measure_feedd(
     venues: Sequence[str],
     count: int,
@@ -429,9 +477,9 @@ async def measure_feedd(
     ws_clients: int = 0,
     client: str = connector.DEFAULT,
     writer_kind: str = "thread",
-    pg: PgServer | None = None,
+    pg: PgDatabase | None = None,
 ) -> dict[str, Any]:
-    """One feedd run; on ``pg`` (a fresh database of it) instead of SQLite when given."""
+    """One feedd run in this process; on ``pg`` instead of SQLite when given."""
     connector.use(client)
     sim, urls = await start_sim(venues, rate)
     clients: trio.Process | None = None
@@ -445,7 +493,7 @@ async def measure_feedd(
             db = Path(tmp) / "bench.db"
             storage = None
             if pg is not None:
-                storage = {"backend": "postgresql", "dsn": pg.dsn(pg.create_database())}
+                storage = {"backend": "postgresql", "dsn": pg.dsn}
             cfg = feedd_config(urls, count, db, writer_kind, storage)
             async with trio.open_nursery() as nursery:
                 store = open_backend(cfg.storage, db.parent)
@@ -689,7 +737,7 @@ async def run_all(args: argparse.Namespace, pg: PgServer | None) -> list[dict[st
             ]
             for client, writer, storage in variants if args.only in (None, "feedd") else ():
                 server = pg if storage == "postgresql" else None
-                row = await measure_feedd(
+                row = await measure_feedd_apart(
                     venues, args.symbols, args.seconds, rate, args.ws_clients, client, writer,
                     server,
                 )  # fmt: skip
@@ -737,7 +785,11 @@ def main() -> None:
     parser.add_argument("--ws-client-process", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--ws-timer-process", nargs=1, help=argparse.SUPPRESS)
     parser.add_argument("--reader-process", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--feedd-process", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.feedd_process:
+        run_feedd_process(args.feedd_process)
+        return
     if args.ws_client_process:
         url, count = args.ws_client_process
         trio.run(run_ws_clients, url, int(count))

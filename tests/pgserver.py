@@ -200,19 +200,7 @@ class PgServer:
         return int(rows[0][0])
 
     def cpu_seconds(self) -> float:
-        """CPU seconds of this server's processes so far: its live backends, and those that
-        have ended (a benchmark's short connections), which the postmaster reaped."""
-        import psutil
-
-        pid = int((self.data / "postmaster.pid").read_text().split()[0])
-        postmaster = psutil.Process(pid)
-        times = postmaster.cpu_times()
-        total = times.user + times.system + times.children_user + times.children_system
-        for child in postmaster.children():
-            with contextlib.suppress(psutil.Error):
-                child_times = child.cpu_times()
-                total += child_times.user + child_times.system
-        return total
+        return server_cpu_seconds(self.data)
 
     def connections(self, dbname: str) -> int:
         rows = self.admin(
@@ -262,3 +250,20 @@ def pg_dsn(pg_server: PgServer) -> Iterator[str]:
     yield pg_server.dsn(name)
     pg_server.start()
     pg_server.drop_database(name)
+
+
+def server_cpu_seconds(data: Path) -> float:
+    """CPU seconds so far of the server whose data directory is ``data``: its live backends,
+    and those that have ended (a benchmark's short connections), which the postmaster reaped.
+    A function of the directory, so that a benchmark's child process can ask too."""
+    import psutil
+
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    postmaster = psutil.Process(pid)
+    times = postmaster.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in postmaster.children():
+        with contextlib.suppress(psutil.Error):
+            child_times = child.cpu_times()
+            total += child_times.user + child_times.system
+    return total
