@@ -40,7 +40,7 @@ def fill(path: Path, series: int, candles: int) -> None:
         stride = candles // HOLES_PER_SERIES
         conn.execute(
             "WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?)"
-            " INSERT INTO candles SELECT ?, ? + i * 60000, 1503, 1603, 1403, 1553, 2003, 3005,"
+            " INSERT INTO candle_rows SELECT ?, ? + i * 60000, 1503, 1603, 1403, 1553, 2003, 3005,"
             " 7, 1 FROM k WHERE i % ? >= ?",
             (candles, n + 1, T0, stride, n % 7 + 1),
         )

@@ -86,7 +86,7 @@ def prefill(db: Path) -> None:
     (series,) = conn.execute("SELECT id FROM series").fetchone()
     conn.execute("BEGIN")
     conn.executemany(
-        "INSERT INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO candle_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 series,

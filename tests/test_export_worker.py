@@ -58,7 +58,7 @@ def fill(db: Path, rows: int = ROWS) -> None:
     flags = (FLAG_CLOSED, FLAG_CLOSED | FLAG_REST, FLAG_CLOSED | FLAG_ARCHIVE)
     conn.execute("BEGIN")
     conn.executemany(
-        "INSERT INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO candle_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 series,
@@ -317,7 +317,7 @@ async def test_an_export_holds_back_no_checkpoint(db: Path) -> None:
         async with aclosing(reader.export(request("csv"))) as pieces:
             await anext(pieces)
             await anext(pieces)  # the worker has read ahead by now
-            writer.execute("UPDATE candles SET trades = 1 WHERE open_time = ?", (T0,))
+            writer.execute("UPDATE candle_rows SET trades = 1 WHERE open_time = ?", (T0,))
             busy, _, _ = writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             assert busy == 0
     finally:

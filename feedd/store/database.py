@@ -18,9 +18,12 @@ from feedd.errors import StoreError
 from feedd.intervals import INTERVAL_MS, next_open
 from feedd.store import coverage, lease, nodes
 from feedd.store.codec import LastPrices, encode, encode_prices
+from feedd.store.journal import Router
 from feedd.store.retention import Retention, Verdict
 from feedd.store.schema import (
     FLAG_CLOSED,
+    JOURNALS,
+    NO_HIDE,
     SOURCE_FLAGS,
     connect_writer,
     is_writable,
@@ -37,27 +40,31 @@ Row = tuple[int, int, int, int, int, int, int, int, int | None, int]
 #: (device, inode) of a file
 FileIdentity = tuple[int, int]
 
+
 # A closed row only yields to another closed row: a late forming update (a WS frame racing a
 # REST backfill) must never reopen a finished candle.
-_INSERT = """
-INSERT INTO candles (series, open_time, open, high, low, close, volume, quote_volume, trades,
-                     flags)
-VALUES """
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_ON_CONFLICT = """
-ON CONFLICT (series, open_time) DO UPDATE SET
-    open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
-    volume = excluded.volume, quote_volume = excluded.quote_volume, trades = excluded.trades,
-    flags = excluded.flags
-WHERE NOT (candles.flags & 1) OR (excluded.flags & 1)
-"""
-_UPSERT = _INSERT + _ROW + _ON_CONFLICT
+def _upsert_sql(table: str, rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        f"INSERT INTO {table} (series, open_time, open, high, low, close, volume, quote_volume,"
+        f" trades, flags) VALUES {values} ON CONFLICT (series, open_time) DO UPDATE SET"
+        " open = excluded.open, high = excluded.high, low = excluded.low,"
+        " close = excluded.close, volume = excluded.volume,"
+        " quote_volume = excluded.quote_volume, trades = excluded.trades, flags = excluded.flags"
+        f" WHERE NOT ({table}.flags & 1) OR (excluded.flags & 1)"
+    )
+
+
 #: rows per statement of a batch's upsert: each executemany step releases and takes back the
 #: GIL, and the event loop's thread wants it meanwhile; 64 rows x 10 values stay under the
 #: 999 variables older SQLite builds allow. Rows of one statement apply in order, like
 #: statements of one row (a key twice in a statement conflicts with its own earlier row).
 ROWS_PER_STATEMENT = 64
-_UPSERT_MANY = _INSERT + ", ".join([_ROW] * ROWS_PER_STATEMENT) + _ON_CONFLICT
+#: per table, the upsert of one row and of ROWS_PER_STATEMENT rows
+_UPSERTS = {
+    table: (_upsert_sql(table, 1), _upsert_sql(table, ROWS_PER_STATEMENT))
+    for table in ("candle_rows", *JOURNALS)
+}
 
 
 class Database:
@@ -97,6 +104,8 @@ class Database:
         self._newest: dict[int, tuple[int, int]] = {}
         #: each live series' last prices, for ``encode_prices``
         self._last_prices: dict[int, LastPrices] = {}
+        #: which of ``candle_rows`` and the journals each row goes to
+        self._router = Router(conn)
 
     @classmethod
     def open(cls, path: Path, *, busy_timeout_ms: int = 2000) -> Database:
@@ -146,7 +155,7 @@ class Database:
                     # off: 25-30 % less CPU per row over 600 series than in arrival order. The
                     # sort is stable, so updates of one candle still apply in their order.
                     rows.sort(key=_KEY)
-                    changed = self._execute_upsert(rows)
+                    changed = self._store(rows)
                     self._record_closed(rows)
                 if also is not None:
                     also()
@@ -161,17 +170,35 @@ class Database:
         self._dirty.update(row[0] for row in rows)
         return changed
 
-    def _execute_upsert(self, rows: list[Row]) -> int:
+    def _store(self, rows: list[Row]) -> int:
+        """Upsert ``rows`` (in key order) where each belongs, then move on the journals'
+        draining; rows changed."""
+        router = self._router
+        if router.check():
+            self._newest.clear()  # another writer may have changed the runs
+        stored, draining, active = router.route(rows)
+        changed = 0
+        if stored:
+            changed += self._execute_upsert("candle_rows", stored)
+        if draining:
+            changed += self._execute_upsert(JOURNALS[1 - router.active], draining)
+        if active:
+            changed += self._execute_upsert(JOURNALS[router.active], active)
+        router.step()
+        return changed
+
+    def _execute_upsert(self, table: str, rows: list[Row]) -> int:
         """Upsert ``rows`` in order, ROWS_PER_STATEMENT to a statement; rows changed."""
+        one, many = _UPSERTS[table]
         n = ROWS_PER_STATEMENT
         whole = len(rows) - len(rows) % n
         changed = 0
         if whole:
             flat = itertools.chain.from_iterable
             chunks = [tuple(flat(rows[i : i + n])) for i in range(0, whole, n)]
-            changed += self._conn.executemany(_UPSERT_MANY, chunks).rowcount
+            changed += self._conn.executemany(many, chunks).rowcount
         if whole < len(rows):
-            changed += self._conn.executemany(_UPSERT, rows[whole:]).rowcount
+            changed += self._conn.executemany(one, rows[whole:]).rowcount
         return changed
 
     def _rows(self, candles: Sequence[Candle], new_ids: dict[SeriesKey, int]) -> list[Row]:
@@ -331,6 +358,8 @@ class Database:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                if self._router.check():
+                    self._newest.clear()
                 for sid in sorted(self._dirty):
                     done = self._prune_series(sid, max_records)
                     if done is None:
@@ -352,10 +381,14 @@ class Database:
         # from the index's end, but both together walk the whole series (12.6 ms a prune
         # at 100,000 rows, against 0.01: seconds per prune round with 600 full series).
         first, last = self._conn.execute(
-            "SELECT (SELECT min(open_time) FROM candles WHERE series = ?1),"
-            " (SELECT max(open_time) FROM candles WHERE series = ?1)",
+            "SELECT (SELECT min(open_time) FROM candle_rows WHERE series = ?1),"
+            " (SELECT max(open_time) FROM candle_rows WHERE series = ?1)",
             (sid,),
         ).fetchone()
+        journal = self._router.span(sid)  # the newest rows, mostly
+        if journal is not None:
+            first = journal[0] if first is None else min(first, journal[0])
+            last = journal[1] if last is None else max(last, journal[1])
         if first is None:
             return 0
         # Months count as 28 days, which only overestimates the span's count.
@@ -371,12 +404,25 @@ class Database:
         ).fetchone()
         if row is None:
             return 0
-        cur = self._conn.execute(
-            "DELETE FROM candles WHERE series = ? AND open_time <= ?", (sid, row[0])
-        )
+        deleted = self._conn.execute(
+            "DELETE FROM candle_rows WHERE series = ? AND open_time <= ?", (sid, row[0])
+        ).rowcount
+        if journal is not None and journal[0] <= row[0]:
+            # Only when a series keeps fewer rows than the journals hold of it. Rows that
+            # moved out of the draining journal go with the others, hidden or not.
+            for table, hide in zip(JOURNALS, self._router.hides(), strict=True):
+                deleted += self._conn.execute(
+                    f"DELETE FROM {table} WHERE open_time > ? AND open_time <= ? AND series = ?",
+                    (hide, row[0], sid),
+                ).rowcount
+                self._conn.execute(  # moved: counted in candle_rows
+                    f"DELETE FROM {table} WHERE open_time <= ? AND series = ?",
+                    (min(hide, row[0]), sid),
+                )
+            self._router.forget()
         coverage.trim(self._conn, sid, self._interval(sid), row[0])
         self._newest.pop(sid, None)
-        return cur.rowcount
+        return deleted
 
     def wipe(self) -> None:
         """Delete every candle, series and backfill job, then give the space back to the file
@@ -385,7 +431,11 @@ class Database:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.execute("DELETE FROM jobs")
-                self._conn.execute("DELETE FROM candles")
+                for table in ("candle_rows", *JOURNALS):
+                    self._conn.execute(f"DELETE FROM {table}")
+                self._conn.execute(
+                    "UPDATE journal_state SET active = 0, hide0 = ?1, hide1 = ?1", (NO_HIDE,)
+                )
                 self._conn.execute("DELETE FROM runs")
                 self._conn.execute("DELETE FROM series")
                 self._conn.execute("COMMIT")
@@ -399,6 +449,7 @@ class Database:
         self._dirty.clear()
         self._retention.forget()
         self._newest.clear()
+        self._router.forget()
         try:
             # Cheap on an empty database; readers keep working through WAL meanwhile.
             self._conn.execute("VACUUM")
@@ -429,6 +480,7 @@ class Database:
         """
         try:
             if checkpoint:
+                self._drain_journals()
                 self._conn.execute("PRAGMA optimize")
                 self.checkpoint()
         except (StoreError, sqlite3.Error) as exc:
@@ -439,8 +491,21 @@ class Database:
             except sqlite3.Error as exc:
                 log.warning("closing %s: %s", self.path, exc)
 
+    def _drain_journals(self) -> None:
+        """Move every journalled row into ``candle_rows``: a clean stop leaves the journals
+        empty, their pages free for the next rows."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._router.check()
+            self._router.drain()
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
     def _rollback(self) -> None:
         self._newest.clear()  # it may hold runs of the transaction undone
+        self._router.forget()  # and this the journals' spans
         if self._conn.in_transaction:
             try:
                 self._conn.execute("ROLLBACK")

@@ -22,7 +22,7 @@ from feedd.store.codec import decode_float, sql_decode
 from feedd.store.database import FileIdentity, file_identity
 from feedd.store.exportpool import ExportPool
 from feedd.store.exportrequest import ExportRequest
-from feedd.store.schema import connect_reader, store_error
+from feedd.store.schema import SERIES_STATS, connect_reader, store_error
 from feedd.store.sqlreader import (
     FIELDS,
     MAX_T,
@@ -64,6 +64,8 @@ ORDER BY open_time {{order}} LIMIT ?
 
 class Reader(SqlReader[sqlite3.Connection]):
     """Pooled read-only connections; safe to share between tasks, one query per thread."""
+
+    SERIES_STATS = SERIES_STATS
 
     def __init__(self, path: Path, *, max_threads: int = 4) -> None:
         self.path = path

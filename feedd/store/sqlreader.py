@@ -91,6 +91,12 @@ class SqlReader(abc.ABC, Generic[C]):
     PLACEHOLDER: ClassVar[str] = "?"
     #: series sorted by name, byte-wise on every backend
     BY_NAME: ClassVar[str] = "series.exchange, series.symbol, series.interval"
+    #: rows (id, n, lo, hi): each series' row count and first and last open time, in parts
+    #: that ``series`` adds up (SQLite: one per table under the view ``candles``)
+    SERIES_STATS: ClassVar[str] = (
+        "SELECT series AS id, count(*) AS n, min(open_time) AS lo, max(open_time) AS hi"
+        " FROM candles GROUP BY series"
+    )
 
     @abc.abstractmethod
     async def _run(self, fn: Callable[[C], T], empty: T) -> T:
@@ -192,9 +198,8 @@ class SqlReader(abc.ABC, Generic[C]):
     async def series(self) -> list[SeriesInfo]:
         """Every series with its candle count and time range (count walks the series' rows)."""
         sql = (
-            "SELECT series.exchange, series.symbol, series.interval, count(*),"
-            " min(open_time), max(open_time)"
-            " FROM series JOIN candles ON candles.series = series.id"
+            "SELECT series.exchange, series.symbol, series.interval, sum(a.n), min(a.lo),"
+            f" max(a.hi) FROM ({self.SERIES_STATS}) AS a JOIN series ON series.id = a.id"
             f" GROUP BY series.id ORDER BY {self.BY_NAME}"
         )
 

@@ -1,0 +1,306 @@
+"""The journals of live rows (``feedd/store/journal.py``) against a model of the upsert rule.
+
+The journals are made tiny, so that writes swap and drain them all the time; whatever the
+writes, prunes, reopenings and other writers, the view ``candles`` must hold each key once,
+with what the upsert rule says, and the coverage runs must match the closed rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feedd.candle import Candle, Source
+from feedd.store import codec, coverage, journal
+from feedd.store.database import Database
+from feedd.store.schema import JOURNALS, SCHEMA_VERSION
+
+T0 = 1_700_000_040_000  # a minute boundary
+MINUTE = 60_000
+SYMBOLS = ("AUSDT", "BUSDT", "CUSDT")
+
+#: (symbol, minute) -> (close, closed, flags) as the model stores it
+Model = dict[tuple[str, int], tuple[str, bool, int]]
+
+
+def make(symbol: str, minute: int, close: str, closed: bool, source: Source) -> Candle:
+    return Candle("binance_futures", symbol, "1m", T0 + minute * MINUTE, "1", "2", "0.5", close,
+                  "3", "4", 5, closed, source)  # fmt: skip
+
+
+def apply(model: Model, c: Candle) -> None:
+    """The upsert rule: a closed row yields only to a closed one."""
+    key = (c.symbol, (c.open_time - T0) // MINUTE)
+    old = model.get(key)
+    if old is not None and old[1] and not c.closed:
+        return
+    flags = int(c.closed) | {Source.WS: 0, Source.REST: 2, Source.ARCHIVE: 4}[c.source]
+    model[key] = (c.close, c.closed, flags)
+
+
+def stored(path: Path) -> list[tuple[str, int, str, bool, int]]:
+    conn = sqlite3.connect(path)
+    try:
+        found = conn.execute(
+            "SELECT symbol, open_time, close, flags FROM candles"
+            " JOIN series ON series.id = candles.series ORDER BY symbol, open_time"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(s, (t - T0) // MINUTE, codec.decode_str(c), bool(f & 1), f) for s, t, c, f in found]
+
+
+def runs(path: Path) -> dict[str, list[tuple[int, int]]]:
+    conn = sqlite3.connect(path)
+    try:
+        found = conn.execute(
+            "SELECT symbol, start, end FROM runs JOIN series ON series.id = runs.series"
+            " ORDER BY symbol, end"
+        ).fetchall()
+    finally:
+        conn.close()
+    out: dict[str, list[tuple[int, int]]] = {}
+    for symbol, start, end in found:
+        out.setdefault(symbol, []).append(((start - T0) // MINUTE, (end - T0) // MINUTE))
+    return out
+
+
+def check(path: Path, model: Model) -> None:
+    rows = stored(path)
+    keys = [(s, m) for s, m, *_ in rows]
+    assert len(keys) == len(set(keys)), "a key is in two places"
+    assert {(s, m): (c, closed, f) for s, m, c, closed, f in rows} == model
+    expected: dict[str, list[tuple[int, int]]] = {}
+    for symbol in SYMBOLS:
+        closed = [T0 + m * MINUTE for (s, m), v in model.items() if s == symbol and v[1]]
+        if closed:
+            expected[symbol] = [
+                ((a - T0) // MINUTE, (b - T0) // MINUTE) for a, b in coverage.segments("1m", closed)
+            ]
+    assert runs(path) == expected
+
+
+@contextmanager
+def tiny_journals(rows: int, slice_rows: int) -> Iterator[None]:
+    saved = journal.JOURNAL_ROWS, journal.SLICE_ROWS
+    journal.JOURNAL_ROWS, journal.SLICE_ROWS = rows, slice_rows
+    try:
+        yield
+    finally:
+        journal.JOURNAL_ROWS, journal.SLICE_ROWS = saved
+
+
+candles = st.builds(
+    lambda symbol, minute, closed, source: (symbol, minute, closed, source),
+    st.sampled_from(SYMBOLS),
+    st.integers(0, 40),
+    st.booleans(),
+    st.sampled_from([Source.WS, Source.WS, Source.WS, Source.REST, Source.ARCHIVE]),
+)
+operations = st.one_of(
+    st.tuples(st.just("write"), st.lists(candles, min_size=1, max_size=12)),
+    st.tuples(st.just("live"), st.integers(1, 6)),  # every series' next minutes, as a feed
+    st.tuples(st.just("prune"), st.integers(1, 30)),
+    st.tuples(st.just("reopen"), st.booleans()),
+    st.tuples(st.just("other"), st.lists(candles, min_size=1, max_size=4)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(operations, min_size=1, max_size=25),
+    sizes=st.sampled_from([(3, 1), (4, 2), (6, 4), (10, 3)]),
+)
+def test_the_view_holds_what_the_upsert_rule_says(
+    ops: list[tuple[str, object]], sizes: tuple[int, int]
+) -> None:
+    model: Model = {}
+    serial = 0
+    newest = dict.fromkeys(SYMBOLS, 0)
+
+    def batch(spec: object) -> list[Candle]:
+        nonlocal serial
+        out = []
+        for symbol, minute, closed, source in spec:  # type: ignore[attr-defined]
+            serial += 1
+            out.append(make(symbol, minute, f"{serial}.5", closed, source))
+        return out
+
+    with tiny_journals(*sizes), tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "j.db"
+        db = Database.open(path)
+        try:
+            for op, arg in ops:
+                if op == "write":
+                    written = batch(arg)
+                    db.write(written)
+                    for c in written:
+                        apply(model, c)
+                elif op == "live":
+                    live = []
+                    for _ in range(int(arg)):  # type: ignore[call-overload]
+                        for symbol in SYMBOLS:
+                            serial += 1
+                            minute = newest[symbol]
+                            live.append(make(symbol, minute, f"{serial}.5", False, Source.WS))
+                            live.append(make(symbol, minute, f"{serial}.7", True, Source.WS))
+                            newest[symbol] = minute + 1
+                    db.write(live)
+                    for c in live:
+                        apply(model, c)
+                elif op == "other":
+                    written = batch(arg)
+                    other = Database.open(path)
+                    try:
+                        other.write(written)
+                    finally:
+                        other.close(checkpoint=False)
+                    for c in written:
+                        apply(model, c)
+                elif op == "prune":
+                    keep = int(arg)  # type: ignore[call-overload]
+                    db.prune(keep)
+                    after = {(s, m) for s, m, *_ in stored(path)}
+                    for symbol in SYMBOLS:
+                        minutes = sorted(m for s, m in model if s == symbol)
+                        left = sorted(m for s, m in after if s == symbol)
+                        # Retention may leave a series for a later round, never cuts into
+                        # its newest ``keep`` and deletes from the oldest end only.
+                        assert left == minutes[len(minutes) - len(left) :]
+                        assert len(left) >= min(keep, len(minutes))
+                    model = {k: v for k, v in model.items() if k in after}
+                else:
+                    db.close(checkpoint=bool(arg))
+                    db = Database.open(path)
+                check(path, model)
+        finally:
+            db.close()
+
+
+def test_live_rows_go_to_the_journal_and_move_in_slices(tmp_path: Path) -> None:
+    """A feed's rows are appended to the active journal; past JOURNAL_ROWS it drains into
+    ``candle_rows`` a slice per write, and once empty it is cleared at once."""
+    path = tmp_path / "j.db"
+    model: Model = {}
+    with tiny_journals(12, 4):
+        db = Database.open(path)
+        try:
+            for minute in range(10):
+                live = [make(s, minute, f"{minute}.5", True, Source.WS) for s in SYMBOLS]
+                db.write(live)
+                for c in live:
+                    apply(model, c)
+                check(path, model)
+            conn = sqlite3.connect(path)
+            counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                      for t in ("candle_rows", *JOURNALS)}  # fmt: skip
+            conn.close()
+        finally:
+            db.close()
+    # 30 rows: the first 12 swapped, drained 4 open times... at least some moved, and the
+    # newest are still journalled; none is anywhere twice (check above).
+    assert counts["candle_rows"] > 0
+    assert counts["journal0"] + counts["journal1"] > 0
+    assert counts["candle_rows"] + counts["journal0"] + counts["journal1"] >= 30
+
+
+def test_history_goes_straight_to_the_table(tmp_path: Path) -> None:
+    """REST rows and rows older than a series' stored ones never enter a journal: a year of
+    history must not be copied twice."""
+    path = tmp_path / "j.db"
+    db = Database.open(path)
+    try:
+        db.write([make("AUSDT", m, "1", True, Source.REST) for m in range(50)])
+        db.write([make("AUSDT", 100, "2", False, Source.WS)])  # the live minute
+        db.write([make("AUSDT", m, "3", True, Source.WS) for m in range(50, 60)])  # older
+        assert journalled(path) == [T0 + 100 * MINUTE]
+        before = stored(path)
+    finally:
+        db.close()
+    # A clean close moves the journals' rows into the table.
+    assert journalled(path) == []
+    assert stored(path) == before
+
+
+def journalled(path: Path) -> list[int]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT open_time FROM journal0 UNION ALL SELECT open_time FROM journal1"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [t for (t,) in rows]
+
+
+V2_DDL = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE series (id INTEGER PRIMARY KEY, exchange TEXT NOT NULL, symbol TEXT NOT NULL,
+    interval TEXT NOT NULL, UNIQUE (exchange, symbol, interval));
+CREATE TABLE candles (series INTEGER NOT NULL, open_time INTEGER NOT NULL,
+    open INTEGER NOT NULL, high INTEGER NOT NULL, low INTEGER NOT NULL, close INTEGER NOT NULL,
+    volume INTEGER NOT NULL, quote_volume INTEGER NOT NULL, trades INTEGER,
+    flags INTEGER NOT NULL, PRIMARY KEY (series, open_time)) WITHOUT ROWID;
+CREATE TABLE jobs (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, doc TEXT NOT NULL)
+    WITHOUT ROWID;
+CREATE VIEW ohlcv AS SELECT series.symbol, candles.open_time, candles.close, 'archive' AS x
+    FROM candles JOIN series ON series.id = candles.series;
+CREATE TABLE runs (series INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+    PRIMARY KEY (series, end)) WITHOUT ROWID;
+INSERT INTO meta VALUES ('schema_version', 2);
+INSERT INTO series VALUES (1, 'binance_futures', 'AUSDT', '1m');
+"""
+
+
+def test_a_schema_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(V2_DDL)
+    conn.executemany(
+        "INSERT INTO candles VALUES (1, ?, 1, 2, 3, ?, 5, 6, 7, 1)",
+        [(T0 + m * MINUTE, codec.encode(f"{m}.5")) for m in range(5)],
+    )
+    conn.execute("INSERT INTO runs VALUES (1, ?, ?)", (T0, T0 + 4 * MINUTE))
+    conn.commit()
+    conn.close()
+    db = Database.open(path)
+    try:
+        db.write([make("AUSDT", 5, "5.5", True, Source.WS)])
+    finally:
+        db.close()
+    assert [(m, c) for _, m, c, *_ in stored(path)] == [(m, f"{m}.5") for m in range(6)]
+    assert runs(path) == {"AUSDT": [(0, 5)]}
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            SCHEMA_VERSION,
+        )
+        kinds = dict(conn.execute("SELECT name, type FROM sqlite_master").fetchall())
+        assert kinds["candles"] == "view" and kinds["candle_rows"] == "table"
+        # ``ohlcv`` was made anew over the view: it sees the journalled row too.
+        assert conn.execute("SELECT count(*), max(close) FROM ohlcv").fetchone() == (6, 5.5)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("keep", [2, 100])
+def test_prune_reaches_into_the_journals(tmp_path: Path, keep: int) -> None:
+    """A series kept shorter than what the journals hold of it loses journalled rows too."""
+    path = tmp_path / "j.db"
+    with tiny_journals(1000, 100):
+        db = Database.open(path)
+        try:
+            for minute in range(250):
+                db.write([make("AUSDT", minute, "1", True, Source.WS)])
+            db.prune(keep)
+            left = [m for _, m, *_ in stored(path)]
+        finally:
+            db.close()
+    assert left == list(range(250 - keep, 250))
