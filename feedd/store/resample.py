@@ -188,7 +188,7 @@ def query(
     if row is None:
         return []
     series: int = row[0]
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_BUCKETS} (t INTEGER PRIMARY KEY, e INTEGER)")
+    _create_buckets(conn)
     conn.execute("BEGIN")
     try:
         conn.execute(f"DELETE FROM {_BUCKETS}")
@@ -200,6 +200,24 @@ def query(
     finally:
         if conn.in_transaction:  # SQLite may have rolled back by itself on an I/O error
             conn.execute("COMMIT")
+
+
+def _create_buckets(conn: sqlite3.Connection) -> None:
+    """The bucket table, once per connection, with statistics that say it is small.
+
+    Without them SQLite guesses a million rows; once ``candle_rows`` has statistics (``PRAGMA
+    optimize`` at a clean close) it then builds a Bloom filter over every row of the series
+    before the join: a 1h resample of 100 buckets over 100,000 rows took 10.5 ms instead of
+    4-5 ms, 1,000 buckets 49 instead of 43 ms."""
+    if conn.execute("SELECT 1 FROM temp.sqlite_master WHERE name = 'feedd_buckets'").fetchone():
+        return
+    conn.execute(f"CREATE TEMP TABLE {_BUCKETS} (t INTEGER PRIMARY KEY, e INTEGER)")
+    conn.execute(f"ANALYZE {_BUCKETS}")  # makes temp.sqlite_stat1
+    conn.execute(
+        "INSERT OR REPLACE INTO temp.sqlite_stat1 (tbl, idx, stat) VALUES ('feedd_buckets', NULL,"
+        " '1000')"
+    )
+    conn.execute("ANALYZE temp.sqlite_master")  # loads it
 
 
 def _aggregate(
