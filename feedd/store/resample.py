@@ -218,6 +218,7 @@ def _create_buckets(conn: sqlite3.Connection) -> None:
         " '1000')"
     )
     conn.execute("ANALYZE temp.sqlite_master")  # loads it
+    conn.commit()  # a connection in Python's default mode opened a transaction for the insert
 
 
 def _aggregate(
