@@ -27,18 +27,18 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from feedd.store.schema import JOURNALS, NO_HIDE, VALUE_COLUMNS
+from feedd.store.schema import FLAG_ARCHIVE, FLAG_REST, JOURNALS, NO_HIDE, VALUE_COLUMNS
 
 #: new keys in the active journal before it is drained. Readers scan a journal's open times
 #: for a series' rows: 16,000 journal rows over 600 series took a 1,000-row read from 0.31 to
 #: 1.07 ms, 4,000 to 0.52. The writer thread at 2,000/s spent 11.5-13.5 us per row with
-#: 8,000, 12.0 with 20,000 (16-17 without a journal).
+#: 8,000, 12.0 with 20,000 (15.5-19 without a journal).
 JOURNAL_ROWS = 8_000
-#: rows moved into ``candle_rows`` per write while a journal drains (at most, and at least
-#: one open time's rows)
+#: rows moved into ``candle_rows`` per write while a journal drains: about this many, whole
+#: open times (all series' rows of the last open time in the slice go with it)
 SLICE_ROWS = 2_000
 #: flag bits of a row that did not come from a live WebSocket frame
-NOT_LIVE = 2 | 4
+NOT_LIVE = FLAG_REST | FLAG_ARCHIVE
 
 _COLUMNS = ", ".join(("series", "open_time", *VALUE_COLUMNS))
 
