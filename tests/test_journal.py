@@ -10,8 +10,9 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -45,27 +46,27 @@ def apply(model: Model, c: Candle) -> None:
     model[key] = (c.close, c.closed, flags)
 
 
+def fetch(path: Path, sql: str) -> list[Any]:
+    """Rows of one query on the file, through a connection of its own."""
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
 def stored(path: Path) -> list[tuple[str, int, str, bool, int]]:
-    conn = sqlite3.connect(path)
-    try:
-        found = conn.execute(
-            "SELECT symbol, open_time, close, flags FROM candles"
-            " JOIN series ON series.id = candles.series ORDER BY symbol, open_time"
-        ).fetchall()
-    finally:
-        conn.close()
+    found = fetch(
+        path,
+        "SELECT symbol, open_time, close, flags FROM candles"
+        " JOIN series ON series.id = candles.series ORDER BY symbol, open_time",
+    )
     return [(s, (t - T0) // MINUTE, codec.decode_str(c), bool(f & 1), f) for s, t, c, f in found]
 
 
 def runs(path: Path) -> dict[str, list[tuple[int, int]]]:
-    conn = sqlite3.connect(path)
-    try:
-        found = conn.execute(
-            "SELECT symbol, start, end FROM runs JOIN series ON series.id = runs.series"
-            " ORDER BY symbol, end"
-        ).fetchall()
-    finally:
-        conn.close()
+    found = fetch(
+        path,
+        "SELECT symbol, start, end FROM runs JOIN series ON series.id = runs.series"
+        " ORDER BY symbol, end",
+    )
     out: dict[str, list[tuple[int, int]]] = {}
     for symbol, start, end in found:
         out.setdefault(symbol, []).append(((start - T0) // MINUTE, (end - T0) // MINUTE))
@@ -198,10 +199,8 @@ def test_live_rows_go_to_the_journal_and_move_in_slices(tmp_path: Path) -> None:
                 for c in live:
                     apply(model, c)
                 check(path, model)
-            conn = sqlite3.connect(path)
-            counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            counts = {t: fetch(path, f"SELECT count(*) FROM {t}")[0][0]
                       for t in ("candle_rows", *JOURNALS)}  # fmt: skip
-            conn.close()
         finally:
             db.close()
     # 30 rows: the first 12 swapped, drained 4 open times... at least some moved, and the
@@ -230,14 +229,8 @@ def test_history_goes_straight_to_the_table(tmp_path: Path) -> None:
 
 
 def journalled(path: Path) -> list[int]:
-    conn = sqlite3.connect(path)
-    try:
-        rows = conn.execute(
-            "SELECT open_time FROM journal0 UNION ALL SELECT open_time FROM journal1"
-        ).fetchall()
-    finally:
-        conn.close()
-    return [t for (t,) in rows]
+    sql = "SELECT open_time FROM journal0 UNION ALL SELECT open_time FROM journal1"
+    return [t for (t,) in fetch(path, sql)]
 
 
 V2_DDL = """
@@ -277,17 +270,12 @@ def test_a_schema_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
         db.close()
     assert [(m, c) for _, m, c, *_ in stored(path)] == [(m, f"{m}.5") for m in range(6)]
     assert runs(path) == {"AUSDT": [(0, 5)]}
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            SCHEMA_VERSION,
-        )
-        kinds = dict(conn.execute("SELECT name, type FROM sqlite_master").fetchall())
-        assert kinds["candles"] == "view" and kinds["candle_rows"] == "table"
-        # ``ohlcv`` was made anew over the view: it sees the journalled row too.
-        assert conn.execute("SELECT count(*), max(close) FROM ohlcv").fetchone() == (6, 5.5)
-    finally:
-        conn.close()
+    version = fetch(path, "SELECT value FROM meta WHERE key = 'schema_version'")
+    assert version == [(SCHEMA_VERSION,)]
+    kinds = dict(fetch(path, "SELECT name, type FROM sqlite_master"))
+    assert kinds["candles"] == "view" and kinds["candle_rows"] == "table"
+    # ``ohlcv`` was made anew over the view: it sees the journalled row too.
+    assert fetch(path, "SELECT count(*), max(close) FROM ohlcv") == [(6, 5.5)]
 
 
 @pytest.mark.parametrize("keep", [2, 100])

@@ -22,6 +22,7 @@ from feedd.store.journal import Router
 from feedd.store.retention import Retention, Verdict
 from feedd.store.schema import (
     FLAG_CLOSED,
+    HIDDEN_UPTO,
     JOURNALS,
     NO_HIDE,
     SOURCE_FLAGS,
@@ -410,14 +411,14 @@ class Database:
         if journal is not None and journal[0] <= row[0]:
             # Only when a series keeps fewer rows than the journals hold of it. Rows that
             # moved out of the draining journal go with the others, hidden or not.
-            for table, hide in zip(JOURNALS, self._router.hides(), strict=True):
+            for table, hidden in HIDDEN_UPTO.items():
                 deleted += self._conn.execute(
-                    f"DELETE FROM {table} WHERE open_time > ? AND open_time <= ? AND series = ?",
-                    (hide, row[0], sid),
+                    f"DELETE FROM {table} WHERE open_time <= ? AND series = ?"
+                    f" AND open_time > {hidden}",
+                    (row[0], sid),
                 ).rowcount
                 self._conn.execute(  # moved: counted in candle_rows
-                    f"DELETE FROM {table} WHERE open_time <= ? AND series = ?",
-                    (min(hide, row[0]), sid),
+                    f"DELETE FROM {table} WHERE open_time <= ? AND series = ?", (row[0], sid)
                 )
             self._router.forget()
         coverage.trim(self._conn, sid, self._interval(sid), row[0])

@@ -129,10 +129,6 @@ class Router:
             return None
         return min(s[0] for s in spans), max(s[1] for s in spans)
 
-    def hides(self) -> tuple[int, int]:
-        """Each journal's ``hide``, in the order of JOURNALS."""
-        return (NO_HIDE, self.hide) if self.active == 0 else (self.hide, NO_HIDE)
-
     def route(self, rows: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
         """Split rows (series, open time, ..., flags) into those for ``candle_rows``, the
         draining journal and the active journal; the spans take in the new keys."""
@@ -185,29 +181,25 @@ class Router:
             ).fetchone()
         return self._top[sid]
 
-    def step(self) -> int:
+    def step(self) -> None:
         """Part of a write's transaction: move one slice of the draining journal, or make the
-        active journal the draining one once it holds ``JOURNAL_ROWS``. Rows moved."""
-        draining = JOURNALS[1 - self.active]
+        active journal the draining one once it holds ``JOURNAL_ROWS``."""
         if self._draining:
             # Far behind (a store slower than the feed), the rest goes at once.
-            rest = self.active_rows >= 2 * JOURNAL_ROWS
-            return self._move(draining, everything=rest)
-        if self.active_rows >= JOURNAL_ROWS:
+            self._move(everything=self.active_rows >= 2 * JOURNAL_ROWS)
+        elif self.active_rows >= JOURNAL_ROWS:
             self._swap()
-        return 0
 
-    def drain(self) -> int:
-        """Move every journal row into ``candle_rows`` (retention, a clean close)."""
-        moved = 0
+    def drain(self) -> None:
+        """Move every journal row into ``candle_rows`` (a clean close)."""
         if self._draining:
-            moved += self._move(JOURNALS[1 - self.active], everything=True)
+            self._move(everything=True)
         if self._active:
             self._swap()
-            moved += self._move(JOURNALS[1 - self.active], everything=True)
-        return moved
+            self._move(everything=True)
 
-    def _move(self, journal: str, *, everything: bool) -> int:
+    def _move(self, *, everything: bool) -> None:
+        journal = JOURNALS[1 - self.active]
         upto = None
         if not everything:
             row = self._conn.execute(
@@ -217,18 +209,17 @@ class Router:
             ).fetchone()
             upto = None if row is None else int(row[0])
         last = upto if upto is not None else max(span[1] for span in self._draining.values())
-        moved = self._conn.execute(move_sql(journal), (self.hide, last)).rowcount
+        self._conn.execute(move_sql(journal), (self.hide, last))
         hide_column = f"hide{1 - self.active}"
         if upto is not None and any(span[1] > upto for span in self._draining.values()):
             self._conn.execute(f"UPDATE journal_state SET {hide_column} = ?", (upto,))
             self.hide = upto
-            return int(moved)
+            return
         # All of it has moved: free the journal's pages at once.
         self._conn.execute(f"DELETE FROM {journal}")
         self._conn.execute(f"UPDATE journal_state SET {hide_column} = ?", (NO_HIDE,))
         self.hide = NO_HIDE
         self._draining = {}
-        return int(moved)
 
     def _swap(self) -> None:
         self.active = 1 - self.active

@@ -15,7 +15,7 @@ from typing import Any
 
 from feedd.intervals import DAY_MS, INTERVAL_MS, MINUTE_MS, WEEK_MS, floor_open, next_open
 from feedd.store.codec import MAX_DECIMALS, decode_float
-from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST, JOURNALS
+from feedd.store.schema import FLAG_ARCHIVE, FLAG_CLOSED, FLAG_REST, HIDDEN_UPTO, VISIBLE
 
 BASE_INTERVAL = "1m"
 #: Monday-aligned weeks: 1970-01-05 00:00 UTC
@@ -109,8 +109,7 @@ def _scaled(column: str, scale: int, out_of_scale: str) -> str:
 
 @lru_cache(maxsize=256)
 def _aggregate_sql(scales: Scales, table: str) -> str:
-    """Parameters: series, and for a journal the open time up to which its rows are hidden (a
-    draining journal's moved rows). One row per listed bucket with rows in ``table``, oldest
+    """Parameter: series. One row per listed bucket with visible rows in ``table``, oldest
     first: bucket, end, minutes, the flags sum (closed, REST and archive minutes), high, low,
     volume, quote volume (scaled), trades, open, close codes, first and last open time.
 
@@ -124,7 +123,8 @@ def _aggregate_sql(scales: Scales, table: str) -> str:
     """
     high, low, volume, quote = (f"c.{name}" for name in _FIELDS)
     # One lower bound: given two, SQLite seeked on the hidden one and walked from there.
-    start = "b.t" if table == "candle_rows" else "max(b.t, ?2 + 1)"
+    hidden = HIDDEN_UPTO.get(table)
+    start = "b.t" if hidden is None else f"max(b.t, {hidden} + 1)"
     known = FLAG_CLOSED | FLAG_REST | FLAG_ARCHIVE
     flags = " ".join(f"WHEN {f} THEN {_flag_units(f)}" for f in range(1, known + 1))
     edge = (
@@ -226,9 +226,6 @@ def _aggregate(
 ) -> list[Resampled]:
     """Aggregate the listed buckets (1m rows in [lo, hi)) at the narrowest scales that hold
     every row, found by at most two tries before Python takes over."""
-    hides = conn.execute("SELECT hide0, hide1 FROM journal_state").fetchone()
-    tables: list[tuple[str, tuple[int, ...]]] = [("candle_rows", (series,))]
-    tables += [(journal, (series, hide)) for journal, hide in zip(JOURNALS, hides, strict=True)]
     # Exchanges send a fixed number of decimals per field or trim trailing zeros; either way
     # the most decimals among a few rows is nearly always the scale of every row. Sampled per
     # table: ORDER BY ... LIMIT over the view ``candles`` sorted the whole range first.
@@ -239,7 +236,7 @@ def _aggregate(
             f" ORDER BY open_time {'DESC' if newest else 'ASC'} LIMIT ?)",
             (series, lo, hi, _SAMPLE_ROWS),
         ).fetchone()
-        for table in ("candle_rows", *JOURNALS)
+        for table in VISIBLE
     ]
     scales: Scales = tuple(  # type: ignore[assignment]
         max((s[i] for s in samples if s[i] is not None), default=None) for i in range(4)
@@ -247,7 +244,10 @@ def _aggregate(
     for attempt in range(2):
         try:
             rows = _merge(
-                [conn.execute(_aggregate_sql(scales, t), args).fetchall() for t, args in tables]
+                [
+                    conn.execute(_aggregate_sql(scales, table), (series,)).fetchall()
+                    for table in VISIBLE
+                ]
             )
         except sqlite3.OperationalError as exc:
             if "integer overflow" not in str(exc):
