@@ -15,8 +15,11 @@ from feedd.errors import ParseError
 
 # ASCII digits only: ``\d`` would also accept e.g. Arabic-Indic digits, which Decimal parses.
 _DECIMAL = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
-#: six decimals joined by commas; a value with a comma of its own cannot make it match
-_SIX_DECIMALS = re.compile(",".join([_DECIMAL.pattern] * 6)).fullmatch
+#: six decimals joined by commas; a value with a comma of its own cannot make it match. The
+#: same language as ``_DECIMAL`` six times, with possessive repeats: a digit run is always
+#: followed by a dot, a comma or the end, so giving digits back can never help a match, and
+#: not keeping backtrack points makes the check 0.72 -> 0.50 us per candle.
+_SIX_DECIMALS = re.compile(",".join([r"[0-9]{1,30}+(?:\.[0-9]{1,30}+)?+"] * 6)).fullmatch
 # Times, trade counts and codes are never negative, and values reaching the store must fit
 # SQLite's signed 64-bit INTEGER.
 _COUNT = range(0, 2**63)
