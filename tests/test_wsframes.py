@@ -39,8 +39,10 @@ def opened(max_size: int = MAX_SIZE) -> tuple[ClientProtocol, ServerProtocol]:
     return client, server
 
 
-def connection(client: ClientProtocol, *, split: bool) -> WebsocketsConnection:
-    conn = WebsocketsConnection(trio.testing.MemorySendStream(), client, MAX_SIZE)
+def connection(
+    client: ClientProtocol, *, split: bool, max_size: int = MAX_SIZE
+) -> WebsocketsConnection:
+    conn = WebsocketsConnection(trio.testing.MemorySendStream(), client, max_size)
     conn._bypass = not split  # every byte through websockets: the connector as it was
     return conn
 
@@ -124,9 +126,11 @@ def answers(client: ClientProtocol, server: ServerProtocol) -> list[tuple[Opcode
     return [(f.opcode, bytes(f.data)) for f in server.events_received() if isinstance(f, Frame)]
 
 
-def run(data: list[bytes], *, split: bool) -> tuple[list[str | bytes], list[object], str]:
-    client, server = opened()
-    conn = connection(client, split=split)
+def run(
+    data: list[bytes], *, split: bool, max_size: int = MAX_SIZE
+) -> tuple[list[str | bytes], list[object], str]:
+    client, server = opened(max_size)
+    conn = connection(client, split=split, max_size=max_size)
     for chunk in data:
         conn._take(chunk)
     conn._take_eof()
@@ -138,6 +142,20 @@ def test_split_frames_match_websockets(seed: int) -> None:
     rng = random.Random(seed)
     data = chunks(stream(rng), rng)
     assert run(data, split=True) == run(data, split=False)
+
+
+@pytest.mark.parametrize("size", [100, 999, 1000, 1001, 5000])
+def test_a_message_over_a_small_max_size_ends_it_as_websockets_does(size: int) -> None:
+    """Under 64 KiB the frames the connector takes inline have a 7- or 16-bit length: a
+    max_size below that must still refuse the longer ones, as websockets does."""
+    server = opened()[1]
+    server.send_text(b"a" * 50)
+    server.send_text(b"b" * size)
+    server.send_text(b"c" * 50)
+    data = [b"".join(server.data_to_send())]
+    split = run(data, split=True, max_size=1000)
+    assert split == run(data, split=False, max_size=1000)
+    assert split[0] == (["a" * 50, "b" * size, "c" * 50] if size <= 1000 else ["a" * 50])
 
 
 def test_most_frames_never_reach_the_protocol() -> None:

@@ -97,9 +97,32 @@ class WebsocketsConnection:
             buf: Buffer = self._rest
         else:
             buf = data
-        messages, max_size = self._messages, self._max_size
+        messages, max_size, size = self._messages, self._max_size, len(buf)
         pos = 0
-        while (bounds := frame_bounds(buf, pos)) is not None:
+        while True:
+            # The frame nearly every venue message is, inline: a whole unmasked text message
+            # with a 7- or 16-bit length (a kline frame is 300-700 bytes). Without the calls
+            # to frame_bounds and _message a frame costs 0.40 instead of 0.71 us.
+            if pos + 4 <= size and buf[pos] == WHOLE_TEXT and not self._fragments:
+                second = buf[pos + 1]  # under 126: the length itself, and not masked
+                if second < 126:
+                    start = pos + 2
+                    end = start + second
+                elif second == 126:
+                    start = pos + 4
+                    end = start + (buf[pos + 2] << 8 | buf[pos + 3])
+                else:
+                    end = 0  # a 64-bit length or a mask: the general path below
+                if pos < end <= size and end - start <= max_size:
+                    try:
+                        messages.append(str(buf[start:end], "utf-8"))
+                    except UnicodeDecodeError:
+                        messages.append(bytes(buf[start:end]))  # the session reports it
+                    pos = end
+                    continue
+            bounds = frame_bounds(buf, pos)
+            if bounds is None:
+                break
             start, end = bounds
             if end > len(buf):
                 if end - start > max_size:
