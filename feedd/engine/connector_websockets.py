@@ -102,7 +102,7 @@ class WebsocketsConnection:
         while True:
             # The frame nearly every venue message is, inline: a whole unmasked text message
             # with a 7- or 16-bit length (a kline frame is 300-700 bytes). Without the calls
-            # to frame_bounds and _message a frame costs 0.40 instead of 0.71 us.
+            # to frame_bounds and _message this loop takes 0.41 us a frame instead of 0.84.
             if pos + 4 <= size and buf[pos] == WHOLE_TEXT and not self._fragments:
                 second = buf[pos + 1]  # under 126: the length itself, and not masked
                 if second < 126:
@@ -124,7 +124,7 @@ class WebsocketsConnection:
             if bounds is None:
                 break
             start, end = bounds
-            if end > len(buf):
+            if end > size:
                 if end - start > max_size:
                     # websockets refuses it from its header: no waiting for megabytes first
                     self._hand_over(buf[pos:])
