@@ -75,6 +75,7 @@ def test_pending_coalesces_with_the_database_rule() -> None:
         (T0, "2", True),
         (T0 + 60_000, "5", False),
     ]
+    assert list(taken) == [c.key for c in taken.values()]  # fold spells the key out
     assert len(pending) == 0
 
 
