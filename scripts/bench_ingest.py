@@ -165,18 +165,7 @@ def feedd_config(
     writer: str = "thread",
     storage: dict[str, str] | None = None,
 ) -> config_module.Config:
-    return config_module.parse(feedd_config_doc(urls, count, db, writer, storage)).config
-
-
-def feedd_config_doc(
-    urls: dict[str, Any],
-    count: int,
-    db: Path,
-    writer: str = "thread",
-    storage: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """The benchmark's feedd configuration, as a config.json document."""
-    return {
+    doc = {
         "exchanges": {
             name: {
                 "symbols": symbols(count),
@@ -192,6 +181,7 @@ def feedd_config_doc(
         "batch_interval": 50,
         "port": 0,
     }
+    return config_module.parse(doc).config
 
 
 # ----------------------------------------------------------------------------- the bare reader

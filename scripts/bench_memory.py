@@ -29,7 +29,9 @@ from typing import Any
 import httpx
 import psutil
 import trio
-from bench_ingest import feedd_config_doc, start_sim
+from bench_ingest import feedd_config, start_sim
+
+from feedd import config as config_module
 
 #: the line feedd logs once its HTTP API listens (feedd/service.py)
 SERVING = b"feedd serving on "
@@ -64,8 +66,7 @@ async def measure(rate: float, count: int, seconds: float, warm_up: float) -> di
     try:
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "config.json"
-            doc = feedd_config_doc(urls, count, Path(tmp) / "bench.db")
-            config.write_text(json.dumps(doc))
+            config_module.save(config, feedd_config(urls, count, Path(tmp) / "bench.db"))
             feedd, url = await start_feedd(config)
             try:
                 async with trio.open_nursery() as nursery:
