@@ -21,6 +21,7 @@ from feedd.store.codec import LastPrices, encode, encode_prices
 from feedd.store.journal import Router
 from feedd.store.retention import Retention, Verdict
 from feedd.store.schema import (
+    ALL_COLUMNS,
     FLAG_CLOSED,
     HIDDEN_UPTO,
     JOURNALS,
@@ -29,6 +30,7 @@ from feedd.store.schema import (
     connect_writer,
     is_writable,
     store_error,
+    upsert_rule,
 )
 
 log = logging.getLogger("feedd.store")
@@ -42,18 +44,9 @@ Row = tuple[int, int, int, int, int, int, int, int, int | None, int]
 FileIdentity = tuple[int, int]
 
 
-# A closed row only yields to another closed row: a late forming update (a WS frame racing a
-# REST backfill) must never reopen a finished candle.
 def _upsert_sql(table: str, rows: int) -> str:
     values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-    return (
-        f"INSERT INTO {table} (series, open_time, open, high, low, close, volume, quote_volume,"
-        f" trades, flags) VALUES {values} ON CONFLICT (series, open_time) DO UPDATE SET"
-        " open = excluded.open, high = excluded.high, low = excluded.low,"
-        " close = excluded.close, volume = excluded.volume,"
-        " quote_volume = excluded.quote_volume, trades = excluded.trades, flags = excluded.flags"
-        f" WHERE NOT ({table}.flags & 1) OR (excluded.flags & 1)"
-    )
+    return f"INSERT INTO {table} ({ALL_COLUMNS}) VALUES {values} {upsert_rule(table)}"
 
 
 #: rows per statement of a batch's upsert: each executemany step releases and takes back the

@@ -27,7 +27,14 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from feedd.store.schema import FLAG_ARCHIVE, FLAG_REST, JOURNALS, NO_HIDE, VALUE_COLUMNS
+from feedd.store.schema import (
+    ALL_COLUMNS,
+    FLAG_ARCHIVE,
+    FLAG_REST,
+    JOURNALS,
+    NO_HIDE,
+    upsert_rule,
+)
 
 #: new keys in the active journal before it is drained. Readers scan a journal's open times
 #: for a series' rows: 16,000 journal rows over 600 series took a 1,000-row read from 0.31 to
@@ -40,7 +47,6 @@ SLICE_ROWS = 2_000
 #: flag bits of a row that did not come from a live WebSocket frame
 NOT_LIVE = FLAG_REST | FLAG_ARCHIVE
 
-_COLUMNS = ", ".join(("series", "open_time", *VALUE_COLUMNS))
 
 #: (first, last) open time of a series' rows in one journal
 Span = list[int]
@@ -52,11 +58,9 @@ def move_sql(journal: str) -> str:
     A key is never in both (see the router), but a row that somehow is keeps the upsert rule.
     """
     return (
-        f"INSERT INTO candle_rows ({_COLUMNS}) SELECT {_COLUMNS} FROM {journal}"
-        " WHERE open_time > ?1 AND open_time <= ?2 ORDER BY series, open_time"
-        " ON CONFLICT (series, open_time) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in VALUE_COLUMNS)
-        + " WHERE NOT (candle_rows.flags & 1) OR (excluded.flags & 1)"
+        f"INSERT INTO candle_rows ({ALL_COLUMNS}) SELECT {ALL_COLUMNS} FROM {journal}"
+        " WHERE open_time > ?1 AND open_time <= ?2 ORDER BY series, open_time "
+        + upsert_rule("candle_rows")
     )
 
 

@@ -63,7 +63,20 @@ _ROW_COLUMNS = """
     quote_volume INTEGER NOT NULL,
     trades INTEGER,
     flags INTEGER NOT NULL,"""
-_ALL_COLUMNS = ", ".join(("series", "open_time", *VALUE_COLUMNS))
+#: a row's columns, key first, as every statement names them
+ALL_COLUMNS = ", ".join(("series", "open_time", *VALUE_COLUMNS))
+
+
+def upsert_rule(table: str) -> str:
+    """The ``ON CONFLICT`` clause of an insert into ``table``: a closed row yields only to
+    another closed row, so a late forming update (a WS frame racing a REST backfill) never
+    reopens a finished candle; anything else takes the newer values."""
+    return (
+        "ON CONFLICT (series, open_time) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in VALUE_COLUMNS)
+        + f" WHERE NOT ({table}.flags & 1) OR (excluded.flags & 1)"
+    )
+
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -118,7 +131,7 @@ FROM {{table}} AS candles JOIN series ON series.id = candles.series{{visible}}""
 )
 _DDL = _DDL.format(
     row_columns=_ROW_COLUMNS,
-    candles_view=each_table(f"SELECT {_ALL_COLUMNS} FROM {{table}}{{visible}}"),
+    candles_view=each_table(f"SELECT {ALL_COLUMNS} FROM {{table}}{{visible}}"),
     ohlcv_view=each_table(_OHLCV_ARM),
 )
 #: each series' row count and open time range per table, for ``SqlReader.series``: a GROUP
