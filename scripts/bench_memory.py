@@ -6,7 +6,8 @@ against the simulator, with nothing of the benchmark inside it.
 service from a config file, as systemd would, waits out the bootstrap (``--warm-up``), then
 samples the process once a second over ``--seconds``: resident memory (first, last, peak) and
 CPU (user + system, every thread). CPU per row divides that CPU by the rows the writer
-committed in the window, read from ``/status``. Every update is a new closed candle (the
+committed in the window, read from ``/status``, and is also split between the event loop's
+thread and the others (the writer's thread, chiefly). Every update is a new closed candle (the
 simulator's ``--bench-closed``), as in bench_ingest.py.
 
     python scripts/bench_memory.py                           # unpaced, then 2,000/s: 60 s each
@@ -94,11 +95,13 @@ async def _sample(
 
         await trio.sleep(warm_up)
         rss: list[int] = []
-        cpu0, rows0, t0 = _cpu(process), await committed(), time.monotonic()
+        cpu0, loop0 = _cpu(process), _loop_cpu(process)
+        rows0, t0 = await committed(), time.monotonic()
         while time.monotonic() - t0 < seconds:
             await trio.sleep(1)
             rss.append(process.memory_info().rss)
-        cpu, rows, elapsed = _cpu(process) - cpu0, await committed() - rows0, time.monotonic() - t0
+        cpu, loop = _cpu(process) - cpu0, _loop_cpu(process) - loop0
+        rows, elapsed = await committed() - rows0, time.monotonic() - t0
     return {
         "rss_first_mb": round(rss[0] / 2**20, 1),
         "rss_last_mb": round(rss[-1] / 2**20, 1),
@@ -106,12 +109,21 @@ async def _sample(
         "rows_committed_per_s": round(rows / elapsed),
         "cpu_percent": round(cpu / elapsed * 100, 1),
         "cpu_us_per_row": round(cpu / rows * 1e6, 1) if rows else None,
+        # The event loop's thread against the rest (the writer's, chiefly): where a change acts.
+        "loop_us_per_row": round(loop / rows * 1e6, 1) if rows else None,
+        "other_threads_us_per_row": round((cpu - loop) / rows * 1e6, 1) if rows else None,
     }
 
 
 def _cpu(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
+
+
+def _loop_cpu(process: psutil.Process) -> float:
+    """CPU of the main thread, which runs the event loop (its thread id is the process id)."""
+    main = next(t for t in process.threads() if t.id == process.pid)
+    return float(main.user_time + main.system_time)
 
 
 async def run(args: argparse.Namespace) -> None:
