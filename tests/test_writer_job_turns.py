@@ -38,13 +38,19 @@ def candle(i: int, symbol: str) -> Candle:
 
 
 class Recording(SqliteBackend):
-    """Records each write (live: BTCUSDT; job: any other symbol) with the writer's tick count,
-    read in the writer's thread as the write runs."""
+    """Records each write (live: BTCUSDT; job: any other symbol) with the writer's tick count:
+    a live write's as it runs, a job's of the tick that opened the turn it was granted in.
+
+    A job's work runs in a worker thread while the loop goes on: a tick with nothing to
+    commit can open the next turn meanwhile, so the count read as the work runs could already
+    be the next turn's (this test failed so, once in many runs)."""
 
     def __init__(self, path: Path, events: list[Event]) -> None:
         super().__init__(path)
         self.events = events
         self.writer: Writer | None = None
+        #: the writer's tick count when it last granted job work a turn
+        self.granted: Any = None
 
     def ticks(self) -> Any:
         # Before job turns the writer counted no ticks: everything is one span.
@@ -55,12 +61,14 @@ class Recording(SqliteBackend):
         write, write_job = db.write, db.write_job
 
         def recorded_write(candles: Sequence[Candle]) -> int:
-            live = all(c.symbol == "BTCUSDT" for c in candles)
-            self.events.append(("live" if live else "store", len(candles), self.ticks()))
+            if all(c.symbol == "BTCUSDT" for c in candles):
+                self.events.append(("live", len(candles), self.ticks()))
+            else:
+                self.events.append(("store", len(candles), self.granted))
             return write(candles)
 
         def recorded_job(candles: Sequence[Candle], *args: Any) -> int:
-            self.events.append(("store", len(candles), self.ticks()))
+            self.events.append(("store", len(candles), self.granted))
             return write_job(candles, *args)
 
         db.write, db.write_job = recorded_write, recorded_job  # type: ignore[method-assign]
@@ -71,6 +79,13 @@ def writer_for(tmp_path: Path, events: list[Event]) -> Writer:
     backend = Recording(tmp_path / "w.db", events)
     writer = Writer(WriterSettings(backend=backend, batch_interval_ms=50, max_records=0))
     backend.writer = writer
+    grant = writer.job_turn
+
+    async def recorded_turn(rows: int) -> None:
+        await grant(rows)
+        backend.granted = backend.ticks()
+
+    writer.job_turn = recorded_turn  # type: ignore[method-assign]
     return writer
 
 
@@ -128,7 +143,7 @@ async def test_pages_are_parsed_in_turns_of_their_own(tmp_path: Path) -> None:
         def parse_klines(self, *args: Any) -> list[Candle]:
             candles = module.parse_klines(*args)
             if threading.get_ident() != loop_thread:
-                events.append(("parse", len(candles), backend.ticks()))
+                events.append(("parse", len(candles), backend.granted))
             return candles
 
     settings = SimSettings(venues=("binance_futures",), history_days=3)
