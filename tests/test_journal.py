@@ -111,6 +111,7 @@ operations = st.one_of(
     st.tuples(st.just("prune"), st.integers(1, 30)),
     st.tuples(st.just("reopen"), st.booleans()),
     st.tuples(st.just("other"), st.lists(candles, min_size=1, max_size=4)),
+    st.tuples(st.just("upkeep"), st.none()),  # as the writer runs it between commits
 )
 
 
@@ -177,6 +178,8 @@ def test_the_view_holds_what_the_upsert_rule_says(
                         assert left == minutes[len(minutes) - len(left) :]
                         assert len(left) >= min(keep, len(minutes))
                     model = {k: v for k, v in model.items() if k in after}
+                elif op == "upkeep":
+                    db.upkeep()
                 else:
                     db.close(checkpoint=bool(arg))
                     db = Database.open(path)
@@ -208,6 +211,35 @@ def test_live_rows_go_to_the_journal_and_move_in_slices(tmp_path: Path) -> None:
     assert counts["candle_rows"] > 0
     assert counts["journal0"] + counts["journal1"] > 0
     assert counts["candle_rows"] + counts["journal0"] + counts["journal1"] >= 30
+
+
+def test_upkeep_moves_a_full_journal_so_that_writes_need_not(tmp_path: Path) -> None:
+    """What a write would move at its end, ``upkeep`` moves between writes: after it, the next
+    write moves nothing and the rows are where the upsert rule says."""
+    path = tmp_path / "j.db"
+    model: Model = {}
+    moves_in_writes = 0
+    with tiny_journals(6, 6):
+        db = Database.open(path)
+        try:
+            for minute in range(12):
+                assert not db.upkeep_due
+                before = fetch(path, "SELECT count(*) FROM candle_rows")[0][0]
+                live = [make(s, minute, f"{minute}.5", True, Source.WS) for s in SYMBOLS]
+                db.write(live)
+                moves_in_writes += fetch(path, "SELECT count(*) FROM candle_rows")[0][0] != before
+                for c in live:
+                    apply(model, c)
+                if minute % 2 == 1:  # 6 rows: the active journal is full, swapped by the write
+                    assert db.upkeep_due
+                    db.upkeep()
+                check(path, model)
+            moved = fetch(path, "SELECT count(*) FROM candle_rows")[0][0]
+            left = journalled(path)
+        finally:
+            db.close(checkpoint=False)
+    assert moves_in_writes == 0
+    assert (moved, left) == (36, [])  # six full journals, each moved by its upkeep
 
 
 def test_history_goes_straight_to_the_table(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from feedd.candle import Candle, Source
 from feedd.store.backend import Backend, WriteConnection
 from feedd.store.codec import decode_str
 from feedd.store.coverage import segments
+from feedd.store.journal import JOURNAL_ROWS
 from feedd.store.retention import WALKS_PER_ROUND
 from feedd.store.writer import Writer, WriterSettings
 
@@ -199,6 +200,23 @@ def test_unstorable_values_are_counted_and_skipped(backend: Backend, db: WriteCo
     db.write(batch)
     assert db.rejected == len(bad)
     assert closes(backend) == {("BTCUSDT", T0): "5", ("ETHUSDT", T0): "6"}
+
+
+def test_upkeep_changes_no_candle(backend: Backend, db: WriteConnection) -> None:
+    """Whatever a backend leaves for between commits (SQLite: moving a full journal of live
+    rows into its table) leaves every candle as it was, and the upsert rule in force."""
+    feed = [candle(s, T0 + i * MIN, f"{i}.5") for i in range(JOURNAL_ROWS // 2)
+            for s in ("BTCUSDT", "ETHUSDT")]  # fmt: skip
+    db.write(feed)
+    before = stored(backend)
+    upkeeps = 0
+    while db.upkeep_due:
+        db.upkeep()
+        upkeeps += 1
+        assert upkeeps < 10, "upkeep makes no progress"
+    assert stored(backend) == before and len(before) == len(feed)
+    db.write([candle("BTCUSDT", T0, "9", closed=False)])  # a moved closed row stays
+    assert stored(backend) == before
 
 
 # -- coverage runs, retention, wipe, jobs -----------------------------------------------------

@@ -15,7 +15,7 @@ import trio.testing
 from feedd.candle import Candle, Source
 from feedd.cluster import StoreEpochs
 from feedd.errors import StoreError
-from feedd.store import codec
+from feedd.store import codec, journal
 from feedd.store.database import Database
 from feedd.store.sqlite import SqliteBackend
 from feedd.store.state import Pending
@@ -190,6 +190,47 @@ async def test_wipe_while_running(tmp_path: Path) -> None:
         await send.send([candle(20, symbol="ETHUSDT")])
         await send.aclose()
     assert stored(tmp_path / "w.db") == {("ETHUSDT", T0 + 20 * 60_000): ("1.5", 1)}
+
+
+async def test_no_live_commit_carries_a_journal_move(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full journal moves in an upkeep of its own right after the commit that filled it,
+    so the next commit's candles do not wait for the move."""
+    monkeypatch.setattr(journal, "JOURNAL_ROWS", 6)
+    monkeypatch.setattr(journal, "SLICE_ROWS", 6)
+    due_at_write: list[bool] = []
+    upkeeps = 0
+
+    class Recording(SqliteBackend):
+        def open_writer(self, *, busy_timeout_ms: int) -> Database:
+            db = super().open_writer(busy_timeout_ms=busy_timeout_ms)
+            write, upkeep = db.write, db.upkeep
+
+            def recorded_write(candles: Sequence[Candle]) -> int:
+                due_at_write.append(db.upkeep_due)  # the write would move the journal
+                return write(candles)
+
+            def recorded_upkeep() -> None:
+                nonlocal upkeeps
+                upkeeps += 1
+                upkeep()
+
+            db.write, db.upkeep = recorded_write, recorded_upkeep  # type: ignore[method-assign]
+            return db
+
+    writer = Writer(attrs.evolve(settings(tmp_path), backend=Recording(tmp_path / "w.db")))
+    send, recv = trio.open_memory_channel[Sequence[Candle]](0)
+    symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run, recv)
+        for minute in range(10):
+            await send.send([candle(minute, symbol=s) for s in symbols])
+            await committed(writer, 3 * (minute + 1))
+        await send.aclose()
+    assert len(due_at_write) == 10 and not any(due_at_write)
+    assert upkeeps == 5  # one per full journal
+    assert len(stored(tmp_path / "w.db")) == 30
 
 
 async def test_unopenable_database_fails_the_start(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from feedd.candle import Candle, Source
 from feedd.errors import StoreError
+from feedd.store import journal
 from feedd.store.sqlite import SqliteBackend
 from feedd.store.writeprocess import ProcessBackend, _candles, _wire
 from feedd.store.writer import Writer, WriterSettings
@@ -86,6 +87,26 @@ def test_child_log_lines_reach_feedds_log(tmp_path: Path, caplog: pytest.LogCapt
     assert [(r.name, r.levelno) for r in caplog.records] == [("feedd.store", logging.WARNING)]
     assert "dropping candle" in caplog.records[0].getMessage()
     assert "'nan'" in caplog.records[0].getMessage()
+
+
+def test_upkeep_due_crosses_from_the_child(tmp_path: Path) -> None:
+    """The writer asks ``upkeep_due`` at every tick, without a call: each answer carries it."""
+    db = ProcessBackend(SqliteBackend(tmp_path / "w.db")).open_writer(busy_timeout_ms=100)
+    try:
+        assert not db.upkeep_due
+        # One live series, newer than anything stored: a full journal (JOURNAL_ROWS).
+        assert db.write([candle(i) for i in range(journal.JOURNAL_ROWS)]) == journal.JOURNAL_ROWS
+        assert db.upkeep_due
+        db.upkeep()
+        assert not db.upkeep_due
+        conn = sqlite3.connect(tmp_path / "w.db")
+        try:
+            (moved,) = conn.execute("SELECT count(*) FROM candle_rows").fetchone()
+        finally:
+            conn.close()
+        assert moved == journal.JOURNAL_ROWS
+    finally:
+        db.close()
 
 
 def test_child_ignores_signals_meant_for_the_service(tmp_path: Path) -> None:

@@ -58,6 +58,17 @@ class WriteConnection(Protocol):
         """Upsert ``candles``: a closed candle is never overwritten by a forming one."""
         ...
 
+    @property
+    def upkeep_due(self) -> bool:
+        """Work that writes leave for later waits (``upkeep``); no call to the store."""
+        ...
+
+    def upkeep(self) -> None:
+        """Do that work in a transaction of its own, which the writer runs between two
+        commits so that no commit waits for it (SQLite: moving a full journal of live rows
+        into the table); a write that finds it due does it anyway."""
+        ...
+
     def write_job(self, candles: Sequence[Candle], job_id: str, created_at: int, doc: str) -> int:
         """Upsert ``candles`` and save the job's document in the same transaction."""
         ...

@@ -10,7 +10,8 @@ import logging
 import operator
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from feedd.candle import Candle, Source
@@ -129,6 +130,21 @@ class Database:
         except OSError:
             return False  # cannot tell; a failing write will say what is wrong
 
+    @property
+    def upkeep_due(self) -> bool:
+        """A journal waits to move (``upkeep``)."""
+        return self._router.due
+
+    def upkeep(self) -> None:
+        """Move what a journal holds into ``candle_rows``, in a transaction of its own.
+
+        A write does it too, at its end, but the writer calls this between two commits as
+        soon as it is due: then no live commit carries a move (12-19 ms for a journal of
+        8,000 rows over 600 series) and its candles are not kept waiting for it.
+        """
+        with self._transaction("cannot write to"):
+            self._router.step()
+
     def write(self, candles: Sequence[Candle]) -> int:
         """Upsert ``candles`` in one transaction; returns rows inserted or changed."""
         if not candles:
@@ -140,25 +156,17 @@ class Database:
         new_ids: dict[SeriesKey, int] = {}
         rows: list[Row] = []
         changed = 0
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                if candles:
-                    rows = self._rows(candles, new_ids)
-                    # In key order SQLite finds each row's page where the previous one left
-                    # off: 25-30 % less CPU per row over 600 series than in arrival order. The
-                    # sort is stable, so updates of one candle still apply in their order.
-                    rows.sort(key=_KEY)
-                    changed = self._store(rows)
-                    self._record_closed(rows)
-                if also is not None:
-                    also()
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-        except sqlite3.Error as exc:
-            raise store_error(exc, "cannot write to", self.path) from exc
+        with self._transaction("cannot write to"):
+            if candles:
+                rows = self._rows(candles, new_ids)
+                # In key order SQLite finds each row's page where the previous one left off:
+                # 25-30 % less CPU per row over 600 series than in arrival order. The sort is
+                # stable, so updates of one candle still apply in their order.
+                rows.sort(key=_KEY)
+                changed = self._store(rows)
+                self._record_closed(rows)
+            if also is not None:
+                also()
         # Ids minted inside a rolled-back transaction must not be cached, hence only now.
         self._ids.update(new_ids)
         self._dirty.update(row[0] for row in rows)
@@ -168,8 +176,6 @@ class Database:
         """Upsert ``rows`` (in key order) where each belongs, then move on the journals'
         draining; rows changed."""
         router = self._router
-        if router.check():
-            self._newest.clear()  # another writer may have changed the runs
         stored, draining, active = router.route(rows)
         changed = 0
         if stored:
@@ -349,23 +355,13 @@ class Database:
         deleted = 0
         later: set[int] = set()
         self._retention.start_round()
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                if self._router.check():
-                    self._newest.clear()
-                for sid in sorted(self._dirty):
-                    done = self._prune_series(sid, max_records)
-                    if done is None:
-                        later.add(sid)
-                    else:
-                        deleted += done
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-        except sqlite3.Error as exc:
-            raise store_error(exc, "cannot prune", self.path) from exc
+        with self._transaction("cannot prune"):
+            for sid in sorted(self._dirty):
+                done = self._prune_series(sid, max_records)
+                if done is None:
+                    later.add(sid)
+                else:
+                    deleted += done
         self._dirty = later
         return deleted
 
@@ -488,14 +484,26 @@ class Database:
     def _drain_journals(self) -> None:
         """Move every journalled row into ``candle_rows``: a clean stop leaves the journals
         empty, their pages free for the next rows."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._router.check()
+        with self._transaction("cannot write to"):
             self._router.drain()
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
+
+    @contextmanager
+    def _transaction(self, doing: str) -> Iterator[None]:
+        """One write transaction, rolled back on any error (``doing`` names it in a
+        ``StoreError``); the journals' state is read again first if another connection wrote,
+        and so are the coverage runs remembered."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self._router.check():
+                    self._newest.clear()
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise store_error(exc, doing, self.path) from exc
 
     def _rollback(self) -> None:
         self._newest.clear()  # it may hold runs of the transaction undone

@@ -46,6 +46,11 @@ class DatabaseHandle:
     def is_open(self) -> bool:
         return self._db is not None
 
+    @property
+    def upkeep_due(self) -> bool:
+        """The open connection has work for between two commits (asks nothing of the store)."""
+        return self._db is not None and self._db.upkeep_due
+
     async def start(self) -> str | None:
         """Open at start: StoreError if the store cannot be opened at all (a configuration
         problem the operator must see at once); the reason if it opened read-only or its

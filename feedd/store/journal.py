@@ -4,10 +4,11 @@
 pages as it has series: 100 rows over 600 series dirtied ~100 pages of 4 KiB, which the
 commit wrote to the WAL. A live row that is the newest of its series goes instead to a
 journal keyed by (open time, series), whose pages fill at its end. Every ``JOURNAL_ROWS``
-new keys the active journal becomes the draining one, and its rows move into
-``candle_rows`` in slices, oldest open times first, each in key order, so each slice touches
-each series' newest page once. The emptied journal is cleared by a ``DELETE`` without
-``WHERE``, which SQLite does by freeing its pages.
+new keys the active journal becomes the draining one, and its rows move into ``candle_rows``
+in key order, so the move touches each series' newest page once. The move runs in the
+writer's upkeep, a transaction of its own right after the commit that filled the journal
+(``Database.upkeep``); a write that finds a journal draining moves it too. The emptied
+journal is cleared by a ``DELETE`` without ``WHERE``, which SQLite does by freeing its pages.
 
 Readers see the three tables through the view ``candles``. A row that moved stays in the
 draining journal until it is cleared, hidden there by its open time (``journal_state``).
@@ -39,11 +40,15 @@ from feedd.store.schema import (
 #: new keys in the active journal before it is drained. Readers scan a journal's open times
 #: for a series' rows: 16,000 journal rows over 600 series took a 1,000-row read from 0.31 to
 #: 1.07 ms, 4,000 to 0.52. The writer thread at 2,000/s spent 11.5-13.5 us per row with
-#: 8,000, 12.0 with 20,000 (15.5-19 without a journal).
+#: 8,000, 12.0 with 20,000 (15.5-19 without a journal), both moving 2,000 rows a write.
 JOURNAL_ROWS = 8_000
-#: rows moved into ``candle_rows`` per write while a journal drains: about this many, whole
-#: open times (all series' rows of the last open time in the slice go with it)
-SLICE_ROWS = 2_000
+#: rows moved into ``candle_rows`` per step while a journal drains: about this many, whole
+#: open times (all series' rows of the last open time in the slice go with it). A move costs
+#: mostly per series, not per row (it rewrites each series' newest page), so a draining
+#: journal moves whole. 60,000 rows in 100-row commits over 600 series, moves of 2,000 rows
+#: against 8,000: 9.7-10.4 -> 8.4-8.5 us per row, commits over 5 ms 23-28 (~10 ms each) ->
+#: 8 (12-19 ms); in 2,500-row commits the same.
+SLICE_ROWS = JOURNAL_ROWS
 #: flag bits of a row that did not come from a live WebSocket frame
 NOT_LIVE = FLAG_REST | FLAG_ARCHIVE
 
@@ -185,9 +190,14 @@ class Router:
             ).fetchone()
         return self._top[sid]
 
+    @property
+    def due(self) -> bool:
+        """``step`` has work: a journal drains, or the active one is full."""
+        return bool(self._draining) or self.active_rows >= JOURNAL_ROWS
+
     def step(self) -> None:
-        """Part of a write's transaction: move one slice of the draining journal, or make the
-        active journal the draining one once it holds ``JOURNAL_ROWS``."""
+        """Part of a write's or an upkeep's transaction: move one slice of the draining
+        journal, or make the active journal the draining one once it holds ``JOURNAL_ROWS``."""
         if self._draining:
             # Far behind (a store slower than the feed), the rest goes at once.
             self._move(everything=self.active_rows >= 2 * JOURNAL_ROWS)

@@ -150,12 +150,14 @@ class ProcessWriteConnection:
         self._sock = sock
         self._lock = threading.Lock()
         self._dead: str | None = None
-        identity, created, writable, reason, rejected = opened
+        identity, created, writable, reason, status = opened
         self._identity: Hashable | None = identity
         self._created: bool = created
         self._writable: bool = writable
         self._reason: str = reason
-        self._rejected: int = rejected
+        #: the child connection's ``rejected`` and ``upkeep_due``, as its last answer said
+        self._rejected: int = status[0]
+        self._upkeep_due: bool = status[1]
 
     @classmethod
     def start(cls, inner: Backend, *, busy_timeout_ms: int) -> ProcessWriteConnection:
@@ -229,6 +231,13 @@ class ProcessWriteConnection:
     def write(self, candles: Sequence[Candle]) -> int:
         return int(self._call("write", _wire(candles)))
 
+    @property
+    def upkeep_due(self) -> bool:
+        return self._upkeep_due
+
+    def upkeep(self) -> None:
+        self._call("upkeep")
+
     def write_job(self, candles: Sequence[Candle], job_id: str, created_at: int, doc: str) -> int:
         return int(self._call("write_job", _wire(candles), job_id, created_at, doc))
 
@@ -282,11 +291,11 @@ class ProcessWriteConnection:
             raise StoreError(f"the store's writer process is gone: {self._dead}")
         try:
             _send(self._sock, (name, args, kwargs))
-            ok, value, rejected, logs = _receive(self._sock)
+            ok, value, status, logs = _receive(self._sock)
         except (OSError, EOFError) as exc:
             self._dead = _ending(self._process, exc)
             raise StoreError(f"the store's writer process is gone: {self._dead}") from None
-        self._rejected = rejected
+        self._rejected, self._upkeep_due = int(status[0]), bool(status[1])
         _replay(logs)
         if not ok:
             raise _error(value)
@@ -347,6 +356,11 @@ def _candles(data: bytes) -> list[Candle]:
     return list(itertools.starmap(Candle, _decode_rows(data)))
 
 
+def _status(db: WriteConnection) -> tuple[int, bool]:
+    """What each answer tells the parent of the connection's state besides the result."""
+    return db.rejected, db.upkeep_due
+
+
 def serve(sock: socket.socket) -> None:
     """Open the writer the parent names, then run its calls until the socket closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -363,10 +377,10 @@ def serve(sock: socket.socket) -> None:
     db: WriteConnection | None = None
     try:
         db = inner.open_writer(busy_timeout_ms=busy_timeout_ms)
-        opened = (db.identity, db.created, db.writable, db.read_only_reason, db.rejected)
-        _send(sock, (True, opened, 0, collected.take()))
+        opened = (db.identity, db.created, db.writable, db.read_only_reason, _status(db))
+        _send(sock, (True, opened, _status(db), collected.take()))
     except StoreError as exc:
-        _send(sock, (False, (type(exc).__name__, str(exc)), 0, collected.take()))
+        _send(sock, (False, (type(exc).__name__, str(exc)), (0, False), collected.take()))
         return
     while True:
         try:
@@ -377,12 +391,12 @@ def serve(sock: socket.socket) -> None:
             if name in ("write", "write_job"):
                 args = (_candles(args[0]), *args[1:])
             result = getattr(db, name)(*args, **kwargs)
-            answer: tuple[Any, ...] = (True, result, db.rejected, collected.take())
+            answer: tuple[Any, ...] = (True, result, _status(db), collected.take())
         except StoreError as exc:
-            answer = (False, (type(exc).__name__, str(exc)), db.rejected, collected.take())
+            answer = (False, (type(exc).__name__, str(exc)), _status(db), collected.take())
         except Exception as exc:  # a bug here must reach the parent's log, not kill the store
             message = f"{name} failed in the writer process: {type(exc).__name__}: {exc}"
-            answer = (False, ("StoreError", message), db.rejected, collected.take())
+            answer = (False, ("StoreError", message), _status(db), collected.take())
         _send(sock, answer)
         if name == "close":
             return

@@ -220,6 +220,7 @@ class Writer:
             self._in_tick = True
             if self._pending and not await self._commit_held():
                 self._drop_held()
+            await self._upkeep()
             await self._maybe_prune(force=self._eof)
             # Job work runs in the time up to the next tick (job_turn).
             self._open_turn()
@@ -327,6 +328,20 @@ class Writer:
                 self._counters.last_error,
             )
         self._room.set()
+
+    async def _upkeep(self) -> None:
+        """What the store leaves for later (SQLite: moving a full journal), done right after
+        the commit that left it, in the time before the next: no commit carries it."""
+        if not self._db.upkeep_due:
+            return  # nearly every tick: no lock, no call to the thread
+        try:
+            async with self._db_lock:
+                db = await self._db.get()
+                if db.upkeep_due:  # a wipe may have come first
+                    await self._db.run(db.upkeep)
+        except StoreError as exc:
+            # Nothing is lost: the next write finds it due and does it.
+            log.warning("store upkeep failed: %s", exc)
 
     async def _maybe_prune(self, *, force: bool = False) -> None:
         now = trio.current_time()

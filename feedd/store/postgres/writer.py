@@ -160,6 +160,14 @@ class PgWriteConnection:
             return 0
         return self._upsert(candles)
 
+    @property
+    def upkeep_due(self) -> bool:
+        """Never: PostgreSQL's own vacuum does the tidying, apart from the writer."""
+        return False
+
+    def upkeep(self) -> None:
+        """Nothing to do (``upkeep_due`` is never true)."""
+
     def write_job(self, candles: Sequence[Candle], job_id: str, created_at: int, doc: str) -> int:
         """Upsert ``candles`` and save job ``job_id``'s document in one transaction."""
 
