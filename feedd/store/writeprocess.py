@@ -145,12 +145,14 @@ class ProcessWriteConnection:
     from other threads in turn.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket, opened: Any) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], sock: socket.socket, opened: Any, status: Any
+    ) -> None:
         self._process = process
         self._sock = sock
         self._lock = threading.Lock()
         self._dead: str | None = None
-        identity, created, writable, reason, status = opened
+        identity, created, writable, reason = opened
         self._identity: Hashable | None = identity
         self._created: bool = created
         self._writable: bool = writable
@@ -181,7 +183,7 @@ class ProcessWriteConnection:
         parent.settimeout(OPEN_TIMEOUT_S)
         try:
             _send(parent, (inner, busy_timeout_ms))
-            ok, value, _, logs = _receive(parent)
+            ok, value, status, logs = _receive(parent)
         except (OSError, EOFError, pickle.PickleError) as exc:
             parent.close()
             _reap(process)
@@ -194,7 +196,7 @@ class ProcessWriteConnection:
             parent.close()
             _reap(process)
             raise _error(value)
-        return cls(process, parent, value)
+        return cls(process, parent, value, status)
 
     @property
     def identity(self) -> Hashable | None:
@@ -377,7 +379,7 @@ def serve(sock: socket.socket) -> None:
     db: WriteConnection | None = None
     try:
         db = inner.open_writer(busy_timeout_ms=busy_timeout_ms)
-        opened = (db.identity, db.created, db.writable, db.read_only_reason, _status(db))
+        opened = (db.identity, db.created, db.writable, db.read_only_reason)
         _send(sock, (True, opened, _status(db), collected.take()))
     except StoreError as exc:
         _send(sock, (False, (type(exc).__name__, str(exc)), (0, False), collected.take()))
