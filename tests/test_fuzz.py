@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from feedd import config, exchanges
@@ -359,6 +359,37 @@ def test_codec_rounds_what_does_not_fit(text: str) -> None:
     places = packed & 15
     error = abs(codec.decode_decimal(packed) - decimal.Decimal(text))
     assert error <= decimal.Decimal(5).scaleb(-places - 1)
+
+
+@FUZZ
+@given(
+    text=st.one_of(
+        plain_decimals(max_decimals=20),
+        st.from_regex(r"[-+ _0-9.]{0,22}", fullmatch=True),
+        st.text(max_size=24),
+    )
+)
+# Its edges: 2**59 - 1 and 2**59, 15 and 16 decimals, a bare dot at either end, a sign.
+@example(text="576460752303423487")
+@example(text="576460752303423488")
+@example(text="99999999999999999.9")
+@example(text="0.123456789012345")
+@example(text="0.1234567890123456")
+@example(text=".5")
+@example(text="5.")
+@example(text="-0.5")
+def test_codec_fast_path_agrees_with_the_general_one(text: str) -> None:
+    """``encode``'s fast path is only a shortcut: whatever it takes, the general path (a
+    regex, then Decimal) packs the same way, and what it leaves is refused or packed there."""
+    try:
+        expected: int | type[ValueError] = codec._encode_slow(text)
+    except ValueError:
+        expected = ValueError
+    try:
+        packed: int | type[ValueError] = codec.encode(text)
+    except ValueError:
+        packed = ValueError
+    assert packed == expected
 
 
 @FUZZ
