@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import operator
 import random
 import tempfile
 import time
@@ -93,12 +94,13 @@ def floor(batches: list[list[Candle]]) -> float:
     statements: list[tuple[list[tuple[int | None, ...]], list[tuple[int | None, ...]]]] = []
     n = ROWS_PER_STATEMENT
     for candles in batches:
-        rows: list[tuple[int | None, ...]] = sorted(
+        rows: list[tuple[int | None, ...]] = [
             (c.open_time, ids.setdefault(c.symbol, len(ids)), encode(c.open), encode(c.high),
              encode(c.low), encode(c.close), encode(c.volume), encode(c.quote_volume),
              c.trades, 1)
             for c in candles
-        )  # fmt: skip
+        ]  # fmt: skip
+        rows.sort(key=operator.itemgetter(0, 1))
         whole = len(rows) - len(rows) % n
         chunks = [tuple(itertools.chain.from_iterable(rows[i : i + n])) for i in range(0, whole, n)]
         statements.append((chunks, rows[whole:]))
