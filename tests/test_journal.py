@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from feedd.candle import Candle, Source
 from feedd.store import codec, coverage, journal
 from feedd.store.database import Database
-from feedd.store.schema import JOURNALS, SCHEMA_VERSION
+from feedd.store.schema import JOURNALS, NO_HIDE, SCHEMA_VERSION
 
 T0 = 1_700_000_040_000  # a minute boundary
 MINUTE = 60_000
@@ -89,13 +89,13 @@ def check(path: Path, model: Model) -> None:
 
 
 @contextmanager
-def tiny_journals(rows: int, slice_rows: int) -> Iterator[None]:
-    saved = journal.JOURNAL_ROWS, journal.SLICE_ROWS
-    journal.JOURNAL_ROWS, journal.SLICE_ROWS = rows, slice_rows
+def tiny_journals(rows: int) -> Iterator[None]:
+    saved = journal.JOURNAL_ROWS
+    journal.JOURNAL_ROWS = rows
     try:
         yield
     finally:
-        journal.JOURNAL_ROWS, journal.SLICE_ROWS = saved
+        journal.JOURNAL_ROWS = saved
 
 
 candles = st.builds(
@@ -118,10 +118,10 @@ operations = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(
     ops=st.lists(operations, min_size=1, max_size=25),
-    sizes=st.sampled_from([(3, 1), (4, 2), (6, 4), (10, 3)]),
+    journal_rows=st.sampled_from([3, 4, 6, 10]),
 )
 def test_the_view_holds_what_the_upsert_rule_says(
-    ops: list[tuple[str, object]], sizes: tuple[int, int]
+    ops: list[tuple[str, object]], journal_rows: int
 ) -> None:
     model: Model = {}
     serial = 0
@@ -135,7 +135,7 @@ def test_the_view_holds_what_the_upsert_rule_says(
             out.append(make(symbol, minute, f"{serial}.5", closed, source))
         return out
 
-    with tiny_journals(*sizes), tempfile.TemporaryDirectory() as tmp:
+    with tiny_journals(journal_rows), tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "j.db"
         db = Database.open(path)
         try:
@@ -188,12 +188,12 @@ def test_the_view_holds_what_the_upsert_rule_says(
             db.close()
 
 
-def test_live_rows_go_to_the_journal_and_move_in_slices(tmp_path: Path) -> None:
-    """A feed's rows are appended to the active journal; past JOURNAL_ROWS it drains into
-    ``candle_rows`` a slice per write, and once empty it is cleared at once."""
+def test_live_rows_go_to_the_journal_and_move_whole(tmp_path: Path) -> None:
+    """A feed's rows are appended to the active journal; past JOURNAL_ROWS it becomes the
+    draining one, which the next write moves into ``candle_rows`` whole and clears."""
     path = tmp_path / "j.db"
     model: Model = {}
-    with tiny_journals(12, 4):
+    with tiny_journals(12):
         db = Database.open(path)
         try:
             for minute in range(10):
@@ -206,11 +206,48 @@ def test_live_rows_go_to_the_journal_and_move_in_slices(tmp_path: Path) -> None:
                       for t in ("candle_rows", *JOURNALS)}  # fmt: skip
         finally:
             db.close()
-    # 30 rows: the first 12 swapped, drained 4 open times... at least some moved, and the
-    # newest are still journalled; none is anywhere twice (check above).
-    assert counts["candle_rows"] > 0
-    assert counts["journal0"] + counts["journal1"] > 0
-    assert counts["candle_rows"] + counts["journal0"] + counts["journal1"] >= 30
+    # 30 rows, 3 a write: the 4th and 8th writes filled a journal (12 rows), the 5th and 9th
+    # moved each whole; the last two writes' 6 rows are journalled. None is anywhere twice
+    # (check above).
+    assert counts["candle_rows"] == 24
+    assert counts["journal0"] + counts["journal1"] == 6
+
+
+def test_a_journal_left_half_moved_reads_right_and_moves_the_rest(tmp_path: Path) -> None:
+    """feedd once moved a draining journal in slices over several commits, marking the open
+    times moved in ``journal_state``; a file it left so shows each row once and the next
+    upkeep moves only what had not moved, then clears the journal."""
+    path = tmp_path / "j.db"
+    model: Model = {}
+    with tiny_journals(6):
+        db = Database.open(path)
+        try:
+            for minute in (0, 1):  # 6 rows: the second write swaps the journals
+                live = [make(s, minute, f"{minute}.5", True, Source.WS) for s in SYMBOLS]
+                db.write(live)
+                for c in live:
+                    apply(model, c)
+            assert db.upkeep_due
+            (active,) = fetch(path, "SELECT active FROM journal_state")[0]
+            draining = JOURNALS[1 - active]
+            # What a slice of the earlier feedd did: minute 0 copied, then hidden.
+            with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    f"INSERT INTO candle_rows SELECT * FROM {draining} WHERE open_time <= ?", (T0,)
+                )
+                conn.execute(f"UPDATE journal_state SET hide{1 - active} = ?", (T0,))
+                conn.execute("COMMIT")
+            check(path, model)  # minute 0 is in two tables, shown once
+            assert fetch(path, "SELECT count(*) FROM candle_rows")[0][0] == 3
+            db.upkeep()
+            check(path, model)
+            assert journalled(path) == []
+            assert fetch(path, "SELECT count(*) FROM candle_rows")[0][0] == 6
+            assert fetch(path, "SELECT hide0, hide1 FROM journal_state") == [(NO_HIDE, NO_HIDE)]
+            assert not db.upkeep_due
+        finally:
+            db.close()
 
 
 def test_upkeep_moves_a_full_journal_so_that_writes_need_not(tmp_path: Path) -> None:
@@ -219,7 +256,7 @@ def test_upkeep_moves_a_full_journal_so_that_writes_need_not(tmp_path: Path) -> 
     path = tmp_path / "j.db"
     model: Model = {}
     moves_in_writes = 0
-    with tiny_journals(6, 6):
+    with tiny_journals(6):
         db = Database.open(path)
         try:
             for minute in range(12):
@@ -314,7 +351,7 @@ def test_a_schema_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
 def test_prune_reaches_into_the_journals(tmp_path: Path, keep: int) -> None:
     """A series kept shorter than what the journals hold of it loses journalled rows too."""
     path = tmp_path / "j.db"
-    with tiny_journals(1000, 100):
+    with tiny_journals(1000):
         db = Database.open(path)
         try:
             for minute in range(250):

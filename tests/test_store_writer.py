@@ -196,9 +196,9 @@ async def test_no_live_commit_carries_a_journal_move(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full journal moves in an upkeep of its own right after the commit that filled it,
-    so the next commit's candles do not wait for the move."""
-    monkeypatch.setattr(journal, "JOURNAL_ROWS", 6)
-    monkeypatch.setattr(journal, "SLICE_ROWS", 6)
+    so the next commit's candles do not wait for the move: all of it, also when the commit
+    that filled it went past ``JOURNAL_ROWS`` (12 rows of four minutes in a journal of 8)."""
+    monkeypatch.setattr(journal, "JOURNAL_ROWS", 8)
     due_at_write: list[bool] = []
     upkeeps = 0
 
@@ -224,13 +224,15 @@ async def test_no_live_commit_carries_a_journal_move(
     symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run, recv)
-        for minute in range(10):
-            await send.send([candle(minute, symbol=s) for s in symbols])
-            await committed(writer, 3 * (minute + 1))
+        for step in range(10):  # two minutes of three symbols a commit
+            await send.send(
+                [candle(m, symbol=s) for m in (2 * step, 2 * step + 1) for s in symbols]
+            )
+            await committed(writer, 6 * (step + 1))
         await send.aclose()
     assert len(due_at_write) == 10 and not any(due_at_write)
     assert upkeeps == 5  # one per full journal
-    assert len(stored(tmp_path / "w.db")) == 30
+    assert len(stored(tmp_path / "w.db")) == 60
 
 
 async def test_unopenable_database_fails_the_start(tmp_path: Path) -> None:

@@ -5,18 +5,21 @@ pages as it has series: 100 rows over 600 series dirtied ~100 pages of 4 KiB, wh
 commit wrote to the WAL. A live row that is the newest of its series goes instead to a
 journal keyed by (open time, series), whose pages fill at its end. Every ``JOURNAL_ROWS``
 new keys the active journal becomes the draining one, and its rows move into ``candle_rows``
-in key order, so the move touches each series' newest page once. The move runs in the
-writer's upkeep, a transaction of its own right after the commit that filled the journal
+in key order, whole, so the move touches each series' newest page once. The move runs in
+the writer's upkeep, a transaction of its own right after the commit that filled the journal
 (``Database.upkeep``); a write that finds a journal draining moves it too. The emptied
-journal is cleared by a ``DELETE`` without ``WHERE``, which SQLite does by freeing its pages.
+journal is cleared in the same transaction by a ``DELETE`` without ``WHERE``, which SQLite
+does by freeing its pages.
 
-Readers see the three tables through the view ``candles``. A row that moved stays in the
-draining journal until it is cleared, hidden there by its open time (``journal_state``).
+Readers see the three tables through the view ``candles``. ``journal_state`` keeps, per
+journal, the open time up to which its rows have moved (``hide``), and the view hides those:
+feedd once moved a journal in slices over several commits, and a file it left half moved
+still reads right and finishes the move.
 
 Each key is in exactly one place. The router keeps, per series, the open times of its rows
 in each journal (first and last), and decides from them alone, without a query:
 
-- the draining journal's span of a series, where the rows up to ``hide`` have moved;
+- the draining journal's span of a series (the rows up to ``hide``, if any, have moved);
 - the active journal's keys of a series are all newer than its draining span;
 - a series with no journal rows starts in the active journal with a live row newer than any
   of its stored rows; anything else goes to ``candle_rows``, where older rows are.
@@ -42,13 +45,6 @@ from feedd.store.schema import (
 #: 1.07 ms, 4,000 to 0.52. The writer thread at 2,000/s spent 11.5-13.5 us per row with
 #: 8,000, 12.0 with 20,000 (15.5-19 without a journal), both moving 2,000 rows a write.
 JOURNAL_ROWS = 8_000
-#: rows moved into ``candle_rows`` per step while a journal drains: about this many, whole
-#: open times (all series' rows of the last open time in the slice go with it). A move costs
-#: mostly per series, not per row (it rewrites each series' newest page), so a draining
-#: journal moves whole. 60,000 rows in 100-row commits over 600 series, moves of 2,000 rows
-#: against 8,000: 9.7-10.4 -> 8.4-8.5 us per row, commits over 5 ms 23-28 (~10 ms each) ->
-#: 8 (12-19 ms); in 2,500-row commits the same.
-SLICE_ROWS = JOURNAL_ROWS
 #: flag bits of a row that did not come from a live WebSocket frame
 NOT_LIVE = FLAG_REST | FLAG_ARCHIVE
 
@@ -82,7 +78,8 @@ class Router:
         self._data_version: int | None = None
         #: index in JOURNALS of the journal new keys go to
         self.active = 0
-        #: open times up to this have moved out of the draining journal
+        #: open times up to this have moved out of the draining journal (only in a file
+        #: left half moved by a feedd that moved journals in slices)
         self.hide = NO_HIDE
         #: per series, its span in the draining journal (before any move)
         self._draining: dict[int, Span] = {}
@@ -196,42 +193,37 @@ class Router:
         return bool(self._draining) or self.active_rows >= JOURNAL_ROWS
 
     def step(self) -> None:
-        """Part of a write's or an upkeep's transaction: move one slice of the draining
-        journal, or make the active journal the draining one once it holds ``JOURNAL_ROWS``."""
+        """Part of a write's or an upkeep's transaction: move the draining journal, or make
+        the active journal the draining one once it holds ``JOURNAL_ROWS``."""
         if self._draining:
-            # Far behind (a store slower than the feed), the rest goes at once.
-            self._move(everything=self.active_rows >= 2 * JOURNAL_ROWS)
+            self._move()
         elif self.active_rows >= JOURNAL_ROWS:
             self._swap()
 
     def drain(self) -> None:
         """Move every journal row into ``candle_rows`` (a clean close)."""
         if self._draining:
-            self._move(everything=True)
+            self._move()
         if self._active:
             self._swap()
-            self._move(everything=True)
+            self._move()
 
-    def _move(self, *, everything: bool) -> None:
+    def _move(self) -> None:
+        """Move the draining journal into ``candle_rows`` whole, then free its pages.
+
+        Whole, because a move costs per series as well as per row (each series' newest page is
+        rewritten): 60,000 rows in 100-row commits over 600 series, moves of 2,000 rows
+        against 8,000, 9.7-10.4 -> 8.4-8.5 us per row. And whole, no live commit carries a
+        rest: moving 8,000 rows of a journal that a 2,500-row write had filled to ~10,000
+        left the rest to the next write's commit, in 5 of 12 moves. Only open times after
+        ``hide`` move: a file from a feedd that moved journals in slices may have left one
+        half moved.
+        """
         journal = JOURNALS[1 - self.active]
-        upto = None
-        if not everything:
-            row = self._conn.execute(
-                f"SELECT open_time FROM {journal} WHERE open_time > ?"
-                " ORDER BY open_time LIMIT 1 OFFSET ?",
-                (self.hide, SLICE_ROWS - 1),
-            ).fetchone()
-            upto = None if row is None else int(row[0])
-        last = upto if upto is not None else max(span[1] for span in self._draining.values())
+        last = max(span[1] for span in self._draining.values())
         self._conn.execute(move_sql(journal), (self.hide, last))
-        hide_column = f"hide{1 - self.active}"
-        if upto is not None and any(span[1] > upto for span in self._draining.values()):
-            self._conn.execute(f"UPDATE journal_state SET {hide_column} = ?", (upto,))
-            self.hide = upto
-            return
-        # All of it has moved: free the journal's pages at once.
         self._conn.execute(f"DELETE FROM {journal}")
-        self._conn.execute(f"UPDATE journal_state SET {hide_column} = ?", (NO_HIDE,))
+        self._conn.execute(f"UPDATE journal_state SET hide{1 - self.active} = ?", (NO_HIDE,))
         self.hide = NO_HIDE
         self._draining = {}
 
